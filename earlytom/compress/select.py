@@ -1,0 +1,171 @@
+"""Stage II, TokenSelect (DESIGN.md section 4), and the two baselines it is compared with.
+
+    budget = selection_budget(is_static, tokens_per_frame=T, retain_ratio=r, num_frames=B)
+    static frames:  window_argmax(scores [n_s, T], budget.static)   one token per raster window
+    dynamic frames: stable_topk(scores [n_d * T], budget.dynamic)    one global top-K_d
+    token_select(...) puts both together in temporal, then raster, order.
+
+Every ranking breaks ties towards the lower index (earlier frame, then earlier token).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from earlytom.compress.checks import check_finite, check_range, check_rank
+
+
+@dataclass(frozen=True)
+class SelectResult:
+    """K selected tokens: tokens [K, D], frame [K] (index into the N frames), index [K] (raster index in its frame)."""
+
+    tokens: torch.Tensor
+    frame: torch.Tensor
+    index: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Token counts: total K = sum(static) + dynamic; static [n_s] per static frame (temporal order)."""
+
+    total: int
+    static: list[int]
+    dynamic: int
+
+
+def visual_budget(*, retain_ratio: float, num_frames: int, tokens_per_frame: int, available: int) -> int:
+    """K = min(round(r * B * T), available): relative to the original B frames, capped by what exists."""
+    check_range("retain_ratio", retain_ratio, 0.0, 1.0, low_open=True)
+    if num_frames < 1:
+        raise ValueError(f"num_frames = {num_frames}: the budget needs the original frame count B >= 1")
+    k = min(round(retain_ratio * num_frames * tokens_per_frame), available)
+    if k < 1:
+        raise ValueError(
+            f"retain_ratio = {retain_ratio} keeps round({retain_ratio} * B={num_frames} * T={tokens_per_frame}) = 0 "
+            f"tokens; raise retain_ratio to at least {0.5 / (num_frames * tokens_per_frame):.2g}"
+        )
+    return k
+
+
+def selection_budget(is_static: torch.Tensor, *, tokens_per_frame: int, retain_ratio: float, num_frames: int) -> Budget:
+    """Split K between static and dynamic frames exactly as DESIGN.md section 4 orders it.
+
+    is_static: [N] bool. Each static frame gets m = min(T, max(1, round(K / N))) (lowered to K // n_s if the
+    static frames would exceed K); the dynamic frames share the rest; what they cannot hold (more than
+    n_d * T) is spread over the static frames in temporal order.
+    """
+    T, N = tokens_per_frame, int(is_static.numel())
+    n_s = int(is_static.sum())
+    n_d = N - n_s
+    K = visual_budget(retain_ratio=retain_ratio, num_frames=num_frames, tokens_per_frame=T, available=N * T)
+    if n_s == 0:
+        return Budget(total=K, static=[], dynamic=K)
+    m = min(T, max(1, round(K / N)))
+    if n_s * m > K:
+        m = K // n_s
+        if m == 0:
+            raise ValueError(
+                f"budget K = {K} (retain_ratio r = {retain_ratio}, B = {num_frames}, T = {T}) cannot give each of "
+                f"the {n_s} static frames among N = {N} one token; raise r to at least {n_s / (num_frames * T):.3g}"
+            )
+    dynamic = K - n_s * m
+    surplus = max(0, dynamic - n_d * T)
+    static = [m + surplus // n_s + (i < surplus % n_s) for i in range(n_s)]
+    return Budget(total=K, static=static, dynamic=dynamic - surplus)
+
+
+def window_argmax(scores: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row f, cut the T tokens into counts[f] contiguous raster windows of near-equal size (token t is in
+    window t * counts[f] // T) and keep the highest-scoring token of each (lowest index on ties).
+
+    scores: [F, T], counts: [F] int64 in [0, T] -> (row [sum counts], index [sum counts]) sorted by row, index.
+    """
+    F, T = scores.shape
+    token = torch.arange(T, device=scores.device)
+    window = token[None, :] * counts[:, None] // T  # [F, T]
+    group = (torch.arange(F, device=scores.device)[:, None] * T + window).flatten()  # unique per (row, window)
+    flat = scores.flatten()
+    best = torch.full((F * T,), float("-inf"), dtype=flat.dtype, device=flat.device)
+    best = best.scatter_reduce(0, group, flat, reduce="amax")
+    is_best = flat == best[group]
+    candidate = torch.where(is_best, token.repeat(F), T)  # the lowest index wins ties
+    first = torch.full((F * T,), T, dtype=torch.int64, device=flat.device)
+    first = first.scatter_reduce(0, group, candidate, reduce="amin").view(F, T)
+    valid = token[None, :] < counts[:, None]  # windows 0 .. counts[f]-1 exist
+    row = torch.arange(F, device=scores.device)[:, None].expand(F, T)[valid]
+    return row, first[valid]
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest of scores [M], lowest index first among equals, returned in ascending order."""
+    order = torch.sort(scores, descending=True, stable=True).indices[:k]
+    return order.sort().values
+
+
+def check_tokens_scores(tokens: torch.Tensor, scores: torch.Tensor) -> None:
+    check_rank("tokens", tokens, "[N, T, D]")
+    check_rank("scores", scores, "[N, T]")
+    if tokens.shape[:2] != scores.shape:
+        raise ValueError(
+            f"tokens [N, T, D] = {list(tokens.shape)} and scores [N, T] = {list(scores.shape)} disagree on N or T"
+        )
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"tokens has shape {list(tokens.shape)}; need N >= 1 frames and T >= 1 tokens per frame")
+    check_finite("scores", scores)
+    check_finite("tokens", tokens)
+
+
+def gather(tokens: torch.Tensor, frame: torch.Tensor, index: torch.Tensor) -> SelectResult:
+    """Pick tokens[frame[k], index[k]] for (frame, index) pairs already in temporal then raster order."""
+    return SelectResult(tokens=tokens[frame, index], frame=frame, index=index)
+
+
+def token_select(
+    tokens: torch.Tensor, scores: torch.Tensor, is_static: torch.Tensor, *, retain_ratio: float, num_frames: int
+) -> SelectResult:
+    """Decoupled selection: window argmax in static frames, one global top-K_d over the dynamic frames.
+
+    tokens: [N, T, D], scores: [N, T], is_static: [N] bool, num_frames: B before merging -> K tokens.
+    """
+    check_tokens_scores(tokens, scores)
+    if is_static.shape != scores.shape[:1]:
+        raise ValueError(f"is_static has shape {list(is_static.shape)}; need [N] = [{scores.shape[0]}]")
+    N, T = scores.shape
+    is_static = is_static.to(device=scores.device, dtype=torch.bool)
+    budget = selection_budget(is_static, tokens_per_frame=T, retain_ratio=retain_ratio, num_frames=num_frames)
+
+    static_frames = is_static.nonzero().flatten()  # [n_s]
+    counts = torch.tensor(budget.static, dtype=torch.int64, device=scores.device)
+    row, static_index = window_argmax(scores[static_frames], counts)
+    static_flat = static_frames[row] * T + static_index
+
+    dynamic_frames = (~is_static).nonzero().flatten()  # [n_d]
+    picked = stable_topk(scores[dynamic_frames].flatten(), budget.dynamic)  # index into [n_d * T]
+    dynamic_flat = dynamic_frames[picked // T] * T + picked % T
+
+    flat = torch.cat([static_flat, dynamic_flat]).sort().values  # [K], temporal then raster order
+    return gather(tokens, flat // T, flat % T)
+
+
+def global_topk(tokens: torch.Tensor, scores: torch.Tensor, *, retain_ratio: float, num_frames: int) -> SelectResult:
+    """Baseline (VisionZip-like, after the encoder): one top-K over all N * T tokens by score.
+
+    tokens: [N, T, D], scores: [N, T] -> K = min(round(r * B * T), N * T) tokens.
+    """
+    check_tokens_scores(tokens, scores)
+    N, T = scores.shape
+    k = visual_budget(retain_ratio=retain_ratio, num_frames=num_frames, tokens_per_frame=T, available=N * T)
+    flat = stable_topk(scores.flatten(), k)
+    return gather(tokens, flat // T, flat % T)
+
+
+def uniform(tokens: torch.Tensor, *, retain_ratio: float, num_frames: int) -> SelectResult:
+    """Baseline: K evenly spaced tokens over the N * T tokens in temporal then raster order (scores unused).
+
+    tokens: [N, T, D] -> K = min(round(r * B * T), N * T) tokens.
+    """
+    check_rank("tokens", tokens, "[N, T, D]")
+    N, T = tokens.shape[:2]
+    k = visual_budget(retain_ratio=retain_ratio, num_frames=num_frames, tokens_per_frame=T, available=N * T)
+    flat = torch.arange(k, device=tokens.device) * (N * T) // k
+    return gather(tokens, flat // T, flat % T)

@@ -1,47 +1,92 @@
-"""`earlytom` command line: `earlytom demo` (more subcommands arrive with the engine builder and runtime)."""
+"""`earlytom` command line.
+
+earlytom run --model llava-ov-0.5b --video clip.mp4 --prompt "What happens?" [--json]
+earlytom demo        # the tiny model on a synthetic clip, end to end, on CPU
+"""
 
 import argparse
+import json
 import sys
+import tempfile
+from pathlib import Path
 
-import torch
+from earlytom.compress import EarlyTomConfig
+from earlytom.models.registry import known_names
+from earlytom.runtime.pipeline import Pipeline, Result
+from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
-from earlytom.compress import EarlyTomConfig, frame_merge, token_select
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    defaults = EarlyTomConfig()
+    parser.add_argument("--model", default="tiny", help=f"{', '.join(known_names())}, an HF id or a directory")
+    parser.add_argument("--frames", type=int, default=32, help="frames sampled from the video (B)")
+    parser.add_argument("--retain-ratio", type=float, default=defaults.retain_ratio, help="r in (0, 1]")
+    parser.add_argument("--merge-layer", type=int, default=None, help="k in [1, n-1] (default n // 4)")
+    parser.add_argument("--method", choices=["earlytom", "full", "global_topk"], default="earlytom")
+    parser.add_argument("--no-compress", action="store_true", help="same as --method full")
+    parser.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def build_pipeline(args: argparse.Namespace) -> Pipeline:
+    return Pipeline.from_pretrained(
+        args.model,
+        random_init=args.random_init,
+        merge_layer=args.merge_layer,
+        config=EarlyTomConfig(retain_ratio=args.retain_ratio),
+        num_frames=args.frames,
+        method="full" if args.no_compress else args.method,
+    )
+
+
+def report(result: Result, as_json: bool) -> None:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    print(f"answer: {result.text!r}\n")
+    width = max(map(len, [*result.timings_ms, *result.counts]))
+    for stage, ms in result.timings_ms.items():
+        print(f"{stage:>{width}}  {ms:10.1f} ms")
+    print()
+    for name, value in result.counts.items():
+        print(f"{name:>{width}}  {value:10d}")
+
+
+def run(args: argparse.Namespace) -> int:
+    report(build_pipeline(args).generate(args.video, args.prompt, args.max_new_tokens), args.json)
+    return 0
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Run FrameMerge and TokenSelect on synthetic hidden states of a clip with one scene cut."""
-    config = EarlyTomConfig(retain_ratio=args.retain_ratio)
-    g = torch.Generator().manual_seed(0)
-    B, L, D, T = args.frames, 729, 64, 196
-    scenes = torch.randn(2, L, D, generator=g)
-    hidden = scenes[(torch.arange(B) >= B // 2).long()] + 0.3 * torch.randn(B, L, D, generator=g)  # [B, L, D]
-    merged = frame_merge(hidden, alpha=config.alpha, tau_seg=config.tau_seg, tau_merge=config.tau_merge)
-    N = merged.hidden.shape[0]
-    selected = token_select(
-        torch.randn(N, T, D, generator=g),
-        torch.rand(N, T, generator=g),
-        merged.is_static,
-        retain_ratio=config.retain_ratio,
-        num_frames=B,
-    )
-    print(f"EarlyTom {config.to_dict()}")
-    print(f"FrameMerge:  {B} frames -> {N} ({int(merged.is_static.sum())} static, segments {merged.segment.tolist()})")
-    print(f"TokenSelect: {N} x {T} tokens -> {len(selected.frame)} = round({config.retain_ratio} * {B} * {T})")
-    print("The engine builder (build_engine) and the video runtime (earlytom run) are the next milestones.")
+    """The whole eager pipeline on a synthetic clip with a scene cut: full tokens, then EarlyTom."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = write_clip(Path(tmp) / "demo.mp4", moving_square_frames(48, cut_at=24))
+        for method in ("full", "earlytom"):
+            args.method = method
+            print(f"== {args.model}, {method}, {args.frames} frames of {clip.name} ==", file=sys.stderr)
+            report(build_pipeline(args).generate(clip, args.prompt, args.max_new_tokens), args.json)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the compression core on synthetic hidden states")
-    p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--retain-ratio", type=float, default=0.15)
+    p = sub.add_parser("run", help="answer a prompt about a video")
+    add_pipeline_args(p)
+    p.add_argument("--video", required=True, help="a video file, a directory of images")
+    p.add_argument("--prompt", required=True)
+    p.set_defaults(func=run)
+    p = sub.add_parser("demo", help="run the tiny model end to end on a synthetic clip")
+    add_pipeline_args(p)
+    p.add_argument("--prompt", default="What moves in this video?")
     p.set_defaults(func=demo)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:
+    except ValueError as error:  # every user error is a ValueError with a message that names the fix
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,254 @@
+"""The eager LLaVA-OneVision pipeline on the tiny model: the oracle every other backend is checked against."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from earlytom.cli import main
+from earlytom.compress import EarlyTomConfig, frame_merge
+from earlytom.models.llava_onevision import LlavaOnevisionAdapter
+from earlytom.models.registry import ModelNotFound, load_model, packaged_config
+from earlytom.runtime.pipeline import Pipeline, PromptTooLong
+from earlytom.runtime.synthetic import moving_square_frames, write_clip
+from earlytom.runtime.timing import StageTimer
+from earlytom.runtime.video import VideoError, load_video, preprocess
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny):
+    return Pipeline.from_model(tiny, num_frames=12)
+
+
+def test_uncompressed_adapter_equals_transformers_forward(tiny):
+    """Split encoder + spliced embeddings + decoder == LlavaOnevisionForConditionalGeneration on the same input."""
+    model, config = tiny.model, tiny.model.config
+    adapter = LlavaOnevisionAdapter(model, merge_layer=2)
+    pixels = preprocess(torch.from_numpy(moving_square_frames(5)), tiny.preprocess)  # [5, 3, 72, 72]
+    pipe = Pipeline.from_model(tiny, merge_layer=2, method="full")
+    before, after = pipe.prompt_ids("Describe the video.")
+    with torch.inference_mode():
+        visual = pipe.encode_video(pixels, StageTimer())
+        ours, _ = adapter.prefill(torch.cat([adapter.embed(before), visual.embeds, adapter.embed(after)]))
+        n_visual = visual.embeds.shape[0]
+        ids = torch.cat([before, torch.full((n_visual,), config.video_token_index), after])
+        reference = model(input_ids=ids[None], pixel_values_videos=pixels[None]).logits[0, -1]
+    assert n_visual == 5 * adapter.tokens_per_frame + 1
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_scores_are_attention_received_in_last_layer(tiny):
+    adapter = LlavaOnevisionAdapter(tiny.model, merge_layer=1)
+    pixels = preprocess(torch.from_numpy(moving_square_frames(2)), tiny.preprocess)
+    with torch.inference_mode():
+        hidden = adapter.encode_head(pixels)
+        tokens, scores = adapter.encode_tail(hidden)
+    grid = adapter.grid
+    assert tokens.shape == (2, adapter.tokens_per_frame, tiny.model.config.text_config.hidden_size)
+    assert scores.shape == (2, ((grid + 1) // 2) ** 2)
+    # Unpooled, attention received averages to 1/L per query row; bilinear pooling keeps the mean near 1/L.
+    assert scores.mean().item() == pytest.approx(1 / grid**2, rel=0.1)
+
+
+def test_compressed_request_reaches_decoder_with_k_plus_newline(pipeline, clips):
+    result = pipeline.generate(clips["cut"], "What changes?", max_new_tokens=4)
+    counts, visual = result.counts, result.visual
+    assert counts["frames_in"] == 12
+    N = counts["frames_after_merge"]
+    assert N == visual.source.shape[0] <= 12
+    K = min(round(0.15 * 12 * pipeline.tokens_per_frame), N * pipeline.tokens_per_frame)
+    assert counts["visual_tokens"] == K == visual.embeds.shape[0] - 1
+    torch.testing.assert_close(visual.embeds[-1], pipeline.vision.image_newline)
+    flat = visual.frame * pipeline.tokens_per_frame + visual.index
+    assert bool((flat.diff() > 0).all()) and int(visual.frame.max()) < N
+    assert set(result.timings_ms) >= {
+        "video_decode",
+        "preprocess",
+        "vision_head",
+        "frame_merge",
+        "vision_tail",
+        "token_select",
+        "prefill",
+        "first_token",
+        "ttft",
+    }
+    assert result.timings_ms["ttft"] == pytest.approx(
+        sum(v for k, v in result.timings_ms.items() if k != "ttft"), abs=0.01
+    )
+    assert 1 <= len(result.token_ids) <= 4
+
+
+def test_scene_cut_starts_a_segment(tiny, clips):
+    pipe = Pipeline.from_model(tiny, merge_layer=1, num_frames=24)
+    clip = load_video(clips["cut"], 24)
+    with torch.inference_mode():
+        hidden = pipe.vision.encode_head(preprocess(clip.frames, tiny.preprocess))
+    merged = frame_merge(hidden)
+    assert int(merged.similarity.argmin()) == 11  # frames 11 | 12 straddle the cut
+    first = merged.source[:, 0].tolist()
+    head = first.index(12)
+    assert not merged.is_static[head] and merged.segment[head] > merged.segment[head - 1]
+    assert len(first) < 24  # the still stretches merge
+
+
+def test_identical_frames_merge_in_the_model(tiny):
+    frames = moving_square_frames(6)
+    frames = np.stack([frames[0], frames[1], frames[1], frames[3], frames[4], frames[5]])  # frames 1 and 2 identical
+    pipe = Pipeline.from_model(tiny, num_frames=6, config=EarlyTomConfig(tau_seg=-1.0))
+    with torch.inference_mode():
+        visual = pipe.encode_video(preprocess(torch.from_numpy(frames), tiny.preprocess), StageTimer())
+    assert [1, 2] in visual.source.tolist()
+
+
+def test_full_and_global_topk_methods(tiny, clips):
+    full = Pipeline.from_model(tiny, num_frames=8, method="full").generate(clips["moving"], "Hi", 2)
+    top = Pipeline.from_model(tiny, num_frames=8, method="global_topk").generate(clips["moving"], "Hi", 2)
+    T = LlavaOnevisionAdapter(tiny.model).tokens_per_frame
+    assert full.counts == {"frames_in": 8, "frames_after_merge": 8, "visual_tokens": 8 * T}
+    assert top.counts == {"frames_in": 8, "frames_after_merge": 8, "visual_tokens": round(0.15 * 8 * T)}
+    assert "frame_merge" not in full.timings_ms
+
+
+def test_greedy_decoding_uses_the_cache_consistently(pipeline, clips):
+    """The tokens generated with the KV cache equal a cache-free greedy recomputation."""
+    result = pipeline.generate(clips["moving"], "Go", max_new_tokens=5)
+    before, after = pipeline.prompt_ids("Go")
+    adapter = pipeline.decoder
+    with torch.inference_mode():
+        embeds = torch.cat([adapter.embed(before), result.visual.embeds, adapter.embed(after)])
+        tokens = []
+        for _ in range(len(result.token_ids)):
+            logits, _ = adapter.prefill(embeds)
+            tokens.append(int(logits.argmax()))
+            embeds = torch.cat([embeds, adapter.embed(torch.tensor(tokens[-1:]))])
+    assert tokens == result.token_ids
+
+
+def test_cli_run_json(clips, capsys):
+    code = main(
+        [
+            "run",
+            "--model",
+            "tiny",
+            "--video",
+            str(clips["moving"]),
+            "--prompt",
+            "What moves?",
+            "--frames",
+            "8",
+            "--json",
+            "--max-new-tokens",
+            "3",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(out) >= {"text", "timings_ms", "counts"}
+    assert out["counts"]["frames_in"] == 8 and "ttft" in out["timings_ms"]
+    assert any("byte-level tokenizer" in note for note in out["notes"])
+
+
+def test_cli_table_and_console_script(clips):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "earlytom.cli",
+            "run",
+            "--video",
+            str(clips["cut"]),
+            "--prompt",
+            "x",
+            "--frames",
+            "6",
+            "--no-compress",
+            "--max-new-tokens",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "ttft" in done.stdout and "visual_tokens" in done.stdout and "150" in done.stdout  # 6 x 25 tokens
+
+
+def write_bytes(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make_video, match",
+    [
+        (lambda d: str(d / "missing.mp4"), "does not exist"),
+        (lambda d: write_bytes(d / "empty.mp4", b""), "is empty"),
+        (lambda d: write_bytes(d / "text.mp4", b"not a video at all" * 10), "cannot read video"),
+        (lambda d: str(d), "has no images"),
+    ],
+)
+def test_bad_video_is_a_clear_error(tmp_path, capsys, make_video, match):
+    code = main(["run", "--video", make_video(tmp_path), "--prompt", "x", "--frames", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_truncated_video_is_refused_or_partially_used(tmp_path, clips):
+    data = clips["moving"].read_bytes()
+    path = write_bytes(tmp_path / "cut_short.mp4", data[: len(data) // 3])
+    try:
+        video = load_video(path, 24)
+    except VideoError as error:
+        assert "cannot" in str(error) or "no decodable" in str(error)
+    else:
+        assert 1 <= video.frames.shape[0] < 24 and video.notes  # used what exists, and said so
+
+
+def test_fewer_frames_than_requested_is_noted(pipeline, tmp_path):
+    clip = write_clip(tmp_path / "short.mp4", moving_square_frames(5))
+    result = pipeline.generate(clip, "x", max_new_tokens=1)
+    assert result.counts["frames_in"] == 5
+    assert any("only 5 decodable frames" in note for note in result.notes)
+
+
+def test_image_directory_and_array_inputs(tmp_path):
+    frames = moving_square_frames(6, size=32)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"{i:03d}.png")
+    from_dir = load_video(tmp_path, 3, fps=2.0)
+    from_array = load_video(frames, 3, fps=2.0)
+    assert torch.equal(from_dir.frames, from_array.frames)
+    assert from_dir.timestamps == [0.0, 1.0, 2.5]
+    with pytest.raises(VideoError, match=r"uint8 \[B, H, W, 3\]"):
+        load_video(frames.astype(np.float32), 3)
+
+
+def test_unknown_model_lists_aliases(capsys):
+    with pytest.raises(ModelNotFound, match="llava-ov-0.5b, llava-ov-7b, llava-ov-72b, llava-video-7b, tiny"):
+        load_model("llava-ov-3b")
+    assert main(["run", "--model", "no-such-model", "--video", "x.mp4", "--prompt", "x"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layer", [0, 4, -1])
+def test_merge_layer_out_of_range(tiny, layer):
+    with pytest.raises(ValueError, match=rf"merge layer = {layer} is outside \[1, 3\]"):
+        LlavaOnevisionAdapter(tiny.model, merge_layer=layer)
+
+
+def test_prompt_without_room_for_visual_tokens(tiny, clips, capsys):
+    pipe = Pipeline.from_model(tiny, num_frames=80, method="full")  # 80 x 25 + 1 visual tokens > 2048
+    with pytest.raises(PromptTooLong, match="exceed the decoder's context window of 2048"):
+        pipe.generate(clips["moving"], "x", max_new_tokens=64)
+
+
+def test_packaged_architectures_match_published_numbers():
+    ov7 = packaged_config("llava-ov-7b")
+    assert (ov7.vision_config.num_hidden_layers, ov7.vision_config.hidden_size) == (26, 1152)
+    assert (ov7.text_config.hidden_size, ov7.text_config.num_hidden_layers) == (3584, 28)
+    ov05 = packaged_config("llava-ov-0.5b")
+    assert (ov05.text_config.hidden_size, ov05.text_config.num_hidden_layers) == (896, 24)
+    assert ov05.vision_feature_layer == -1 and ov05.vision_feature_select_strategy == "full"

@@ -26,6 +26,7 @@ ALIASES = {
 }
 TINY = "tiny"
 PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+NOT_ARCHITECTURE = {"_name_or_path", "dtype", "torch_dtype", "transformers_version", "architectures"}
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "processor_config.json")
 
 
@@ -56,9 +57,19 @@ class LoadedModel:
 
     @property
     def config_hash(self) -> str:
-        """SHA-256 of the model config, to tell engine directories of different architectures apart."""
-        text = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        """SHA-256 of the model's architecture (its config less paths, dtypes and versions), to tell engine
+        directories built for different models apart."""
+        text = json.dumps(architecture(self.model.config.to_dict()), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def architecture(config: dict) -> dict:
+    """A config dict without the fields that say where or how it was saved rather than what the model is."""
+    return {
+        key: architecture(value) if isinstance(value, dict) else value
+        for key, value in config.items()
+        if key not in NOT_ARCHITECTURE
+    }
 
 
 def known_names() -> list[str]:

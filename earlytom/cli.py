@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 from earlytom.compress import EarlyTomConfig
 from earlytom.models.registry import known_names
 from earlytom.runtime.pipeline import Pipeline, Result
@@ -18,9 +20,14 @@ from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     defaults = EarlyTomConfig()
-    parser.add_argument("--model", default="tiny", help=f"{', '.join(known_names())}, an HF id or a directory")
-    parser.add_argument("--frames", type=int, default=32, help="frames sampled from the video (B)")
-    parser.add_argument("--retain-ratio", type=float, default=defaults.retain_ratio, help="r in (0, 1]")
+    parser.add_argument(
+        "--model", default=None, help=f"{', '.join(known_names())}, an HF id or a directory (default: tiny)"
+    )
+    parser.add_argument("--engine", type=Path, default=None, help="an engine directory written by build_engine")
+    parser.add_argument("--frames", type=int, default=None, help="frames sampled from the video, B (default 32)")
+    parser.add_argument(
+        "--retain-ratio", type=float, default=None, help=f"r in (0, 1] (default {defaults.retain_ratio})"
+    )
     parser.add_argument("--merge-layer", type=int, default=None, help="k in [1, n-1] (default n // 4)")
     parser.add_argument("--method", choices=["earlytom", "full", "global_topk"], default="earlytom")
     parser.add_argument("--no-compress", action="store_true", help="same as --method full")
@@ -30,13 +37,24 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_pipeline(args: argparse.Namespace) -> Pipeline:
+    """The eager pipeline for --model, or the engine directory's backend for --engine (then --model, if
+    given, must be the model the directory was built for)."""
+    method = "full" if args.no_compress else args.method
+    if args.engine:
+        if args.merge_layer is not None or args.random_init:
+            raise ValueError(
+                "--merge-layer and --random-init are fixed when the engine is built; pass them to build_engine"
+            )
+        return Pipeline.from_engine_dir(
+            args.engine, model=args.model, retain_ratio=args.retain_ratio, num_frames=args.frames, method=method
+        )
     return Pipeline.from_pretrained(
-        args.model,
+        args.model or "tiny",
         random_init=args.random_init,
         merge_layer=args.merge_layer,
-        config=EarlyTomConfig(retain_ratio=args.retain_ratio),
-        num_frames=args.frames,
-        method="full" if args.no_compress else args.method,
+        config=EarlyTomConfig(retain_ratio=args.retain_ratio or EarlyTomConfig().retain_ratio),
+        num_frames=args.frames or 32,
+        method=method,
     )
 
 
@@ -66,7 +84,8 @@ def demo(args: argparse.Namespace) -> int:
         clip = write_clip(Path(tmp) / "demo.mp4", moving_square_frames(48, cut_at=24))
         for method in ("full", "earlytom"):
             args.method = method
-            print(f"== {args.model}, {method}, {args.frames} frames of {clip.name} ==", file=sys.stderr)
+            where = f"engine {args.engine}" if args.engine else f"model {args.model or 'tiny'} (eager)"
+            print(f"== {where}, {method}, {clip.name} ==", file=sys.stderr)
             report(build_pipeline(args).generate(clip, args.prompt, args.max_new_tokens), args.json)
     return 0
 
@@ -84,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default="What moves in this video?")
     p.set_defaults(func=demo)
     args = parser.parse_args(argv)
+    hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except ValueError as error:  # every user error is a ValueError with a message that names the fix

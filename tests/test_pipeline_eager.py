@@ -13,6 +13,7 @@ from earlytom.cli import main
 from earlytom.compress import EarlyTomConfig, frame_merge
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter
 from earlytom.models.registry import ModelNotFound, load_model, packaged_config
+from earlytom.runtime.decoder import Decoder
 from earlytom.runtime.pipeline import Pipeline, PromptTooLong
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.runtime.timing import StageTimer
@@ -28,12 +29,13 @@ def test_uncompressed_adapter_equals_transformers_forward(tiny):
     """Split encoder + spliced embeddings + decoder == LlavaOnevisionForConditionalGeneration on the same input."""
     model, config = tiny.model, tiny.model.config
     adapter = LlavaOnevisionAdapter(model, merge_layer=2)
+    decoder = Decoder(model)
     pixels = preprocess(torch.from_numpy(moving_square_frames(5)), tiny.preprocess)  # [5, 3, 72, 72]
     pipe = Pipeline.from_model(tiny, merge_layer=2, method="full")
     before, after = pipe.prompt_ids("Describe the video.")
     with torch.inference_mode():
         visual = pipe.encode_video(pixels, StageTimer())
-        ours, _ = adapter.prefill(torch.cat([adapter.embed(before), visual.embeds, adapter.embed(after)]))
+        ours, _ = decoder.prefill(torch.cat([decoder.embed(before), visual.embeds, decoder.embed(after)]))
         n_visual = visual.embeds.shape[0]
         ids = torch.cat([before, torch.full((n_visual,), config.video_token_index), after])
         reference = model(input_ids=ids[None], pixel_values_videos=pixels[None]).logits[0, -1]
@@ -117,14 +119,14 @@ def test_greedy_decoding_uses_the_cache_consistently(pipeline, clips):
     """The tokens generated with the KV cache equal a cache-free greedy recomputation."""
     result = pipeline.generate(clips["moving"], "Go", max_new_tokens=5)
     before, after = pipeline.prompt_ids("Go")
-    adapter = pipeline.decoder
+    decoder = pipeline.decoder
     with torch.inference_mode():
-        embeds = torch.cat([adapter.embed(before), result.visual.embeds, adapter.embed(after)])
+        embeds = torch.cat([decoder.embed(before), result.visual.embeds, decoder.embed(after)])
         tokens = []
         for _ in range(len(result.token_ids)):
-            logits, _ = adapter.prefill(embeds)
+            logits, _ = decoder.prefill(embeds)
             tokens.append(int(logits.argmax()))
-            embeds = torch.cat([embeds, adapter.embed(torch.tensor(tokens[-1:]))])
+            embeds = torch.cat([embeds, decoder.embed(torch.tensor(tokens[-1:]))])
     assert tokens == result.token_ids
 
 

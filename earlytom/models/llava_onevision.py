@@ -3,8 +3,8 @@
     pixels [B, 3, H, W] --encode_head--> hidden [B, L, D]      patch embedding + encoder layers [0, k)
     hidden [N, L, D]    --encode_tail--> tokens [N, T, D'],     layers [k, n), projector, 2x2 bilinear pooling,
                                          scores [N, T]          attention received in layer n-1, pooled alike
-    visual [K + 1, D'] (selected tokens + image_newline) spliced between the prompt's text embeddings
-    --> Qwen2 decoder (prefill, then greedy steps with transformers' KV cache)
+    visual [K + 1, D'] (selected tokens + image_newline), spliced between the prompt's text embeddings for
+    the Qwen2 decoder (earlytom.runtime.decoder)
 
 n is the number of encoder layers the checkpoint's `vision_feature_layer` actually uses (-1: all of them);
 layers after it are never run. Nothing in transformers is edited or monkey-patched.
@@ -70,6 +70,7 @@ class LlavaOnevisionAdapter(nn.Module):
         self.drop_first_token = config.vision_feature_select_strategy == "default"
         self.grid = config.vision_config.image_size // config.vision_config.patch_size
         self.tokens_per_frame = ((self.grid + 1) // 2) ** 2
+        self.eval()
 
     @property
     def image_newline(self) -> torch.Tensor:
@@ -95,22 +96,3 @@ class LlavaOnevisionAdapter(nn.Module):
         tokens = pool(self.model.model.multi_modal_projector(hidden))  # [N, T, D']
         scores = pool(scores[..., None])[..., 0]  # [N, T]
         return tokens, scores
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [S] -> text embeddings [S, D']."""
-        return self.model.get_input_embeddings()(input_ids)
-
-    @property
-    def context_length(self) -> int:
-        return self.model.config.text_config.max_position_embeddings
-
-    def prefill(self, embeds: torch.Tensor):
-        """embeds [S, D'] -> (logits of the last position [V], KV cache)."""
-        out = self.model(inputs_embeds=embeds[None], use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1], out.past_key_values
-
-    def step(self, token: int, cache):
-        """One greedy decoding step from the cache: -> (logits [V], cache)."""
-        ids = torch.tensor([[token]], device=self.image_newline.device)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1], out.past_key_values

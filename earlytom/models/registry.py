@@ -8,7 +8,7 @@ from the checkpoint's config.json, with random weights: honest for latency, neve
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -42,6 +42,14 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     rescale: float = 1 / 255
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Preprocess":
+        fields = json.loads(path.read_text())
+        return cls(size=fields["size"], mean=tuple(fields["mean"]), std=tuple(fields["std"]), rescale=fields["rescale"])
 
 
 @dataclass

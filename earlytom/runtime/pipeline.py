@@ -9,8 +9,10 @@ The vision side and the decoder are objects with these methods, so backends can 
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from earlytom.compress import (
     EarlyTomConfig,
@@ -21,8 +23,11 @@ from earlytom.compress import (
     uniform,
     visual_budget,
 )
+from earlytom.engine_builder.manifest import read_manifest
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter
 from earlytom.models.registry import LoadedModel, Preprocess, load_model
+from earlytom.runtime.decoder import Decoder
+from earlytom.runtime.onnx_backend import OnnxVision
 from earlytom.runtime.timing import StageTimer
 from earlytom.runtime.video import load_video, preprocess
 
@@ -92,7 +97,7 @@ class Pipeline:
         adapter = LlavaOnevisionAdapter(loaded.model, merge_layer)
         return cls(
             adapter,
-            adapter,
+            Decoder(loaded.model),
             tokenizer=loaded.tokenizer,
             chat_template=loaded.chat_template,
             preprocess=loaded.preprocess,
@@ -106,6 +111,45 @@ class Pipeline:
     def from_pretrained(cls, name: str, *, random_init: bool = False, **kw) -> "Pipeline":
         """The eager (reference) backend for a model name (alias, `tiny`, HF id or local directory)."""
         return cls.from_model(load_model(name, random_init=random_init), **kw)
+
+    @classmethod
+    def from_engine_dir(
+        cls,
+        directory: str | Path,
+        *,
+        model: str | None = None,
+        retain_ratio: float | None = None,
+        num_frames: int | None = None,
+        method: str = "earlytom",
+    ) -> "Pipeline":
+        """The backend an engine directory was built for, after verifying its manifest (refused if tampered,
+        incomplete, or built for another `model`). Frames default to, and may not exceed, the build's maximum;
+        the retain ratio defaults to the build's."""
+        directory = Path(directory)
+        manifest = read_manifest(directory, expect_model=model)
+        built = manifest["earlytom"]
+        num_frames = num_frames or built["max_frames"]
+        if num_frames > built["max_frames"]:
+            raise ValueError(
+                f"frames = {num_frames} exceeds the {built['max_frames']} frames {directory} was built for; "
+                f"use --frames {built['max_frames']} or fewer, or rebuild with build_engine --frames {num_frames}"
+            )
+        fields = {k: built[k] for k in ("alpha", "tau_seg", "tau_merge", "retain_ratio")}
+        config = EarlyTomConfig(**fields | ({"retain_ratio": retain_ratio} if retain_ratio else {}))
+        decoder = AutoModelForCausalLM.from_pretrained(directory / "decoder", dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+        return cls(
+            OnnxVision(directory, manifest["dtype"]),
+            Decoder(decoder),
+            tokenizer=tokenizer,
+            chat_template=tokenizer.chat_template,
+            preprocess=Preprocess.load(directory / "preprocessor.json"),
+            config=config,
+            tokens_per_frame=built["tokens_per_frame"],
+            num_frames=num_frames,
+            method=method,
+            notes=manifest["notes"],
+        )
 
     def prompt_ids(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The chat-formatted prompt as token ids before and after the video placeholder: ([P], [Q])."""

@@ -1,0 +1,29 @@
+"""The decoder side of a request: text embeddings, prefill over spliced embeddings, greedy steps with
+transformers' KV cache. Works with any transformers causal LM that accepts `inputs_embeds`
+(LlavaOnevisionForConditionalGeneration itself, or the Qwen2ForCausalLM saved in an engine directory)."""
+
+import torch
+
+
+class Decoder:
+    def __init__(self, lm) -> None:
+        self.lm = lm
+
+    @property
+    def context_length(self) -> int:
+        return self.lm.config.get_text_config().max_position_embeddings
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [S] -> text embeddings [S, D']."""
+        return self.lm.get_input_embeddings()(input_ids)
+
+    def prefill(self, embeds: torch.Tensor):
+        """embeds [S, D'] -> (logits of the last position [V], KV cache)."""
+        out = self.lm(inputs_embeds=embeds[None], use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1], out.past_key_values
+
+    def step(self, token: int, cache):
+        """One greedy decoding step from the cache: -> (logits [V], cache)."""
+        ids = torch.tensor([[token]], device=self.lm.device)
+        out = self.lm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1], out.past_key_values

@@ -1,0 +1,187 @@
+"""build_engine, the engine directory, and the ONNX Runtime backend checked against the eager oracle."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from earlytom.cli import main as earlytom_main
+from earlytom.engine_builder import build as build_module
+from earlytom.engine_builder.build import BuildError, build, main
+from earlytom.engine_builder.manifest import EngineDirError, read_manifest
+from earlytom.export.lint import lint_for_tensorrt
+from earlytom.runtime.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    build("tiny", out, frames=16, progress=False)
+    return out
+
+
+def test_directory_layout_and_manifest(engine):
+    manifest = read_manifest(engine)
+    assert set(manifest["artifacts"]) >= {
+        "vision_head.onnx",
+        "vision_tail.onnx",
+        "decoder/config.json",
+        "decoder/model.safetensors",
+        "image_newline.safetensors",
+        "preprocessor.json",
+        "tokenizer/tokenizer.json",
+    }
+    assert manifest["model"]["name"] == "tiny" and manifest["backend"] == "onnxruntime"
+    assert manifest["earlytom"]["max_frames"] == 16 and manifest["earlytom"]["merge_layer"] == 1
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest["tools"])
+    for errors in manifest["verification_max_rel_error"].values():
+        assert all(e < 1e-4 for e in errors.values())
+    head = onnx.load(engine / "vision_head.onnx")
+    assert head.opset_import[0].version >= 17
+    assert head.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic frame axis
+    assert not list(engine.parent.glob(".tiny.partial-*"))
+
+
+def test_onnxruntime_backend_matches_eager(engine, tiny, clips):
+    ort_pipe = Pipeline.from_engine_dir(engine, num_frames=12)
+    eager = Pipeline.from_model(tiny, num_frames=12, merge_layer=1)
+    a = ort_pipe.generate(clips["cut"], "What changes?", max_new_tokens=6)
+    b = eager.generate(clips["cut"], "What changes?", max_new_tokens=6)
+    assert a.counts == b.counts
+    assert torch.equal(a.visual.source, b.visual.source)  # same frames merged
+    assert torch.equal(a.visual.frame, b.visual.frame) and torch.equal(a.visual.index, b.visual.index)
+    scale = b.visual.embeds.abs().max()
+    assert float((a.visual.embeds - b.visual.embeds).abs().max() / scale) < 1e-4
+    assert a.token_ids == b.token_ids
+
+
+def test_run_with_engine_cli(engine, clips, capsys):
+    code = earlytom_main(
+        [
+            "run",
+            "--engine",
+            str(engine),
+            "--video",
+            str(clips["moving"]),
+            "--prompt",
+            "x",
+            "--json",
+            "--frames",
+            "8",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["counts"]["frames_in"] == 8
+
+
+def test_tampered_artifact_is_refused(engine, tmp_path):
+    copy = shutil.copytree(engine, tmp_path / "copy")
+    with (copy / "vision_tail.onnx").open("r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(EngineDirError, match="vision_tail.onnx does not match its SHA-256"):
+        Pipeline.from_engine_dir(copy)
+    (copy / "decoder" / "model.safetensors").unlink()
+    with pytest.raises(EngineDirError, match="incomplete: .* is missing"):
+        read_manifest(copy)
+
+
+def test_mismatched_directory_is_refused(engine, tmp_path, capsys):
+    with pytest.raises(EngineDirError, match="built for model 'tiny', not 'llava-ov-7b'"):
+        Pipeline.from_engine_dir(engine, model="llava-ov-7b")
+    with pytest.raises(ValueError, match="frames = 20 exceeds the 16 frames"):
+        Pipeline.from_engine_dir(engine, num_frames=20)
+    with pytest.raises(EngineDirError, match="not an engine directory"):
+        read_manifest(tmp_path)
+    copy = shutil.copytree(engine, tmp_path / "old")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tools"]["onnxruntime"] = "99.0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert earlytom_main(["run", "--engine", str(copy), "--video", "x.mp4", "--prompt", "x"]) == 2
+    assert "verified with onnxruntime 99.0" in capsys.readouterr().err
+
+
+def test_interrupted_build_leaves_nothing_and_keeps_existing(engine, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "save_decoder", interrupted)  # after both graphs were written
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        build("tiny", fresh, frames=4, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    existing = shutil.copytree(engine, tmp_path / "existing")
+    before = read_manifest(existing)["artifacts"]
+    with pytest.raises(KeyboardInterrupt):
+        build("tiny", existing, frames=4, overwrite=True, progress=False)
+    assert read_manifest(existing)["artifacts"] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_overwrite_replaces_by_rename(engine, tmp_path):
+    target = shutil.copytree(engine, tmp_path / "target")
+    with pytest.raises(BuildError, match="already exists; pass --overwrite"):
+        build("tiny", target, progress=False)
+    manifest = build("tiny", target, frames=4, overwrite=True, progress=False)
+    assert read_manifest(target)["earlytom"]["max_frames"] == 4 == manifest["earlytom"]["max_frames"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tmp_path, capsys):
+    if build_module.tensorrt_available():
+        pytest.skip("TensorRT is installed here; this checks the message shown where it is not")
+    assert main(["--model", "tiny", "--output", str(tmp_path / "x"), "--backend", "tensorrt"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the TensorRT Python package" in err and "--backend onnxruntime" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_fp16_keeps_norms_and_softmax_in_fp32(tmp_path):
+    manifest = build("tiny", tmp_path / "fp16", dtype="fp16", frames=4, progress=False)
+    assert all(e < 2e-2 for errors in manifest["verification_max_rel_error"].values() for e in errors.values())
+    tail = onnx.shape_inference.infer_shapes(onnx.load(tmp_path / "fp16" / "vision_tail.onnx"))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*tail.graph.value_info, *tail.graph.input]}
+    assert tail.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    for node in tail.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert types[node.input[0]] == TensorProto.FLOAT, node.name
+    matmuls = [n for n in tail.graph.node if n.op_type == "MatMul"]
+    assert any(types.get(n.input[0]) == TensorProto.FLOAT16 for n in matmuls)
+
+
+def graph_with(*nodes, initializers=()):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(list(nodes), "g", [x], [y], initializer=list(initializers)))
+
+
+def test_lint_rejects_what_tensorrt_cannot_parse():
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    ok = graph_with(helper.make_node("Slice", ["x", "s", "e", "axes"], ["y"], name="slice_ok"), initializers=[axes])
+    assert lint_for_tensorrt(ok) == []
+    bad = graph_with(
+        helper.make_node("NonZero", ["x"], ["nz"], name="nz"),
+        helper.make_node("Unique", ["x"], ["u"], name="u"),
+        helper.make_node("Shape", ["x"], ["dyn_axes"], name="shape"),
+        helper.make_node("Slice", ["x", "s", "e", "dyn_axes"], ["y"], name="slice_dyn"),
+        helper.make_node("Pad", ["x", "pads", "", "dyn_axes"], ["p"], name="pad_dyn"),
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], name="cubic", mode="cubic"),
+        helper.make_node("Hardmax", ["x"], ["h"], name="hardmax"),
+        helper.make_node("FrameMerge", ["x"], ["fm"], name="plugin", domain="earlytom"),
+    )
+    problems = "\n".join(lint_for_tensorrt(bad))
+    assert "NonZero is rejected" in problems and "Unique is rejected" in problems
+    assert "'slice_dyn': its axes input 'dyn_axes' must be an initializer" in problems
+    assert "'pad_dyn': its axes input" in problems
+    assert "Resize mode 'cubic'" in problems and "Hardmax is not supported" in problems
+    assert "plugin" not in problems
+
+
+def test_exported_graphs_pass_the_lint(engine):
+    for name in ("vision_head.onnx", "vision_tail.onnx"):
+        assert lint_for_tensorrt(onnx.load(engine / name)) == []

@@ -8,7 +8,7 @@ The vision side and the decoder are objects with these methods, so backends can 
              step(token, cache) -> (logits [V], cache);  context_length
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -149,6 +149,22 @@ class Pipeline:
             num_frames=num_frames,
             method=method,
             notes=manifest["notes"],
+        )
+
+    def with_options(self, *, method: str | None = None, retain_ratio: float | None = None) -> "Pipeline":
+        """The same loaded models with another method or retain ratio (nothing is reloaded)."""
+        config = replace(self.config, retain_ratio=retain_ratio) if retain_ratio else self.config
+        return Pipeline(
+            self.vision,
+            self.decoder,
+            tokenizer=self.tokenizer,
+            chat_template=self.chat_template,
+            preprocess=self.preprocess,
+            config=config,
+            tokens_per_frame=self.tokens_per_frame,
+            num_frames=self.num_frames,
+            method=method or self.method,
+            notes=self.notes,
         )
 
     def prompt_ids(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:

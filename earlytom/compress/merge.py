@@ -20,6 +20,7 @@ from earlytom.compress.config import DEFAULT_ALPHA, DEFAULT_TAU_MERGE, DEFAULT_T
 # A merged pair is weighted by its similarities; clamping them at this floor keeps a negative
 # similarity from contributing negative weight and the two weights from summing to zero.
 MIN_MERGE_WEIGHT = 1e-6
+NORM_EPS = 1e-12  # the cosine's denominator is clamped here
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def adjacent_similarity(hidden: torch.Tensor) -> torch.Tensor:
         bad = int((~torch.isfinite(norm)).sum())
         raise ValueError(f"hidden contains NaN/Inf in {bad} of {norm.numel()} tokens; all values must be finite")
     dot = torch.einsum("tld,tld->tl", h[:-1], h[1:])  # [B-1, L]
-    return (dot / (norm[:-1] * norm[1:]).clamp_min(1e-12)).mean(-1)
+    return (dot / (norm[:-1] * norm[1:]).clamp_min(NORM_EPS)).mean(-1)
 
 
 def ema_boundaries(similarity: list[float], alpha: float, tau_seg: float) -> list[bool]:

@@ -1,0 +1,213 @@
+"""Triton kernels computing FrameMerge and TokenSelect exactly as earlytom.compress does.
+
+Parameter order is the one TensorRT's AOT plugins require: input pointers, then int32 scalars, then output
+pointers; float hyper-parameters and block sizes are compile-time constants. No output shape depends on
+data: merged frames go to a [B, L, D] buffer (the first N valid) with an int32 count, selected tokens to
+[K, D'] with their count.
+
+FrameMerge, three launches:
+    token_cosine    hidden [B, L, D] -> cos [B-1, L]            grid (L,)    reads hidden once
+    merge_plan      cos [B-1, L] -> s [B-1], plan [B], count    grid (1,)    the EMA and pair scan
+    weighted_merge  hidden, plan -> merged [B, L, D]            grid (B, cdiv(L*D, BLOCK))
+TokenSelect, three launches:
+    window_select   scores [N, T], is_static [N] -> keep [N*T]  grid (N,)    one argmax per window
+    dynamic_topk    scores, is_static, keep -> frame [K], index [K], count   grid (1,)  sort + compaction
+    gather_tokens   tokens [N, T, D'], frame, index -> [K, D']  grid (K, cdiv(D', BLOCK))
+"""
+
+import triton
+import triton.language as tl
+
+from earlytom.compress import merge
+
+MIN_MERGE_WEIGHT = tl.constexpr(merge.MIN_MERGE_WEIGHT)
+NORM_EPS = tl.constexpr(merge.NORM_EPS)
+
+
+@triton.jit
+def token_cosine(hidden, B, L, D, cos, BLOCK_D: tl.constexpr):
+    """cos[t, l] = cos(hidden[t, l], hidden[t+1, l]); one program per token l walks the B frames, keeping the
+    previous frame's row in registers, so every element of hidden is read once (fp32 accumulation)."""
+    l = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    mask = d < D
+    prev = tl.load(hidden + l * D + d, mask=mask, other=0.0).to(tl.float32)
+    prev_norm = tl.sqrt(tl.sum(prev * prev, axis=0))
+    for t in range(1, B):
+        row = tl.load(hidden + (t * L + l) * D + d, mask=mask, other=0.0).to(tl.float32)
+        norm = tl.sqrt(tl.sum(row * row, axis=0))
+        dot = tl.sum(prev * row, axis=0)
+        tl.store(cos + (t - 1) * L + l, dot / tl.maximum(prev_norm * norm, NORM_EPS))
+        prev, prev_norm = row, norm
+
+
+@triton.jit
+def _cut_after(s, t, ema, B, ALPHA: tl.constexpr, TAU_SEG: tl.constexpr):
+    """(boundary after frame t, EMA e_t): e_0 = s_0, e_t = ALPHA s_t + (1 - ALPHA) e_{t-1}; the last frame
+    always ends its segment."""
+    inside = t < B - 1
+    s_t = tl.load(s + t, mask=inside, other=0.0)
+    new = tl.where(t == 0, s_t, ALPHA * s_t + (1 - ALPHA) * ema)
+    ema = tl.where(inside, new, ema)
+    cut = tl.where(inside, (ema < TAU_SEG).to(tl.int32), 1)
+    return cut, ema
+
+
+@triton.jit
+def merge_plan(
+    cos,
+    B,
+    L,
+    s,
+    first,
+    last,
+    weight,
+    segment,
+    is_static,
+    count,
+    ALPHA: tl.constexpr,
+    TAU_SEG: tl.constexpr,
+    TAU_MERGE: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """One program: s_t = mean_l cos[t, l]; then the scan of DESIGN.md section 3 as a state machine over
+    frames i with the boundary before i, after i and after i+1 in registers. Writes the first N rows of
+    first/last [B] int32, weight [B, 2] fp32, segment [B] int32, is_static [B] int32, and count = N."""
+    offs = tl.arange(0, BLOCK_L)
+    for t in range(0, B - 1):
+        acc = tl.zeros([BLOCK_L], dtype=tl.float32)
+        for l0 in range(0, L, BLOCK_L):
+            acc += tl.load(cos + t * L + l0 + offs, mask=l0 + offs < L, other=0.0)
+        tl.store(s + t, tl.sum(acc, axis=0) / L)
+    tl.debug_barrier()  # s is read back below
+
+    ema = tl.zeros([], dtype=tl.float32)
+    cut_prev = tl.full([], 1, tl.int32)  # frame 0 is a head
+    cut_cur, ema = _cut_after(s, 0, ema, B, ALPHA, TAU_SEG)
+    cut_next, ema = _cut_after(s, 1, ema, B, ALPHA, TAU_SEG)
+    i = 0
+    n = 0
+    seg = -1
+    while i < B:
+        static = (1 - cut_prev) * (1 - cut_cur)  # neither head nor tail
+        s_i = tl.load(s + i, mask=i < B - 1, other=0.0)
+        s_n = tl.load(s + i + 1, mask=i + 1 < B - 1, other=0.0)
+        merge = static * (1 - cut_next) * (s_i > TAU_MERGE).to(tl.int32) * (s_i > s_n).to(tl.int32)
+        seg += cut_prev
+        w0 = tl.maximum(s_i, MIN_MERGE_WEIGHT)
+        w1 = tl.maximum(s_n, MIN_MERGE_WEIGHT)
+        tl.store(first + n, i)
+        tl.store(last + n, i + merge)
+        tl.store(weight + 2 * n, tl.where(merge == 1, w0 / (w0 + w1), 1.0))
+        tl.store(weight + 2 * n + 1, tl.where(merge == 1, w1 / (w0 + w1), 0.0))
+        tl.store(segment + n, seg)
+        tl.store(is_static + n, static)
+        n += 1
+        # Advance by one frame, and by a second one when the pair merged.
+        cut_prev, cut_cur = cut_cur, cut_next
+        cut_next, ema = _cut_after(s, i + 2, ema, B, ALPHA, TAU_SEG)
+        i += 1
+        if merge == 1:
+            cut_prev, cut_cur = cut_cur, cut_next
+            cut_next, ema = _cut_after(s, i + 2, ema, B, ALPHA, TAU_SEG)
+            i += 1
+    tl.store(count, n)
+
+
+@triton.jit
+def weighted_merge(hidden, first, last, weight, count, LD, merged, BLOCK: tl.constexpr):
+    """merged[n] = w[n,0] hidden[first[n]] + w[n,1] hidden[last[n]] for n < count; the second frame is read
+    only for merged pairs, so every input frame is read once."""
+    n = tl.program_id(0)
+    live = n < tl.load(count)
+    offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = (offs < LD) & live
+    a = tl.load(first + n, mask=live, other=0).to(tl.int64)
+    b = tl.load(last + n, mask=live, other=0).to(tl.int64)
+    w0 = tl.load(weight + 2 * n)
+    w1 = tl.load(weight + 2 * n + 1)
+    x = tl.load(hidden + a * LD + offs, mask=valid, other=0.0).to(tl.float32)
+    y = tl.load(hidden + b * LD + offs, mask=valid & (b != a), other=0.0).to(tl.float32)
+    tl.store(merged + n.to(tl.int64) * LD + offs, (w0 * x + w1 * y).to(merged.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _budget(is_static, N, T, K_TARGET, BLOCK_N: tl.constexpr):
+    """DESIGN.md section 4 budget: (K, n_s, m, surplus, K_d). K_TARGET = round(r * B * T) from the host."""
+    frames = tl.arange(0, BLOCK_N)
+    flags = tl.load(is_static + frames, mask=frames < N, other=0)
+    n_s = tl.sum(flags, axis=0)
+    n_d = N - n_s
+    K = tl.minimum(K_TARGET, N * T)
+    q = K // N
+    rem = K - q * N
+    rounded = q + tl.where(2 * rem > N, 1, tl.where(2 * rem == N, q % 2, 0))  # round half to even
+    m = tl.minimum(T, tl.maximum(1, rounded))
+    m = tl.where((n_s > 0) & (n_s * m > K), K // tl.maximum(n_s, 1), m)
+    k_d = K - n_s * m
+    surplus = tl.maximum(0, k_d - n_d * T)
+    return K, n_s, m, surplus, k_d - surplus
+
+
+@triton.jit
+def window_select(scores, is_static, N, T, K_TARGET, keep, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program f writes keep[f, :]: for a static frame with budget m_f, 1 at the best token (lowest index on
+    ties) of each window t * m_f // T == w; zeros for a dynamic frame (dynamic_topk marks those)."""
+    f = tl.program_id(0)
+    K, n_s, m, surplus, k_d = _budget(is_static, N, T, K_TARGET, BLOCK_N)
+    frames = tl.arange(0, BLOCK_N)
+    flags = tl.load(is_static + frames, mask=frames < N, other=0)
+    rank = tl.sum(tl.where(frames < f, flags, 0), axis=0)  # static frames before f
+    extra = surplus // tl.maximum(n_s, 1) + (rank < surplus % tl.maximum(n_s, 1)).to(tl.int32)
+    m_f = tl.where(tl.load(is_static + f) == 1, m + extra, 0)
+    tok = tl.arange(0, BLOCK_T)
+    valid = tok < T
+    row = tl.load(scores + f.to(tl.int64) * T + tok, mask=valid, other=0.0).to(tl.float32)
+    window = tok * m_f // T
+    picked = tl.zeros([BLOCK_T], dtype=tl.int32)
+    for w in range(0, m_f):
+        candidates = tl.where(valid & (window == w), row, float("-inf"))
+        best = tl.max(candidates, axis=0)
+        first_best = tl.min(tl.where(candidates == best, tok, BLOCK_T), axis=0)
+        picked = tl.where(tok == first_best, 1, picked)
+    tl.store(keep + f.to(tl.int64) * T + tok, picked, mask=valid)
+
+
+@triton.jit
+def dynamic_topk(
+    scores, is_static, keep, N, T, K_TARGET, frame, index, count, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """One program over all N*T tokens: the top K_d dynamic tokens by (score desc, index asc), found by a
+    64-step radix select on unsigned keys (score bits in float order, then the inverted index), merged with
+    the static picks in `keep`, compacted in temporal then raster order into frame [K], index [K], count."""
+    K, n_s, m, surplus, k_d = _budget(is_static, N, T, K_TARGET, BLOCK_N)
+    offs = tl.arange(0, BLOCK)
+    valid = offs < N * T
+    f = offs // T
+    dynamic = valid & (tl.load(is_static + f, mask=valid, other=1) == 0)
+    x = tl.load(scores + offs, mask=valid, other=0.0).to(tl.float32) + 0.0  # -0.0 -> +0.0, as torch compares
+    bits = x.to(tl.uint32, bitcast=True).to(tl.uint64)
+    ordered = tl.where(bits >= 0x80000000, bits ^ 0xFFFFFFFF, bits | 0x80000000)  # float order as unsigned
+    key = (ordered << 32) | (0xFFFFFFFF - offs.to(tl.uint64))  # unique; ties: the lower index is larger
+    threshold = tl.zeros([], dtype=tl.uint64)  # becomes the k_d-th largest dynamic key
+    for bit in range(63, -1, -1):
+        candidate = threshold | (tl.full([], 1, tl.uint64) << bit)
+        if tl.sum((dynamic & (key >= candidate)).to(tl.int32), axis=0) >= k_d:
+            threshold = candidate
+    chosen = dynamic & (key >= threshold) & (k_d > 0)
+    chosen = chosen | (tl.load(keep + offs, mask=valid, other=0) == 1)
+    position = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+    tl.store(frame + position, f, mask=chosen)
+    tl.store(index + position, offs - f * T, mask=chosen)
+    tl.store(count, tl.sum(chosen.to(tl.int32), axis=0))
+
+
+@triton.jit
+def gather_tokens(tokens, frame, index, count, T, DM, selected, BLOCK: tl.constexpr):
+    """selected[k] = tokens[frame[k], index[k]] for k < count; program (k, block) copies one block of D'."""
+    k = tl.program_id(0)
+    live = k < tl.load(count)
+    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = (tl.load(frame + k, mask=live, other=0) * T + tl.load(index + k, mask=live, other=0)).to(tl.int64)
+    x = tl.load(tokens + row * DM + d, mask=live & (d < DM))
+    tl.store(selected + k.to(tl.int64) * DM + d, x, mask=live & (d < DM))

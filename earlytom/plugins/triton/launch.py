@@ -1,0 +1,138 @@
+"""Launch parameters of the kernels as plain functions of the shapes: grid, warps, compile-time constants and
+the int32 scalar arguments in kernel order. The Python runners (ops.py), the AOT compiler (aot.py) and the
+TensorRT plugins all take them from here.
+
+Compile-time constants depend only on build-time facts (model dims, the most frames a request may have,
+the EarlyTom thresholds), never on data, so one compiled kernel serves every request of an engine.
+"""
+
+from dataclasses import dataclass
+
+from earlytom.compress import EarlyTomConfig
+
+COPY_BLOCK = 1024  # elements per program of the two copy kernels
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def warps_for(block: int) -> int:
+    """Warps for a program holding `block` elements: 4 up to 1024, 8 up to 4096, 16 beyond (<= 16 each)."""
+    return 4 if block <= 1024 else 8 if block <= 4096 else 16
+
+
+@dataclass(frozen=True)
+class Launch:
+    """grid: programs per axis; block_threads = num_warps * 32; scalars: the int32 arguments, in order."""
+
+    kernel: str
+    grid: tuple[int, int, int]
+    num_warps: int
+    constexprs: dict
+    scalars: tuple[int, ...]
+
+    @property
+    def block_threads(self) -> int:
+        return self.num_warps * 32
+
+
+def token_cosine(B: int, L: int, D: int) -> Launch:
+    block_d = next_pow2(D)
+    return Launch("token_cosine", (L, 1, 1), warps_for(block_d), {"BLOCK_D": block_d}, (B, L, D))
+
+
+def merge_plan(B: int, L: int, config: EarlyTomConfig) -> Launch:
+    constexprs = {
+        "ALPHA": config.alpha,
+        "TAU_SEG": config.tau_seg,
+        "TAU_MERGE": config.tau_merge,
+        "BLOCK_L": min(1024, next_pow2(L)),
+    }
+    return Launch("merge_plan", (1, 1, 1), 4, constexprs, (B, L))
+
+
+def weighted_merge(B: int, L: int, D: int) -> Launch:
+    """B programs along axis 0 (rows past the count exit without touching memory)."""
+    return Launch("weighted_merge", (B, cdiv(L * D, COPY_BLOCK), 1), 4, {"BLOCK": COPY_BLOCK}, (L * D,))
+
+
+def selection_blocks(max_frames: int, T: int) -> dict:
+    """Block sizes of the selection kernels: every frame a request may have, every token of them."""
+    return {"BLOCK_N": max(2, next_pow2(max_frames)), "BLOCK_T": next_pow2(T), "BLOCK": next_pow2(max_frames * T)}
+
+
+def window_select(N: int, T: int, k_target: int, max_frames: int) -> Launch:
+    blocks = selection_blocks(max_frames, T)
+    constexprs = {"BLOCK_T": blocks["BLOCK_T"], "BLOCK_N": blocks["BLOCK_N"]}
+    return Launch("window_select", (N, 1, 1), 4, constexprs, (N, T, k_target))
+
+
+def dynamic_topk(N: int, T: int, k_target: int, max_frames: int) -> Launch:
+    blocks = selection_blocks(max_frames, T)
+    constexprs = {"BLOCK": blocks["BLOCK"], "BLOCK_N": blocks["BLOCK_N"]}
+    return Launch("dynamic_topk", (1, 1, 1), warps_for(blocks["BLOCK"]), constexprs, (N, T, k_target))
+
+
+def gather_tokens(K: int, T: int, DM: int) -> Launch:
+    return Launch("gather_tokens", (K, cdiv(DM, COPY_BLOCK), 1), 4, {"BLOCK": COPY_BLOCK}, (T, DM))
+
+
+# Kernel parameters in order, as (name, type): "*x" is a pointer to the data dtype (fp16, bf16 or fp32),
+# "i32" an int32 scalar. Inputs, then scalars, then outputs, as TensorRT's AOT plugins require.
+SIGNATURES = {
+    "token_cosine": [("hidden", "*x"), ("B", "i32"), ("L", "i32"), ("D", "i32"), ("cos", "*fp32")],
+    "merge_plan": [
+        ("cos", "*fp32"),
+        ("B", "i32"),
+        ("L", "i32"),
+        ("s", "*fp32"),
+        ("first", "*i32"),
+        ("last", "*i32"),
+        ("weight", "*fp32"),
+        ("segment", "*i32"),
+        ("is_static", "*i32"),
+        ("count", "*i32"),
+    ],
+    "weighted_merge": [
+        ("hidden", "*x"),
+        ("first", "*i32"),
+        ("last", "*i32"),
+        ("weight", "*fp32"),
+        ("count", "*i32"),
+        ("LD", "i32"),
+        ("merged", "*x"),
+    ],
+    "window_select": [
+        ("scores", "*x"),
+        ("is_static", "*i32"),
+        ("N", "i32"),
+        ("T", "i32"),
+        ("K_TARGET", "i32"),
+        ("keep", "*i32"),
+    ],
+    "dynamic_topk": [
+        ("scores", "*x"),
+        ("is_static", "*i32"),
+        ("keep", "*i32"),
+        ("N", "i32"),
+        ("T", "i32"),
+        ("K_TARGET", "i32"),
+        ("frame", "*i32"),
+        ("index", "*i32"),
+        ("count", "*i32"),
+    ],
+    "gather_tokens": [
+        ("tokens", "*x"),
+        ("frame", "*i32"),
+        ("index", "*i32"),
+        ("count", "*i32"),
+        ("T", "i32"),
+        ("DM", "i32"),
+        ("selected", "*x"),
+    ],
+}

@@ -28,16 +28,16 @@ NORM_EPS = tl.constexpr(merge.NORM_EPS)
 def token_cosine(hidden, B, L, D, cos, BLOCK_D: tl.constexpr):
     """cos[t, l] = cos(hidden[t, l], hidden[t+1, l]); one program per token l walks the B frames, keeping the
     previous frame's row in registers, so every element of hidden is read once (fp32 accumulation)."""
-    l = tl.program_id(0).to(tl.int64)
+    tok = tl.program_id(0).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     mask = d < D
-    prev = tl.load(hidden + l * D + d, mask=mask, other=0.0).to(tl.float32)
+    prev = tl.load(hidden + tok * D + d, mask=mask, other=0.0).to(tl.float32)
     prev_norm = tl.sqrt(tl.sum(prev * prev, axis=0))
     for t in range(1, B):
-        row = tl.load(hidden + (t * L + l) * D + d, mask=mask, other=0.0).to(tl.float32)
+        row = tl.load(hidden + (t * L + tok) * D + d, mask=mask, other=0.0).to(tl.float32)
         norm = tl.sqrt(tl.sum(row * row, axis=0))
         dot = tl.sum(prev * row, axis=0)
-        tl.store(cos + (t - 1) * L + l, dot / tl.maximum(prev_norm * norm, NORM_EPS))
+        tl.store(cos + (t - 1) * L + tok, dot / tl.maximum(prev_norm * norm, NORM_EPS))
         prev, prev_norm = row, norm
 
 

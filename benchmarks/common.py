@@ -27,3 +27,20 @@ def print_table(header: list[str], rows: list[list]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def summary(times_ms: list[float]) -> dict[str, float]:
+    """trtexec-style statistics of repeated timings: min, mean, median, p90, p99, max (nearest-rank)."""
+    ordered = sorted(times_ms)
+
+    def rank(q: float) -> float:
+        return ordered[max(0, min(len(ordered) - 1, -(-len(ordered) * q // 100) - 1))]
+
+    return {
+        "min": ordered[0],
+        "mean": statistics.fmean(ordered),
+        "median": statistics.median(ordered),
+        "p90": rank(90),
+        "p99": rank(99),
+        "max": ordered[-1],
+    }

@@ -31,6 +31,12 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge-layer", type=int, default=None, help="k in [1, n-1] (default n // 4)")
     parser.add_argument("--method", choices=["earlytom", "full", "global_topk"], default="earlytom")
     parser.add_argument("--no-compress", action="store_true", help="same as --method full")
+    parser.add_argument(
+        "--kernels",
+        choices=["auto", "triton", "reference"],
+        default="auto",
+        help="FrameMerge/TokenSelect implementation: Triton kernels on CUDA, the PyTorch reference otherwise",
+    )
     parser.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -55,6 +61,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         config=EarlyTomConfig(retain_ratio=args.retain_ratio or EarlyTomConfig().retain_ratio),
         num_frames=args.frames or 32,
         method=method,
+        kernels=args.kernels,
     )
 
 

@@ -1,9 +1,15 @@
-"""Shared fixtures: the tiny LLaVA-OV model (random weights) and small real mp4 clips written with PyAV."""
+"""Shared fixtures: the tiny LLaVA-OV model (random weights) and small real mp4 clips written with PyAV.
 
-import pytest
+Triton's interpreter runs the kernels on CPU; it must be chosen before triton is first imported."""
 
-from earlytom.models.registry import load_model
-from earlytom.runtime.synthetic import moving_square_frames, write_clip
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from earlytom.models.registry import load_model  # noqa: E402
+from earlytom.runtime.synthetic import moving_square_frames, write_clip  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -133,11 +133,12 @@ def test_overwrite_replaces_by_rename(engine, tmp_path):
 
 
 def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tmp_path, capsys):
-    if build_module.tensorrt_available():
-        pytest.skip("TensorRT is installed here; this checks the message shown where it is not")
+    if not build_module.missing_gpu_stack():
+        pytest.skip("TensorRT, TensorRT-LLM and a GPU are all here; this checks the message shown where they are not")
     assert main(["--model", "tiny", "--output", str(tmp_path / "x"), "--backend", "tensorrt"]) == 2
     err = capsys.readouterr().err
-    assert "needs the TensorRT Python package" in err and "--backend onnxruntime" in err
+    assert "--backend tensorrt needs" in err and "--backend onnxruntime" in err
+    assert "the tensorrt Python package" in err or "an NVIDIA GPU" in err
     assert not (tmp_path / "x").exists()
 
 

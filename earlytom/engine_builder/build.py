@@ -27,6 +27,7 @@ from earlytom.engine_builder.manifest import write_manifest
 from earlytom.export.onnx_export import ExportError, export_and_verify, vision_graphs
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter
 from earlytom.models.registry import LoadedModel, known_names, load_model
+from earlytom.plugins import aot
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -35,25 +36,32 @@ class BuildError(ValueError):
     """A build that cannot start or finish; its message names the fix."""
 
 
-def tensorrt_available() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
+def missing_gpu_stack() -> list[str]:
+    """What the TensorRT backend needs and this machine lacks."""
+    missing = [
+        f"the {name} Python package" for name in ("tensorrt", "tensorrt_llm") if not importlib.util.find_spec(name)
+    ]
+    if not torch.cuda.is_available():
+        missing.append("an NVIDIA GPU visible to PyTorch")
+    return missing
 
 
 def choose_backend(requested: str) -> str:
-    """auto -> tensorrt where the TensorRT Python package is installed, else onnxruntime."""
+    """auto -> tensorrt where TensorRT, TensorRT-LLM and a GPU are present, else onnxruntime."""
     if requested not in BACKENDS:
         raise BuildError(f"backend = {requested!r}; choose one of {', '.join(BACKENDS)}")
-    if requested == "tensorrt" or (requested == "auto" and tensorrt_available()):
-        if not tensorrt_available():
-            raise BuildError(
-                "--backend tensorrt needs the TensorRT Python package (pip install 'earlytom[gpu]') on a machine "
-                "with an NVIDIA GPU, and it is not installed here; use --backend onnxruntime"
-            )
+    missing = missing_gpu_stack()
+    if requested == "tensorrt" and missing:
         raise BuildError(
-            "the TensorRT engine build is not part of this version yet (ONNX graphs, ONNX Runtime backend only); "
-            "use --backend onnxruntime"
+            f"--backend tensorrt needs {', '.join(missing)}, missing here (pip install 'earlytom[gpu]' on a machine "
+            "with an NVIDIA GPU); use --backend onnxruntime"
         )
-    return "onnxruntime"
+    return "tensorrt" if requested == "tensorrt" or (requested == "auto" and not missing) else "onnxruntime"
+
+
+def default_dtype(backend: str) -> str:
+    """fp16 graphs for TensorRT (norms and softmax stay fp32), fp32 for ONNX Runtime on CPU."""
+    return "fp16" if backend == "tensorrt" else "fp32"
 
 
 def save_decoder(loaded: LoadedModel, directory: Path) -> None:
@@ -82,26 +90,49 @@ def build(
     config: EarlyTomConfig | None = None,
     merge_layer: int | None = None,
     frames: int = 32,
-    dtype: str = "fp32",
+    dtype: str | None = None,
+    gpu_archs: tuple[str, ...] | None = None,
     random_init: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Build the engine directory `output` for `model`; returns its manifest."""
+    """Build the engine directory `output` for `model`; returns its manifest. `gpu_archs` (default: all four
+    for the TensorRT backend, none for ONNX Runtime) selects the AOT-compiled plugin kernels stored."""
     output = Path(output)
     if output.exists() and not overwrite:
         raise BuildError(f"{output} already exists; pass --overwrite to replace it (it stays intact until then)")
     if frames < 1:
         raise BuildError(f"frames = {frames}: the engines need at least 1 frame")
     backend = choose_backend(backend)
+    dtype = dtype or default_dtype(backend)
+    gpu_archs = tuple(aot.ARCHS) if gpu_archs is None and backend == "tensorrt" else tuple(gpu_archs or ())
     config = config or EarlyTomConfig()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    steps = tqdm(total=5, desc="build_engine", unit="step", disable=not progress, file=sys.stderr)
+    steps = tqdm(
+        total=5 + len(gpu_archs) + 2 * (backend == "tensorrt"),
+        desc="build_engine",
+        unit="step",
+        disable=not progress,
+        file=sys.stderr,
+    )
     try:
         steps.set_postfix_str(f"load {model}")
         loaded = load_model(model, random_init=random_init)
         adapter = LlavaOnevisionAdapter(loaded.model, merge_layer)
+        vision = loaded.model.config.vision_config
+        earlytom = config.to_dict() | {
+            "merge_layer": adapter.merge_layer,
+            "encoder_layers": adapter.num_layers,
+            "max_frames": frames,
+            "tokens_per_frame": adapter.tokens_per_frame,
+        }
+        dims = {
+            "image_size": vision.image_size,
+            "tokens": adapter.grid**2,
+            "hidden": vision.hidden_size,
+            "llm_hidden": loaded.model.config.text_config.hidden_size,
+        }
         steps.update()
         verification = {}
         for module, spec, inputs in vision_graphs(adapter):
@@ -113,6 +144,14 @@ def build(
         save_decoder(loaded, staging)
         save_text_side(loaded, staging)
         steps.update()
+        shapes = aot.Shapes(vision.hidden_size, dims["tokens"], adapter.tokens_per_frame, frames)
+        for arch in gpu_archs:
+            steps.set_postfix_str(f"compile plugin kernels for {arch}")
+            aot.write(aot.compile_all(arch, shapes, config), staging / "plugins" / arch, shapes)
+            steps.update()
+        gpu = {}
+        if backend == "tensorrt":
+            gpu = build_tensorrt(staging, earlytom, dims, dtype, steps)
         steps.set_postfix_str("hash artifacts")
         manifest = write_manifest(
             staging,
@@ -123,19 +162,16 @@ def build(
                     "config_hash": loaded.config_hash,
                     "random_init": loaded.random_init,
                 },
-                "earlytom": config.to_dict()
-                | {
-                    "merge_layer": adapter.merge_layer,
-                    "encoder_layers": adapter.num_layers,
-                    "max_frames": frames,
-                    "tokens_per_frame": adapter.tokens_per_frame,
-                },
+                "earlytom": earlytom,
+                "vision": dims,
                 "backend": backend,
                 "dtype": dtype,
+                "plugin_archs": list(gpu_archs),
                 "verification_max_rel_error": verification,
                 "notes": loaded.notes,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
+            }
+            | gpu,
         )
         steps.update()
         replace(staging, output)
@@ -145,6 +181,33 @@ def build(
     finally:
         steps.close()
     return manifest
+
+
+def build_tensorrt(staging: Path, earlytom: dict, dims: dict, dtype: str, steps) -> dict:  # pragma: no cover
+    """The vision plans and the TensorRT-LLM decoder; -> the manifest's `tensorrt` section."""
+    import tensorrt
+    import tensorrt_llm
+
+    from earlytom.engine_builder import tensorrt as trt_build
+
+    steps.set_postfix_str("TensorRT vision plans")
+    plans = trt_build.network_plans(
+        earlytom, image_size=dims["image_size"], tokens=dims["tokens"], hidden=dims["hidden"]
+    )
+    trt_build.build_vision_plans(staging, plans)
+    steps.update()
+    steps.set_postfix_str("TensorRT-LLM decoder")
+    k_target = round(earlytom["retain_ratio"] * earlytom["max_frames"] * earlytom["tokens_per_frame"])
+    trt_build.build_decoder(staging, trt_build.decoder_plan(k_target), dtype)
+    steps.update()
+    major, minor = torch.cuda.get_device_capability()
+    return {
+        "tensorrt": {
+            "tensorrt": tensorrt.__version__,
+            "tensorrt_llm": tensorrt_llm.__version__,
+            "gpu_arch": f"sm_{major}{minor}",
+        }
+    }
 
 
 def replace(staging: Path, output: Path) -> None:
@@ -171,7 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retain-ratio", type=float, default=defaults.retain_ratio)
     parser.add_argument("--merge-layer", type=int, default=None, help="k in [1, n-1] (default n // 4)")
     parser.add_argument("--frames", type=int, default=32, help="most frames a request may have")
-    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "fp16"),
+        default=None,
+        help="graph precision (default: fp16 for tensorrt, fp32 for onnxruntime)",
+    )
+    parser.add_argument(
+        "--gpu-archs",
+        nargs="*",
+        choices=list(aot.ARCHS),
+        default=None,
+        help="store AOT plugin kernels for these GPUs (default: all for tensorrt, none otherwise)",
+    )
     parser.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
     args = parser.parse_args(argv)
@@ -185,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             merge_layer=args.merge_layer,
             frames=args.frames,
             dtype=args.dtype,
+            gpu_archs=None if args.gpu_archs is None else tuple(args.gpu_archs),
             random_init=args.random_init,
             overwrite=args.overwrite,
         )

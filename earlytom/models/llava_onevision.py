@@ -79,7 +79,8 @@ class LlavaOnevisionAdapter(nn.Module):
 
     def encode_head(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, H, W] -> hidden [B, L, D] entering layer k."""
-        hidden = self.embeddings(pixels.to(self.embeddings.patch_embedding.weight.dtype))
+        weight = self.embeddings.patch_embedding.weight
+        hidden = self.embeddings(pixels.to(device=weight.device, dtype=weight.dtype))
         for layer in self.head_layers:
             hidden = layer(hidden, attention_mask=None)
         return hidden

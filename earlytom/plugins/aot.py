@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +55,8 @@ class Compiled:
     entry: str
     num_warps: int
     shared_bytes: int
-    registers: int | None
+    registers: int | None  # per thread, from cuobjdump
+    spill_bytes: int | None  # local memory per thread (register spills)
     ptx: str
     cubin: bytes
 
@@ -78,19 +80,17 @@ def signature(spec: launch.Launch, dtype: str) -> dict[str, str]:
     return types | dict.fromkeys(spec.constexprs, "constexpr")
 
 
-def registers(cubin: bytes, arch: str) -> int | None:
-    """Registers per thread reported by cuobjdump (bundled with Triton's NVIDIA backend), if it is there."""
+def resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
+    """(registers, local bytes) per thread as cuobjdump reports them (it ships with Triton's NVIDIA backend)."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not tool.exists():
-        return None
-    path = Path(f"/tmp/earlytom-{arch}-{hash(cubin)}.cubin")
-    path.write_bytes(cubin)
-    try:
-        out = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
-    finally:
-        path.unlink(missing_ok=True)
-    match = re.search(r"REG:(\d+)", out)
-    return int(match.group(1)) if match else None
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    registers, local = re.search(r"REG:(\d+)", out), re.search(r"LOCAL:(\d+)", out)
+    return (int(registers.group(1)) if registers else None, int(local.group(1)) if local else None)
 
 
 def compile_kernel(spec: launch.Launch, dtype: str, arch: str) -> Compiled:
@@ -98,8 +98,9 @@ def compile_kernel(spec: launch.Launch, dtype: str, arch: str) -> Compiled:
     compiled = triton.compile(source, target=GPUTarget("cuda", ARCHS[arch], 32), options={"num_warps": spec.num_warps})
     md = compiled.metadata
     cubin = compiled.asm["cubin"]
+    registers, spill = resource_usage(cubin)
     return Compiled(
-        spec.kernel, dtype, arch, md.name, md.num_warps, md.shared, registers(cubin, arch), compiled.asm["ptx"], cubin
+        spec.kernel, dtype, arch, md.name, md.num_warps, md.shared, registers, spill, compiled.asm["ptx"], cubin
     )
 
 

@@ -15,7 +15,7 @@ class Decoder:
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [S] -> text embeddings [S, D']."""
-        return self.lm.get_input_embeddings()(input_ids)
+        return self.lm.get_input_embeddings()(input_ids.to(self.lm.device))
 
     def prefill(self, embeds: torch.Tensor):
         """embeds [S, D'] -> (logits of the last position [V], KV cache)."""
@@ -27,3 +27,19 @@ class Decoder:
         ids = torch.tensor([[token]], device=self.lm.device)
         out = self.lm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1], out.past_key_values
+
+    def greedy(
+        self, before: torch.Tensor, visual: torch.Tensor, after: torch.Tensor, *, max_new_tokens: int, eos: int, timer
+    ) -> list[int]:
+        """Greedy answer to the prompt `before` [P] ids + `visual` [K+1, D'] embeddings + `after` [Q] ids: up to
+        max_new_tokens ids, ending with `eos` if it came. Times the "prefill" and "first_token" stages."""
+        with timer.stage("prefill"):
+            logits, cache = self.prefill(torch.cat([self.embed(before), visual, self.embed(after)]))
+        with timer.stage("first_token"):
+            token = int(logits.argmax())
+        generated = [token]
+        while token != eos and len(generated) < max_new_tokens:
+            logits, cache = self.step(token, cache)
+            token = int(logits.argmax())
+            generated.append(token)
+        return generated

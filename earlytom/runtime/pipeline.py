@@ -4,25 +4,19 @@ prefill with the visual tokens spliced into the prompt -> greedy decoding. Every
 The vision side and the decoder are objects with these methods, so backends can swap either:
     vision:  encode_head(pixels [B,3,H,W]) -> [B,L,D];  encode_tail(hidden [N,L,D]) -> ([N,T,D'], [N,T]);
              image_newline [D']
-    decoder: embed(ids [S]) -> [S,D'];  prefill(embeds [S,D']) -> (logits [V], cache);
-             step(token, cache) -> (logits [V], cache);  context_length
+    decoder: greedy(before [P], visual [K+1, D'], after [Q], max_new_tokens, eos, timer) -> token ids
+             (timing the "prefill" and "first_token" stages);  context_length
 """
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from earlytom.compress import (
-    EarlyTomConfig,
-    SelectResult,
-    frame_merge,
-    global_topk,
-    token_select,
-    uniform,
-    visual_budget,
-)
+from earlytom import compress
+from earlytom.compress import EarlyTomConfig, MergeResult, SelectResult, global_topk, uniform, visual_budget
 from earlytom.engine_builder.manifest import read_manifest
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter
 from earlytom.models.registry import LoadedModel, Preprocess, load_model
@@ -32,6 +26,7 @@ from earlytom.runtime.timing import StageTimer
 from earlytom.runtime.video import load_video, preprocess
 
 METHODS = ("earlytom", "full", "global_topk")
+KERNELS = ("auto", "triton", "reference")
 
 
 class PromptTooLong(ValueError):
@@ -78,16 +73,19 @@ class Pipeline:
         tokens_per_frame: int,
         num_frames: int = 32,
         method: str = "earlytom",
+        kernels: str = "auto",
         notes: list[str] | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method = {method!r}; choose one of {', '.join(METHODS)}")
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels = {kernels!r}; choose one of {', '.join(KERNELS)}")
         if num_frames < 1:
             raise ValueError(f"frames = {num_frames}: sample at least 1 frame")
         self.vision, self.decoder = vision, decoder
         self.tokenizer, self.chat_template, self.preprocess = tokenizer, chat_template, preprocess
         self.config, self.tokens_per_frame = config, tokens_per_frame
-        self.num_frames, self.method = num_frames, method
+        self.num_frames, self.method, self.kernels = num_frames, method, kernels
         self.notes = list(notes or [])
 
     @classmethod
@@ -136,20 +134,28 @@ class Pipeline:
             )
         fields = {k: built[k] for k in ("alpha", "tau_seg", "tau_merge", "retain_ratio")}
         config = EarlyTomConfig(**fields | ({"retain_ratio": retain_ratio} if retain_ratio else {}))
-        decoder = AutoModelForCausalLM.from_pretrained(directory / "decoder", dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-        return cls(
-            OnnxVision(directory, manifest["dtype"]),
-            Decoder(decoder),
-            tokenizer=tokenizer,
-            chat_template=tokenizer.chat_template,
-            preprocess=Preprocess.load(directory / "preprocessor.json"),
-            config=config,
-            tokens_per_frame=built["tokens_per_frame"],
-            num_frames=num_frames,
-            method=method,
-            notes=manifest["notes"],
-        )
+        common = {
+            "tokenizer": tokenizer,
+            "chat_template": tokenizer.chat_template,
+            "preprocess": Preprocess.load(directory / "preprocessor.json"),
+            "config": config,
+            "tokens_per_frame": built["tokens_per_frame"],
+            "num_frames": num_frames,
+            "method": method,
+            "notes": manifest["notes"],
+        }
+        if manifest["backend"] == "tensorrt":  # pragma: no cover - needs TensorRT and a GPU
+            from earlytom.runtime.tensorrt_backend import TensorRTPipeline
+
+            if config.retain_ratio != built["retain_ratio"] or method != "earlytom":
+                raise ValueError(
+                    f"the TensorRT engines in {directory} select K for retain_ratio = {built['retain_ratio']} with "
+                    "EarlyTom; rebuild with build_engine --retain-ratio to change it"
+                )
+            return TensorRTPipeline.open(directory, manifest, **common)
+        decoder = AutoModelForCausalLM.from_pretrained(directory / "decoder", dtype=torch.float32).eval()
+        return cls(OnnxVision(directory, manifest["dtype"]), Decoder(decoder), **common)
 
     def with_options(self, *, method: str | None = None, retain_ratio: float | None = None) -> "Pipeline":
         """The same loaded models with another method or retain ratio (nothing is reloaded)."""
@@ -164,6 +170,7 @@ class Pipeline:
             tokens_per_frame=self.tokens_per_frame,
             num_frames=self.num_frames,
             method=method or self.method,
+            kernels=self.kernels,
             notes=self.notes,
         )
 
@@ -197,11 +204,32 @@ class Pipeline:
                 "a shorter prompt or fewer new tokens"
             )
 
+    def ops(self, device: torch.device):
+        """The FrameMerge / TokenSelect implementation: the Triton kernels on CUDA (or when forced), the PyTorch
+        reference otherwise. Triton is imported only then: its interpreter mode is read at import."""
+        use_triton = self.kernels == "triton" or (self.kernels == "auto" and device.type == "cuda")
+        if not use_triton:
+            return compress
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                "kernels = 'triton' needs a CUDA device, or TRITON_INTERPRET=1 in the environment to interpret "
+                "the kernels on CPU; use kernels = 'reference' (or 'auto') here"
+            )
+        from earlytom.plugins.triton import ops
+
+        return ops
+
+    def merge(self, hidden: torch.Tensor) -> MergeResult:
+        """hidden [B, L, D] -> FrameMerge with this pipeline's config."""
+        c = self.config
+        return self.ops(hidden.device).frame_merge(hidden, alpha=c.alpha, tau_seg=c.tau_seg, tau_merge=c.tau_merge)
+
     def select(self, tokens: torch.Tensor, scores: torch.Tensor, is_static, *, num_frames: int) -> SelectResult:
         """tokens [N, T, D'], scores [N, T] -> the tokens `self.method` keeps (all of them for "full")."""
         r = self.config.retain_ratio
         if self.method == "earlytom":
-            return token_select(tokens, scores, is_static, retain_ratio=r, num_frames=num_frames)
+            ops = self.ops(tokens.device)
+            return ops.token_select(tokens, scores, is_static, retain_ratio=r, num_frames=num_frames)
         if self.method == "global_topk":
             return global_topk(tokens, scores, retain_ratio=r, num_frames=num_frames)
         return uniform(tokens, retain_ratio=1.0, num_frames=tokens.shape[0])  # every token, in order
@@ -215,8 +243,7 @@ class Pipeline:
         is_static = None
         if self.method == "earlytom":
             with timer.stage("frame_merge"):
-                c = self.config
-                merged = frame_merge(hidden, alpha=c.alpha, tau_seg=c.tau_seg, tau_merge=c.tau_merge)
+                merged = self.merge(hidden)
                 hidden, source, is_static = merged.hidden, merged.source, merged.is_static
         with timer.stage("vision_tail"):
             tokens, scores = self.vision.encode_tail(hidden)  # [N, T, D'], [N, T]
@@ -236,17 +263,10 @@ class Pipeline:
         with timer.stage("preprocess"):
             pixels = preprocess(clip.frames, self.preprocess)  # [B, 3, S, S]
         visual = self.encode_video(pixels, timer)
-        with timer.stage("prefill"):
-            embeds = torch.cat([self.decoder.embed(before), visual.embeds, self.decoder.embed(after)])
-            logits, cache = self.decoder.prefill(embeds)
-        with timer.stage("first_token"):
-            token = int(logits.argmax())
-        generated = [token]
         eos = self.tokenizer.eos_token_id
-        while token != eos and len(generated) < max_new_tokens:
-            logits, cache = self.decoder.step(token, cache)
-            token = int(logits.argmax())
-            generated.append(token)
+        generated = self.decoder.greedy(
+            before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer
+        )
         answer = generated[:-1] if generated[-1] == eos else generated
         counts = {
             "frames_in": int(pixels.shape[0]),

@@ -7,6 +7,7 @@ how the kernels are tested here.
 import torch
 
 from earlytom.compress import EarlyTomConfig, MergeResult, SelectResult, selection_budget, visual_budget
+from earlytom.compress.config import DEFAULT_ALPHA, DEFAULT_TAU_MERGE, DEFAULT_TAU_SEG
 from earlytom.compress.merge import check_hidden
 from earlytom.compress.select import check_tokens_scores
 from earlytom.plugins.triton import kernels, launch
@@ -23,9 +24,16 @@ def run(spec: launch.Launch, *args) -> None:
     getattr(kernels, spec.kernel)[spec.grid](*ordered, **spec.constexprs, num_warps=spec.num_warps)
 
 
-def frame_merge(hidden: torch.Tensor, config: EarlyTomConfig) -> MergeResult:
-    """hidden [B, L, D] -> MergeResult, as earlytom.compress.frame_merge with the config's thresholds."""
+def frame_merge(
+    hidden: torch.Tensor,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    tau_seg: float = DEFAULT_TAU_SEG,
+    tau_merge: float = DEFAULT_TAU_MERGE,
+) -> MergeResult:
+    """hidden [B, L, D] -> MergeResult, as earlytom.compress.frame_merge."""
     check_hidden(hidden)
+    config = EarlyTomConfig(alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
     hidden = hidden.contiguous()
     B, L, D = hidden.shape
     i32 = {"dtype": torch.int32, "device": hidden.device}

@@ -1,0 +1,227 @@
+"""TensorRT Quickly Deployable Plugins (QDP) running the Triton kernels ahead of time (no Python at run time).
+
+TensorRT's AOT plugins launch exactly one kernel each, and FrameMerge / TokenSelect each need three launches
+with a grid-wide dependency between them (every similarity before the scan, the scan before the merge).
+So each op is three plugin layers in the network, one per kernel:
+
+    earlytom::frame_merge    = token_cosine -> merge_plan -> weighted_merge      (vision_head.plan)
+    earlytom::token_select   = window_select -> dynamic_topk -> gather_tokens    (vision_tail.plan)
+
+No output shape depends on data: merged frames fill a [B, L, D] buffer (count says how many are valid) and
+selected tokens a [K, D'] one with K = round(r * B * T) fixed at build time.
+
+`PLUGINS` says what each plugin takes and gives; `register()` declares them to TensorRT (it needs the
+`tensorrt` package and a GPU; tests check the declarations against `PLUGINS` and the kernels statically).
+Rules of the TensorRT 11.x validator followed here: tensors first, then attributes, all annotated, none
+defaulted; every aot_impl declares all attributes in registration order, then `outputs` and `tactic`, and a
+return annotation; extra kernel arguments are SymInt32 only; float hyper-parameters are compile-time
+constants of the kernel.
+"""
+
+from dataclasses import dataclass
+
+from earlytom.compress import EarlyTomConfig
+from earlytom.plugins.triton import launch
+
+NAMESPACE = "earlytom"
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin: its kernel, input and output tensors (names = the kernel's pointer parameters), attributes."""
+
+    kernel: str
+    inputs: tuple[str, ...]
+    attributes: tuple[tuple[str, type], ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{NAMESPACE}::{self.kernel}"
+
+
+PLUGINS = {
+    spec.kernel: spec
+    for spec in (
+        PluginSpec("token_cosine", ("hidden",), (), ("cos",)),
+        PluginSpec(
+            "merge_plan",
+            ("cos",),
+            (("alpha", float), ("tau_seg", float), ("tau_merge", float)),
+            ("s", "first", "last", "weight", "segment", "is_static", "count"),
+        ),
+        PluginSpec("weighted_merge", ("hidden", "first", "last", "weight", "count"), (), ("merged",)),
+        PluginSpec("window_select", ("scores", "is_static"), (("k_target", int), ("max_frames", int)), ("keep",)),
+        PluginSpec(
+            "dynamic_topk",
+            ("scores", "is_static", "keep"),
+            (("k_target", int), ("max_frames", int)),
+            ("frame", "index", "count"),
+        ),
+        PluginSpec("gather_tokens", ("tokens", "frame", "index", "count"), (), ("selected",)),
+    )
+}
+
+
+def merge_config(alpha: float, tau_seg: float, tau_merge: float) -> EarlyTomConfig:
+    return EarlyTomConfig(alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
+
+
+def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
+    """Declare the six plugins to TensorRT (import this before parsing or deserialising a network)."""
+    from typing import Tuple, Union  # QDP's validator expects the typing forms its samples use
+
+    import tensorrt as trt
+    import tensorrt.plugin as trtp
+    import triton
+
+    from earlytom.plugins import aot
+
+    def dtype_name(desc) -> str:
+        return {trt.float16: "fp16", trt.bfloat16: "bf16", trt.float32: "fp32"}[desc.dtype]
+
+    def kernel(spec: launch.Launch, dtype: str):
+        """(entry name, PTX, launch params, SymInt32 extra args) for the GPU this build runs on."""
+        target = triton.runtime.driver.active.get_current_target()
+        compiled = aot.compile_kernel(spec, dtype, f"sm_{target.arch}")
+        params = trtp.KernelLaunchParams()
+        params.grid_x, params.grid_y, params.grid_z = spec.grid
+        params.block_x = spec.block_threads
+        params.shared_mem = compiled.shared_bytes
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(x) for x in spec.scalars])
+        return compiled.entry, compiled.ptx, params, extra
+
+    def const(expr) -> int:
+        return expr.constant_value()
+
+    i32, f32 = trt.int32, trt.float32
+    AotResult = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
+
+    @trtp.register("earlytom::token_cosine")
+    def token_cosine_desc(hidden: trtp.TensorDesc) -> trtp.TensorDesc:
+        B, L, _ = hidden.shape_expr
+        return trtp.from_shape_expr((B, L), f32)  # rows 0 .. B-2 are written
+
+    @trtp.aot_impl("earlytom::token_cosine")
+    def token_cosine_aot(hidden: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc], tactic: int) -> AotResult:
+        B, L, D = hidden.shape_expr
+        return kernel(launch.token_cosine(B, const(L), const(D)), dtype_name(hidden))
+
+    @trtp.register("earlytom::merge_plan")
+    def merge_plan_desc(
+        cos: trtp.TensorDesc, alpha: float, tau_seg: float, tau_merge: float
+    ) -> Tuple[
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+    ]:
+        B = cos.shape_expr[0]
+        row = lambda dtype: trtp.from_shape_expr((B,), dtype)  # noqa: E731
+        return (
+            row(f32),
+            row(i32),
+            row(i32),
+            trtp.from_shape_expr((B, 2), f32),
+            row(i32),
+            row(i32),
+            trtp.from_shape_expr((1,), i32),
+        )
+
+    @trtp.aot_impl("earlytom::merge_plan")
+    def merge_plan_aot(
+        cos: trtp.TensorDesc,
+        alpha: float,
+        tau_seg: float,
+        tau_merge: float,
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> AotResult:
+        B, L = cos.shape_expr
+        return kernel(launch.merge_plan(B, const(L), merge_config(alpha, tau_seg, tau_merge)), "fp32")
+
+    @trtp.register("earlytom::weighted_merge")
+    def weighted_merge_desc(
+        hidden: trtp.TensorDesc,
+        first: trtp.TensorDesc,
+        last: trtp.TensorDesc,
+        weight: trtp.TensorDesc,
+        count: trtp.TensorDesc,
+    ) -> trtp.TensorDesc:
+        return hidden.like()
+
+    @trtp.aot_impl("earlytom::weighted_merge")
+    def weighted_merge_aot(
+        hidden: trtp.TensorDesc,
+        first: trtp.TensorDesc,
+        last: trtp.TensorDesc,
+        weight: trtp.TensorDesc,
+        count: trtp.TensorDesc,
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> AotResult:
+        B, L, D = hidden.shape_expr
+        return kernel(launch.weighted_merge(B, const(L), const(D)), dtype_name(hidden))
+
+    @trtp.register("earlytom::window_select")
+    def window_select_desc(
+        scores: trtp.TensorDesc, is_static: trtp.TensorDesc, k_target: int, max_frames: int
+    ) -> trtp.TensorDesc:
+        return trtp.from_shape_expr(scores.shape_expr, i32)
+
+    @trtp.aot_impl("earlytom::window_select")
+    def window_select_aot(
+        scores: trtp.TensorDesc,
+        is_static: trtp.TensorDesc,
+        k_target: int,
+        max_frames: int,
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> AotResult:
+        N, T = scores.shape_expr
+        return kernel(launch.window_select(N, const(T), k_target, max_frames), dtype_name(scores))
+
+    @trtp.register("earlytom::dynamic_topk")
+    def dynamic_topk_desc(
+        scores: trtp.TensorDesc, is_static: trtp.TensorDesc, keep: trtp.TensorDesc, k_target: int, max_frames: int
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
+        return (
+            trtp.from_shape_expr((k_target,), i32),
+            trtp.from_shape_expr((k_target,), i32),
+            trtp.from_shape_expr((1,), i32),
+        )
+
+    @trtp.aot_impl("earlytom::dynamic_topk")
+    def dynamic_topk_aot(
+        scores: trtp.TensorDesc,
+        is_static: trtp.TensorDesc,
+        keep: trtp.TensorDesc,
+        k_target: int,
+        max_frames: int,
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> AotResult:
+        N, T = scores.shape_expr
+        return kernel(launch.dynamic_topk(N, const(T), k_target, max_frames), dtype_name(scores))
+
+    @trtp.register("earlytom::gather_tokens")
+    def gather_tokens_desc(
+        tokens: trtp.TensorDesc, frame: trtp.TensorDesc, index: trtp.TensorDesc, count: trtp.TensorDesc
+    ) -> trtp.TensorDesc:
+        return trtp.from_shape_expr((frame.shape_expr[0], tokens.shape_expr[2]), tokens.dtype)
+
+    @trtp.aot_impl("earlytom::gather_tokens")
+    def gather_tokens_aot(
+        tokens: trtp.TensorDesc,
+        frame: trtp.TensorDesc,
+        index: trtp.TensorDesc,
+        count: trtp.TensorDesc,
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> AotResult:
+        _, T, DM = tokens.shape_expr
+        K = frame.shape_expr[0]
+        return kernel(launch.gather_tokens(const(K), const(T), const(DM)), dtype_name(tokens))

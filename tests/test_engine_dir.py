@@ -1,7 +1,10 @@
 """build_engine, the engine directory, and the ONNX Runtime backend checked against the eager oracle."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import onnx
 import pytest
@@ -13,6 +16,7 @@ from earlytom.engine_builder import build as build_module
 from earlytom.engine_builder.build import BuildError, build, main
 from earlytom.engine_builder.manifest import EngineDirError, read_manifest
 from earlytom.export.lint import lint_for_tensorrt
+from earlytom.plugins.tensorrt import PLUGINS
 from earlytom.runtime.pipeline import Pipeline
 
 
@@ -186,3 +190,32 @@ def test_lint_rejects_what_tensorrt_cannot_parse():
 def test_exported_graphs_pass_the_lint(engine):
     for name in ("vision_head.onnx", "vision_tail.onnx"):
         assert lint_for_tensorrt(onnx.load(engine / name)) == []
+
+
+def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the AOT compiler needs real kernels
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "earlytom.engine_builder.build",
+            "--model",
+            "tiny",
+            "--output",
+            str(tmp_path / "p"),
+            "--frames",
+            "4",
+            "--gpu-archs",
+            "sm_89",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = read_manifest(tmp_path / "p")
+    kernels = json.loads((tmp_path / "p" / "plugins" / "sm_89" / "kernels.json").read_text())
+    assert {k["kernel"] for k in kernels["kernels"]} == set(PLUGINS)
+    assert {k["dtype"] for k in kernels["kernels"]} == {"fp32"}  # the graphs' dtype
+    assert "plugins/sm_89/token_cosine.fp32.ptx" in manifest["artifacts"]
+    assert manifest["plugin_archs"] == ["sm_89"]

@@ -181,3 +181,24 @@ def test_launch_parameters_for_llava_ov():
     gather = launch.gather_tokens(941, T, 3584)
     assert gather.grid == (941, 4, 1) and gather.scalars == (196, 3584)
     assert [launch.next_pow2(x) for x in (1, 2, 3, 729, 1024, 1025)] == [1, 2, 4, 1024, 1024, 2048]
+
+
+def test_pipeline_runs_the_kernels_when_asked(tiny, clips):
+    """The eager pipeline with kernels="triton" (interpreted here, on CUDA for real) == the reference."""
+    from earlytom.runtime.pipeline import Pipeline
+
+    kernels = Pipeline.from_model(tiny, num_frames=10, kernels="triton").generate(clips["cut"], "x", 3)
+    reference = Pipeline.from_model(tiny, num_frames=10, kernels="reference").generate(clips["cut"], "x", 3)
+    assert kernels.counts == reference.counts
+    assert torch.equal(kernels.visual.source, reference.visual.source)
+    assert torch.equal(kernels.visual.frame, reference.visual.frame)
+    assert torch.equal(kernels.visual.index, reference.visual.index)
+    assert kernels.token_ids == reference.token_ids
+
+
+def test_forcing_triton_on_cpu_without_the_interpreter_is_a_clear_error(tiny, clips, monkeypatch):
+    from earlytom.runtime.pipeline import Pipeline
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="needs a CUDA device, or TRITON_INTERPRET=1"):
+        Pipeline.from_model(tiny, num_frames=4, kernels="triton").generate(clips["moving"], "x", 1)

@@ -147,7 +147,8 @@ def build(
         shapes = aot.Shapes(vision.hidden_size, dims["tokens"], adapter.tokens_per_frame, frames)
         for arch in gpu_archs:
             steps.set_postfix_str(f"compile plugin kernels for {arch}")
-            aot.write(aot.compile_all(arch, shapes, config), staging / "plugins" / arch, shapes)
+            kernels = aot.compile_all(arch, shapes, config, dtypes=(dtype,))  # the graphs' dtype only
+            aot.write(kernels, staging / "plugins" / arch, shapes)
             steps.update()
         gpu = {}
         if backend == "tensorrt":

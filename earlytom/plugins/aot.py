@@ -10,6 +10,7 @@ version pinned in pyproject.toml (newer ones add hidden kernel parameters Tensor
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -107,6 +108,8 @@ def compile_kernel(spec: launch.Launch, dtype: str, arch: str) -> Compiled:
 def compile_all(arch: str, shapes: Shapes, config: EarlyTomConfig, dtypes=DTYPES) -> list[Compiled]:
     if arch not in ARCHS:
         raise ValueError(f"arch = {arch!r}; choose one of {', '.join(ARCHS)}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("AOT compilation needs TRITON_INTERPRET unset: with it the kernels are interpreter objects")
     if triton.__version__ != TRITON_VERSION:
         raise RuntimeError(f"the AOT path is tested with triton {TRITON_VERSION}, found {triton.__version__}")
     return [compile_kernel(spec, dtype, arch) for spec in launches(shapes, config) for dtype in dtypes]
@@ -117,10 +120,10 @@ def write(compiled: list[Compiled], out: Path, shapes: Shapes) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files, table = [], []
     for c in compiled:
-        stem = out / f"{c.kernel}.{c.dtype}"
-        stem.with_suffix(".ptx").write_text(c.ptx)
-        stem.with_suffix(".cubin").write_bytes(c.cubin)
-        files += [stem.with_suffix(".ptx"), stem.with_suffix(".cubin")]
+        ptx, cubin = out / f"{c.kernel}.{c.dtype}.ptx", out / f"{c.kernel}.{c.dtype}.cubin"
+        ptx.write_text(c.ptx)
+        cubin.write_bytes(c.cubin)
+        files += [ptx, cubin]
         table.append({k: v for k, v in asdict(c).items() if k not in ("ptx", "cubin")})
     meta = out / "kernels.json"
     meta.write_text(json.dumps({"triton": triton.__version__, "shapes": asdict(shapes), "kernels": table}, indent=2))

@@ -124,8 +124,8 @@ def weighted_merge(hidden, first, last, weight, count, LD, merged, BLOCK: tl.con
     valid = (offs < LD) & live
     a = tl.load(first + n, mask=live, other=0).to(tl.int64)
     b = tl.load(last + n, mask=live, other=0).to(tl.int64)
-    w0 = tl.load(weight + 2 * n)
-    w1 = tl.load(weight + 2 * n + 1)
+    w0 = tl.load(weight + 2 * n, mask=live, other=0.0)
+    w1 = tl.load(weight + 2 * n + 1, mask=live, other=0.0)
     x = tl.load(hidden + a * LD + offs, mask=valid, other=0.0).to(tl.float32)
     y = tl.load(hidden + b * LD + offs, mask=valid & (b != a), other=0.0).to(tl.float32)
     tl.store(merged + n.to(tl.int64) * LD + offs, (w0 * x + w1 * y).to(merged.dtype.element_ty), mask=valid)

@@ -160,7 +160,7 @@ class Pipeline:
     def with_options(self, *, method: str | None = None, retain_ratio: float | None = None) -> "Pipeline":
         """The same loaded models with another method or retain ratio (nothing is reloaded)."""
         config = replace(self.config, retain_ratio=retain_ratio) if retain_ratio else self.config
-        return Pipeline(
+        return type(self)(
             self.vision,
             self.decoder,
             tokenizer=self.tokenizer,

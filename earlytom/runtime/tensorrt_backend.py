@@ -87,7 +87,7 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
         B = pixels.shape[0]
         head, tail = self.contexts["vision_head"], self.contexts["vision_tail"]
         with timer.stage("vision_head"), torch.cuda.stream(self.stream):  # includes the FrameMerge plugins
-            self.buffers["pixels"][:B].copy_(pixels, non_blocking=True)
+            self.buffers["pixels"][:B].copy_(pixels)  # host -> device on this stream
             head.set_input_shape("pixels", tuple(pixels.shape))
             if not head.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("vision_head.plan failed to run")
@@ -110,11 +110,11 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
 class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
     """The decoder engine in decoder_trtllm/, given the visual tokens as a prompt table."""
 
-    def __init__(self, engine_dir: Path, vocab_size: int, context_length: int) -> None:
+    def __init__(self, engine_dir: Path, vocab_size: int, context_length: int, dtype: torch.dtype) -> None:
         from tensorrt_llm.runtime import ModelRunnerCpp
 
         self.runner = ModelRunnerCpp.from_dir(engine_dir=str(engine_dir))
-        self.vocab_size, self.context_length = vocab_size, context_length
+        self.vocab_size, self.context_length, self.dtype = vocab_size, context_length, dtype
 
     def greedy(self, before, visual, after, *, max_new_tokens: int, eos: int, timer) -> list[int]:
         ids = prompt_table_ids(before, visual.shape[0], after, self.vocab_size)
@@ -155,8 +155,8 @@ class TensorRTPipeline(Pipeline):  # pragma: no cover - needs TensorRT and a GPU
         )
         newline = load_file(directory / "image_newline.safetensors")["image_newline"]
         text = AutoConfig.from_pretrained(directory / "decoder")
-        decoder = TensorRTLLMDecoder(directory / "decoder_trtllm", text.vocab_size, text.max_position_embeddings)
+        decoder = TensorRTLLMDecoder(directory / "decoder_trtllm", text.vocab_size, text.max_position_embeddings, dtype)
         return cls(TensorRTVision(directory, manifest, specs, newline), decoder, **common)
 
     def encode_video(self, pixels: torch.Tensor, timer) -> Visual:
-        return self.vision.encode_video(pixels.cuda(non_blocking=True), timer)
+        return self.vision.encode_video(pixels, timer)

@@ -9,6 +9,7 @@ Prints the table, the analytic FLOPs with the speedup they predict, and the goal
 """
 
 import argparse
+import gc
 import statistics
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from benchmarks.common import OUT, print_table
 from benchmarks.flops import prefill_flops, vision_flops
 from earlytom.engine_builder.build import build
 from earlytom.engine_builder.manifest import read_manifest
-from earlytom.models.registry import load_model
+from earlytom.models.registry import packaged_config
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
@@ -89,16 +90,18 @@ def main() -> None:
         print(f"building {engine} (export + verification) ...")
         build(MODEL, engine, frames=args.frames, random_init=True)
     merge_layer = read_manifest(engine)["earlytom"]["merge_layer"]
-    loaded = load_model(MODEL, random_init=True)  # the same seed, so the same weights as the engine directory
-    backends = {"onnxruntime": Pipeline.from_engine_dir(engine)}
-    if not args.no_eager:
-        backends["eager"] = Pipeline.from_model(loaded, num_frames=args.frames, merge_layer=merge_layer)
-    config = loaded.model.config
+    config = packaged_config(MODEL)
     layers = config.vision_config.num_hidden_layers
+    backends = {"onnxruntime": lambda: Pipeline.from_engine_dir(engine)}
+    if not args.no_eager:  # the same seed, so the same weights as the engine directory
+        backends["eager"] = lambda: Pipeline.from_pretrained(
+            MODEL, random_init=True, num_frames=args.frames, merge_layer=merge_layer
+        )
 
     plan = [("full", None)] + [(m, r) for r in args.ratios for m in ("earlytom", "global_topk")]
     rows = []
-    for backend, base in backends.items():
+    for backend, make in backends.items():  # one backend in memory at a time (32 frames need ~10 GB each)
+        base = make()
         base.with_options(method="full").generate(warmup, PROMPT, max_new_tokens=1)  # sessions, allocator
         for method, ratio in plan:
             if backend == "eager" and method == "global_topk":
@@ -111,6 +114,8 @@ def main() -> None:
             name = method if ratio is None else f"{method} r={ratio:.2f}"
             rows.append({"method": name, "backend": backend, "ms": ms, "counts": counts, "flops": flops})
             print(f"  {backend:12s} {name:22s} ttft {ms['ttft'] / 1e3:7.2f} s", flush=True)
+        del base, pipe
+        gc.collect()
 
     full = {r["backend"]: r for r in rows if r["method"] == "full"}
     table = []

@@ -1,0 +1,1 @@
+"""build_engine: the engine directory and its backends."""

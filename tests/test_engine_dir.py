@@ -110,6 +110,16 @@ def test_mismatched_directory_is_refused(engine, tmp_path, capsys):
     assert "verified with onnxruntime 99.0" in capsys.readouterr().err
 
 
+def test_tensorrt_directory_without_the_gpu_stack_is_refused(engine, tmp_path):
+    if not build_module.missing_gpu_stack():
+        pytest.skip("TensorRT, TensorRT-LLM and a GPU are here; this checks the message shown where they are not")
+    copy = shutil.copytree(engine, tmp_path / "trt")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"backend": "tensorrt"}))
+    with pytest.raises(EngineDirError, match="holds TensorRT engines, which need"):
+        Pipeline.from_engine_dir(copy)
+
+
 def test_interrupted_build_leaves_nothing_and_keeps_existing(engine, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -9,7 +9,6 @@ interrupted or failed build leaves no DIR behind and never touches an existing o
 """
 
 import argparse
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from earlytom.compress import EarlyTomConfig
-from earlytom.engine_builder.manifest import write_manifest
+from earlytom.engine_builder.manifest import missing_gpu_stack, write_manifest
 from earlytom.export.onnx_export import ExportError, export_and_verify, vision_graphs
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter
 from earlytom.models.registry import LoadedModel, known_names, load_model
@@ -34,16 +33,6 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 class BuildError(ValueError):
     """A build that cannot start or finish; its message names the fix."""
-
-
-def missing_gpu_stack() -> list[str]:
-    """What the TensorRT backend needs and this machine lacks."""
-    missing = [
-        f"the {name} Python package" for name in ("tensorrt", "tensorrt_llm") if not importlib.util.find_spec(name)
-    ]
-    if not torch.cuda.is_available():
-        missing.append("an NVIDIA GPU visible to PyTorch")
-    return missing
 
 
 def choose_backend(requested: str) -> str:

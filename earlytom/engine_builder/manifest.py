@@ -2,16 +2,28 @@
 and the SHA-256 of every artifact. Loading checks all of it and refuses what does not match."""
 
 import hashlib
+import importlib.util
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from packaging.version import Version
 
 FORMAT = "earlytom-engine/1"
 MANIFEST = "manifest.json"
 TOOLS = ("earlytom", "torch", "transformers", "onnx", "onnxruntime", "onnxconverter-common", "triton")
+
+
+def missing_gpu_stack() -> list[str]:
+    """What the TensorRT backend needs and this machine lacks."""
+    missing = [
+        f"the {name} Python package" for name in ("tensorrt", "tensorrt_llm") if not importlib.util.find_spec(name)
+    ]
+    if not torch.cuda.is_available():
+        missing.append("an NVIDIA GPU visible to PyTorch")
+    return missing
 
 
 class EngineDirError(ValueError):

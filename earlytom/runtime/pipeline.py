@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from earlytom import compress
 from earlytom.compress import EarlyTomConfig, MergeResult, SelectResult, global_topk, uniform, visual_budget
-from earlytom.engine_builder.manifest import read_manifest
+from earlytom.engine_builder.manifest import EngineDirError, missing_gpu_stack, read_manifest
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter
 from earlytom.models.registry import LoadedModel, Preprocess, load_model
 from earlytom.runtime.decoder import Decoder
@@ -145,8 +145,14 @@ class Pipeline:
             "method": method,
             "notes": manifest["notes"],
         }
-        if manifest["backend"] == "tensorrt":  # pragma: no cover - needs TensorRT and a GPU
-            from earlytom.runtime.tensorrt_backend import TensorRTPipeline
+        if manifest["backend"] == "tensorrt":
+            missing = missing_gpu_stack()
+            if missing:
+                raise EngineDirError(
+                    f"{directory} holds TensorRT engines, which need {', '.join(missing)}; run it on the GPU "
+                    "machine it was built for, or build an onnxruntime directory for this one"
+                )
+            from earlytom.runtime.tensorrt_backend import TensorRTPipeline  # pragma: no cover - GPU only
 
             if config.retain_ratio != built["retain_ratio"] or method != "earlytom":
                 raise ValueError(

@@ -39,6 +39,13 @@ def test_primer_example_corrected():
     torch.testing.assert_close(plan.weight[1], torch.tensor([0.85 / 1.63, 0.78 / 1.63]))
 
 
+def test_threshold_ties_compare_in_float32():
+    # s_1 is float32(0.8); tau_merge = 0.8 rounds to the same float32, so s_1 does not exceed it.
+    plan = plan_merge(torch.tensor([0.2, 0.8, 0.5]), tau_seg=-1.0, tau_merge=0.8)
+    assert plan.source.tolist() == [[0, 0], [1, 1], [2, 2], [3, 3]]
+    assert plan_merge(torch.tensor([0.2, 0.8, 0.5]), tau_seg=-1.0, tau_merge=0.79).source.tolist()[1] == [1, 2]
+
+
 def test_ema_runs_across_boundaries():
     # e = 0.9, 0.6*0.1+0.4*0.9 = 0.42 (cut), 0.6*0.9+0.4*0.42 = 0.708 (cut: the EMA is not reset to 0.9),
     # 0.6*0.9+0.4*0.708 = 0.8232 (no cut).

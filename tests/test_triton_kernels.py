@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from earlytom.compress import EarlyTomConfig, frame_merge, plan_merge, token_select
@@ -58,6 +58,7 @@ def test_frame_merge_kernels_match_reference(levels, L, D, seed, tau_seg, tau_me
     tau_seg=st.floats(-1.0, 1.0),
     tau_merge=st.floats(-1.0, 1.0),
 )
+@example(s=[-0.5, 0.8, -0.5], alpha=0.3, tau_seg=-1.0, tau_merge=0.8)  # s_1 == tau_merge in float32: no merge
 def test_merge_plan_kernel_makes_the_reference_decisions(s, alpha, tau_seg, tau_merge):
     """The scan alone, fed the reference's similarities (L = 1): ties between neighbours included."""
     similarity = torch.tensor(s, dtype=torch.float32)

@@ -50,6 +50,12 @@ class MergeResult:
     similarity: torch.Tensor
 
 
+def float32(x: float) -> float:
+    """x rounded to float32: similarities are float32, so thresholds are compared at that precision (a
+    similarity equal to the threshold in float32 does not exceed it, on every backend)."""
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
 def check_thresholds(alpha: float, tau_seg: float, tau_merge: float) -> None:
     check_range("alpha", alpha, 0.0, 1.0, low_open=True)
     check_range("tau_seg", tau_seg, -1.0, 1.0)
@@ -112,7 +118,7 @@ def plan_merge(
         rows.append((a, a, 1.0, 0.0, seg, False))
         i = a + 1
         while i < b:
-            if i + 1 <= b - 1 and s[i] > tau_merge and s[i] > s[i + 1]:
+            if i + 1 <= b - 1 and s[i] > float32(tau_merge) and s[i] > s[i + 1]:
                 rows.append((i, i + 1, *pair_weights(s[i], s[i + 1]), seg, True))
                 i += 2
             else:
@@ -193,7 +199,7 @@ class StreamingFrameMerge:
         self, *, alpha: float = DEFAULT_ALPHA, tau_seg: float = DEFAULT_TAU_SEG, tau_merge: float = DEFAULT_TAU_MERGE
     ) -> None:
         check_thresholds(alpha, tau_seg, tau_merge)
-        self.alpha, self.tau_seg, self.tau_merge = alpha, tau_seg, tau_merge
+        self.alpha, self.tau_seg, self.tau_merge = alpha, tau_seg, float32(tau_merge)
         self._frames: dict[int, torch.Tensor] = {}  # frames not yet emitted, by index
         self._sims: list[float] = []  # s_t, known once frame t+1 arrived
         self._cuts: list[bool] = []  # boundary after frame t, known with s_t

@@ -15,12 +15,9 @@ from earlytom.plugins.triton import kernels, launch
 
 def run(spec: launch.Launch, *args) -> None:
     """Launch `spec.kernel` with pointer/tensor args and the spec's scalars in signature order."""
-    names = [name for name, kind in launch.SIGNATURES[spec.kernel]]
-    kinds = [kind for name, kind in launch.SIGNATURES[spec.kernel]]
-    scalars = iter(spec.scalars)
-    tensors = iter(args)
-    ordered = [next(scalars) if kind == "i32" else next(tensors) for kind in kinds]
-    assert next(tensors, None) is None and next(scalars, None) is None, f"{spec.kernel}: {names}"
+    scalars, tensors = iter(spec.scalars), iter(args)
+    ordered = [next(scalars) if kind == "i32" else next(tensors) for _, kind in launch.SIGNATURES[spec.kernel]]
+    assert next(tensors, None) is None and next(scalars, None) is None, f"{spec.kernel}: wrong argument count"
     getattr(kernels, spec.kernel)[spec.grid](*ordered, **spec.constexprs, num_warps=spec.num_warps)
 
 

@@ -2,6 +2,8 @@
 transformers' KV cache. Works with any transformers causal LM that accepts `inputs_embeds`
 (LlavaOnevisionForConditionalGeneration itself, or the Qwen2ForCausalLM saved in an engine directory)."""
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -29,17 +31,30 @@ class Decoder:
         return out.logits[0, -1], out.past_key_values
 
     def greedy(
-        self, before: torch.Tensor, visual: torch.Tensor, after: torch.Tensor, *, max_new_tokens: int, eos: int, timer
+        self,
+        before: torch.Tensor,
+        visual: torch.Tensor,
+        after: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos: int,
+        timer,
+        on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
         """Greedy answer to the prompt `before` [P] ids + `visual` [K+1, D'] embeddings + `after` [Q] ids: up to
-        max_new_tokens ids, ending with `eos` if it came. Times the "prefill" and "first_token" stages."""
+        max_new_tokens ids, ending with `eos` if it came. Times the "prefill" and "first_token" stages;
+        `on_token` (if given) is called with each id as soon as it exists (streaming)."""
         with timer.stage("prefill"):
             logits, cache = self.prefill(torch.cat([self.embed(before), visual, self.embed(after)]))
         with timer.stage("first_token"):
             token = int(logits.argmax())
         generated = [token]
+        if on_token is not None:
+            on_token(token)
         while token != eos and len(generated) < max_new_tokens:
             logits, cache = self.step(token, cache)
             token = int(logits.argmax())
             generated.append(token)
+            if on_token is not None:
+                on_token(token)
         return generated

@@ -259,8 +259,9 @@ class Pipeline:
         return Visual(embeds=embeds, frame=picked.frame, index=picked.index, source=source)
 
     @torch.inference_mode()
-    def generate(self, video, prompt: str, max_new_tokens: int = 32) -> Result:
-        """Answer `prompt` about `video` (a path, an image directory or a uint8 array [B, H, W, 3])."""
+    def generate(self, video, prompt: str, max_new_tokens: int = 32, *, on_token=None) -> Result:
+        """Answer `prompt` about `video` (a path, an image directory or a uint8 array [B, H, W, 3]). `on_token`
+        (a callable, optional) receives each generated token id as soon as it exists."""
         timer = StageTimer()
         before, after = self.prompt_ids(prompt)
         self.check_context(len(before) + len(after), self.num_frames, max_new_tokens)
@@ -271,7 +272,7 @@ class Pipeline:
         visual = self.encode_video(pixels, timer)
         eos = self.tokenizer.eos_token_id
         generated = self.decoder.greedy(
-            before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer
+            before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
         )
         answer = generated[:-1] if generated[-1] == eos else generated
         counts = {

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import matplotlib
 import torch
+from earlytom.engine_builder.manifest import read_manifest
 from transformers.utils import logging as hf_logging
 
 from benchmarks.common import OUT, print_table
 from benchmarks.flops import prefill_flops, vision_flops
 from earlytom.engine_builder.build import build
-from earlytom.engine_builder.manifest import read_manifest
 from earlytom.models.registry import packaged_config
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.synthetic import moving_square_frames, write_clip

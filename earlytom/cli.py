@@ -1,68 +1,68 @@
 """`earlytom` command line.
 
 earlytom run --model llava-ov-0.5b --video clip.mp4 --prompt "What happens?" [--json]
+earlytom run --engine engines/ov7b --video clip.mp4 --prompt "What happens?"
 earlytom demo        # the tiny model on a synthetic clip, end to end, on CPU
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-from transformers.utils import logging as hf_logging
-
-from earlytom.compress import EarlyTomConfig
+from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
 from earlytom.models.registry import known_names
+from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
-    defaults = EarlyTomConfig()
     parser.add_argument(
         "--model", default=None, help=f"{', '.join(known_names())}, an HF id or a directory (default: tiny)"
     )
     parser.add_argument("--engine", type=Path, default=None, help="an engine directory written by build_engine")
-    parser.add_argument("--frames", type=int, default=None, help="frames sampled from the video, B (default 32)")
     parser.add_argument(
-        "--retain-ratio", type=float, default=None, help=f"r in (0, 1] (default {defaults.retain_ratio})"
+        "--frames", type=int, default=None, help="frames sampled from the video, B (default 32; an engine: its maximum)"
     )
-    parser.add_argument("--merge-layer", type=int, default=None, help="k in [1, n-1] (default n // 4)")
-    parser.add_argument("--method", choices=["earlytom", "full", "global_topk"], default="earlytom")
+    add_config_args(parser)
+    parser.add_argument("--method", choices=METHODS, default=None, help="default earlytom")
     parser.add_argument("--no-compress", action="store_true", help="same as --method full")
     parser.add_argument(
         "--kernels",
-        choices=["auto", "triton", "reference"],
-        default="auto",
-        help="FrameMerge/TokenSelect implementation: Triton kernels on CUDA, the PyTorch reference otherwise",
+        choices=KERNELS,
+        default=None,
+        help="FrameMerge/TokenSelect implementation (default auto: Triton kernels on CUDA, the PyTorch reference "
+        "otherwise)",
     )
     parser.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="at most this many new tokens (>= 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    add_debug_arg(parser)
+
+
+def method_of(args: argparse.Namespace) -> str | None:
+    if args.no_compress and args.method not in (None, "full"):
+        raise ValueError(f"--no-compress contradicts --method {args.method}; give one of them")
+    return "full" if args.no_compress else args.method
 
 
 def build_pipeline(args: argparse.Namespace) -> Pipeline:
     """The eager pipeline for --model, or the engine directory's backend for --engine (then --model, if
-    given, must be the model the directory was built for)."""
-    method = "full" if args.no_compress else args.method
-    if args.engine:
-        if args.merge_layer is not None or args.random_init:
-            raise ValueError(
-                "--merge-layer and --random-init are fixed when the engine is built; pass them to build_engine"
-            )
-        return Pipeline.from_engine_dir(
-            args.engine, model=args.model, retain_ratio=args.retain_ratio, num_frames=args.frames, method=method
-        )
-    return Pipeline.from_pretrained(
-        args.model or "tiny",
-        random_init=args.random_init,
-        merge_layer=args.merge_layer,
-        config=EarlyTomConfig(retain_ratio=args.retain_ratio or EarlyTomConfig().retain_ratio),
-        num_frames=args.frames or 32,
-        method=method,
-        kernels=args.kernels,
-    )
+    given, must be the model the directory was built for). Options left out keep their defaults (an engine:
+    what it was built with)."""
+    options = {"method": method_of(args), "num_frames": args.frames, "kernels": args.kernels}
+    if args.engine is None:
+        given = {k: v for k, v in options.items() if v is not None}
+        name = "tiny" if args.model is None else args.model
+        return Pipeline.from_pretrained(name, random_init=args.random_init, config=config_from_args(args), **given)
+    if args.random_init:
+        raise ValueError("--random-init is fixed when the engine is built; pass it to build_engine")
+    pipe = Pipeline.from_engine_dir(args.engine, model=args.model, **options)
+    fields = config_fields(args)
+    return pipe.with_options(config=dataclasses.replace(pipe.config, **fields)) if fields else pipe
 
 
 def report(result: Result, as_json: bool) -> None:
@@ -86,36 +86,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """The whole eager pipeline on a synthetic clip with a scene cut: full tokens, then EarlyTom."""
+    """The whole pipeline on a synthetic clip with a scene cut: full tokens, then EarlyTom (one load)."""
+    pipe = build_pipeline(args)
+    where = f"engine {args.engine}" if args.engine else f"model {args.model or 'tiny'} (eager)"
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_clip(Path(tmp) / "demo.mp4", moving_square_frames(48, cut_at=24))
         for method in ("full", "earlytom"):
-            args.method = method
-            where = f"engine {args.engine}" if args.engine else f"model {args.model or 'tiny'} (eager)"
-            print(f"== {where}, {method}, {clip.name} ==", file=sys.stderr)
-            report(build_pipeline(args).generate(clip, args.prompt, args.max_new_tokens), args.json)
+            print(f"== {where}, {method} ({pipe.config.variant}), {clip.name} ==", file=sys.stderr)
+            report(pipe.with_options(method=method).generate(clip, args.prompt, args.max_new_tokens), args.json)
     return 0
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
+    sub = p.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="answer a prompt about a video")
+    add_pipeline_args(run_parser)
+    run_parser.add_argument("--video", required=True, help="a video file, a directory of images")
+    run_parser.add_argument("--prompt", required=True)
+    run_parser.set_defaults(func=run)
+    demo_parser = sub.add_parser("demo", help="run the tiny model end to end on a synthetic clip")
+    add_pipeline_args(demo_parser)
+    demo_parser.add_argument("--prompt", default="What moves in this video?")
+    demo_parser.set_defaults(func=demo)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="answer a prompt about a video")
-    add_pipeline_args(p)
-    p.add_argument("--video", required=True, help="a video file, a directory of images")
-    p.add_argument("--prompt", required=True)
-    p.set_defaults(func=run)
-    p = sub.add_parser("demo", help="run the tiny model end to end on a synthetic clip")
-    add_pipeline_args(p)
-    p.add_argument("--prompt", default="What moves in this video?")
-    p.set_defaults(func=demo)
-    args = parser.parse_args(argv)
-    hf_logging.disable_progress_bar()
-    try:
-        return args.func(args)
-    except ValueError as error:  # every user error is a ValueError with a message that names the fix
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_main(parser(), lambda args: args.func(args), argv)
 
 
 if __name__ == "__main__":

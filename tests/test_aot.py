@@ -54,9 +54,9 @@ def test_ptx_declares_the_entry_and_resources_fit(compiled):
 
 def test_compiling_under_the_interpreter_is_refused():
     with pytest.raises(RuntimeError, match="needs TRITON_INTERPRET unset"):
-        aot.compile_all("sm_89", aot.Shapes.of_model("tiny", 4), aot.EarlyTomConfig())
+        aot.compile_all("sm_89", aot.Shapes.of_model("tiny", 4), aot.EarlyTomConfig(variant="paper"))
 
 
 def test_unknown_arch_is_refused():
     with pytest.raises(ValueError, match="arch = 'sm_75'; choose one of sm_80, sm_86, sm_89, sm_90"):
-        aot.compile_all("sm_75", aot.Shapes.of_model("tiny", 4), aot.EarlyTomConfig())
+        aot.compile_all("sm_75", aot.Shapes.of_model("tiny", 4), aot.EarlyTomConfig(variant="paper"))

@@ -12,9 +12,12 @@ import torch
 from onnx import TensorProto, helper
 
 from earlytom.cli import main as earlytom_main
+from earlytom.compress import EarlyTomConfig
+from earlytom.engine.manifest import EngineDirError, read_manifest
+from earlytom.engine.staging import OutputError
 from earlytom.engine_builder import build as build_module
-from earlytom.engine_builder.build import BuildError, build, main
-from earlytom.engine_builder.manifest import EngineDirError, read_manifest
+from earlytom.engine_builder.build import build, main
+from earlytom.environment import missing_gpu_stack
 from earlytom.export.lint import lint_for_tensorrt
 from earlytom.plugins.tensorrt import PLUGINS
 from earlytom.runtime.pipeline import Pipeline
@@ -29,29 +32,32 @@ def engine(tmp_path_factory):
 
 def test_directory_layout_and_manifest(engine):
     manifest = read_manifest(engine)
-    assert set(manifest["artifacts"]) >= {
-        "vision_head.onnx",
-        "vision_tail.onnx",
+    chain = ["vision_head", "vision_mid1", "vision_mid2", "vision_tail"]  # official: after layers 0, 2, 3 of 4
+    assert [g.name for g in manifest.graphs] == chain
+    assert manifest.config.merge_layers == (0, 2, 3) and manifest.config.variant == "official"
+    assert set(manifest.artifacts) >= {
+        *(f"{name}.onnx" for name in chain),
         "decoder/config.json",
         "decoder/model.safetensors",
         "image_newline.safetensors",
         "preprocessor.json",
         "tokenizer/tokenizer.json",
     }
-    assert manifest["model"]["name"] == "tiny" and manifest["backend"] == "onnxruntime"
-    assert manifest["earlytom"]["max_frames"] == 16 and manifest["earlytom"]["merge_layer"] == 1
-    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest["tools"])
-    for errors in manifest["verification_max_rel_error"].values():
+    assert manifest.model.name == "tiny" and manifest.backend == "onnxruntime"
+    assert manifest.max_frames == 16
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest.tools)
+    assert set(manifest.verification_max_rel_error) == set(chain)
+    for errors in manifest.verification_max_rel_error.values():
         assert all(e < 1e-4 for e in errors.values())
     head = onnx.load(engine / "vision_head.onnx")
     assert head.opset_import[0].version >= 17
     assert head.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic frame axis
-    assert not list(engine.parent.glob(".tiny.partial-*"))
+    assert not list(engine.parent.glob(".tiny.*"))
 
 
 def test_onnxruntime_backend_matches_eager(engine, tiny, clips):
     ort_pipe = Pipeline.from_engine_dir(engine, num_frames=12)
-    eager = Pipeline.from_model(tiny, num_frames=12, merge_layer=1)
+    eager = Pipeline.from_model(tiny, num_frames=12)
     a = ort_pipe.generate(clips["cut"], "What changes?", max_new_tokens=6)
     b = eager.generate(clips["cut"], "What changes?", max_new_tokens=6)
     assert a.counts == b.counts
@@ -91,7 +97,7 @@ def test_tampered_artifact_is_refused(engine, tmp_path):
     with pytest.raises(EngineDirError, match="vision_tail.onnx does not match its SHA-256"):
         Pipeline.from_engine_dir(copy)
     (copy / "decoder" / "model.safetensors").unlink()
-    with pytest.raises(EngineDirError, match="incomplete: .* is missing"):
+    with pytest.raises(EngineDirError, match="incomplete: .* missing"):
         read_manifest(copy)
 
 
@@ -111,7 +117,7 @@ def test_mismatched_directory_is_refused(engine, tmp_path, capsys):
 
 
 def test_tensorrt_directory_without_the_gpu_stack_is_refused(engine, tmp_path):
-    if not build_module.missing_gpu_stack():
+    if not missing_gpu_stack():
         pytest.skip("TensorRT, TensorRT-LLM and a GPU are here; this checks the message shown where they are not")
     copy = shutil.copytree(engine, tmp_path / "trt")
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -130,24 +136,24 @@ def test_interrupted_build_leaves_nothing_and_keeps_existing(engine, tmp_path, m
         build("tiny", fresh, frames=4, progress=False)
     assert list(tmp_path.iterdir()) == []
     existing = shutil.copytree(engine, tmp_path / "existing")
-    before = read_manifest(existing)["artifacts"]
+    before = read_manifest(existing).artifacts
     with pytest.raises(KeyboardInterrupt):
         build("tiny", existing, frames=4, overwrite=True, progress=False)
-    assert read_manifest(existing)["artifacts"] == before
+    assert read_manifest(existing).artifacts == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 
 
 def test_overwrite_replaces_by_rename(engine, tmp_path):
     target = shutil.copytree(engine, tmp_path / "target")
-    with pytest.raises(BuildError, match="already exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
         build("tiny", target, progress=False)
     manifest = build("tiny", target, frames=4, overwrite=True, progress=False)
-    assert read_manifest(target)["earlytom"]["max_frames"] == 4 == manifest["earlytom"]["max_frames"]
+    assert read_manifest(target).max_frames == 4 == manifest.max_frames
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
 
 
 def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tmp_path, capsys):
-    if not build_module.missing_gpu_stack():
+    if not missing_gpu_stack():
         pytest.skip("TensorRT, TensorRT-LLM and a GPU are all here; this checks the message shown where they are not")
     assert main(["--model", "tiny", "--output", str(tmp_path / "x"), "--backend", "tensorrt"]) == 2
     err = capsys.readouterr().err
@@ -157,8 +163,10 @@ def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tmp_path, capsys):
 
 
 def test_fp16_keeps_norms_and_softmax_in_fp32(tmp_path):
-    manifest = build("tiny", tmp_path / "fp16", dtype="fp16", frames=4, progress=False)
-    assert all(e < 2e-2 for errors in manifest["verification_max_rel_error"].values() for e in errors.values())
+    paper = EarlyTomConfig(variant="paper")
+    manifest = build("tiny", tmp_path / "fp16", dtype="fp16", frames=4, config=paper, progress=False)
+    assert [g.name for g in manifest.graphs] == ["vision_head", "vision_tail"]  # the paper variant: two graphs
+    assert all(e < 2e-2 for errors in manifest.verification_max_rel_error.values() for e in errors.values())
     tail = onnx.shape_inference.infer_shapes(onnx.load(tmp_path / "fp16" / "vision_tail.onnx"))
     types = {v.name: v.type.tensor_type.elem_type for v in [*tail.graph.value_info, *tail.graph.input]}
     assert tail.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
@@ -198,8 +206,8 @@ def test_lint_rejects_what_tensorrt_cannot_parse():
 
 
 def test_exported_graphs_pass_the_lint(engine):
-    for name in ("vision_head.onnx", "vision_tail.onnx"):
-        assert lint_for_tensorrt(onnx.load(engine / name)) == []
+    for graph in read_manifest(engine).graphs:
+        assert lint_for_tensorrt(onnx.load(engine / graph.file)) == []
 
 
 def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
@@ -217,6 +225,8 @@ def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
             "4",
             "--gpu-archs",
             "sm_89",
+            "--variant",
+            "paper",
         ],
         env=env,
         capture_output=True,
@@ -227,5 +237,5 @@ def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
     kernels = json.loads((tmp_path / "p" / "plugins" / "sm_89" / "kernels.json").read_text())
     assert {k["kernel"] for k in kernels["kernels"]} == set(PLUGINS)
     assert {k["dtype"] for k in kernels["kernels"]} == {"fp32"}  # the graphs' dtype
-    assert "plugins/sm_89/token_cosine.fp32.ptx" in manifest["artifacts"]
-    assert manifest["plugin_archs"] == ["sm_89"]
+    assert "plugins/sm_89/token_cosine.fp32.ptx" in manifest.artifacts
+    assert manifest.plugin_archs == ("sm_89",)

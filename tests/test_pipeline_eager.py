@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,30 +12,33 @@ from PIL import Image
 
 from earlytom.cli import main
 from earlytom.compress import EarlyTomConfig, frame_merge
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter
+from earlytom.engine.layout import vision_chain
+from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
 from earlytom.models.registry import ModelNotFound, load_model, packaged_config
 from earlytom.runtime.decoder import Decoder
 from earlytom.runtime.pipeline import Pipeline, PromptTooLong
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
-from earlytom.runtime.timing import STAGES, StageTimer
+from earlytom.runtime.timing import StageTimer
 from earlytom.runtime.video import VideoError, load_video, preprocess
+
+PAPER = EarlyTomConfig(variant="paper", merge_layers=(0,))  # layers [0, 1) see every frame, as k = 1 before
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny):
-    return Pipeline.from_model(tiny, num_frames=12)
+    return Pipeline.from_model(tiny, num_frames=12, config=PAPER)
 
 
 def test_uncompressed_adapter_equals_transformers_forward(tiny):
     """Split encoder + spliced embeddings + decoder == LlavaOnevisionForConditionalGeneration on the same input."""
     model, config = tiny.model, tiny.model.config
-    adapter = LlavaOnevisionAdapter(model, merge_layer=2)
+    adapter = LlavaOnevisionAdapter(model)
     decoder = Decoder(model)
     pixels = preprocess(torch.from_numpy(moving_square_frames(5)), tiny.preprocess)  # [5, 3, 72, 72]
-    pipe = Pipeline.from_model(tiny, merge_layer=2, method="full")
+    pipe = Pipeline.from_model(tiny, method="full")  # the official chain, nothing merged
     before, after = pipe.prompt_ids("Describe the video.")
     with torch.inference_mode():
-        visual = pipe.encode_video(pixels, StageTimer())
+        visual = pipe.backend.encode(pixels, pipe.options, StageTimer())
         ours, _ = decoder.prefill(torch.cat([decoder.embed(before), visual.embeds, decoder.embed(after)]))
         n_visual = visual.embeds.shape[0]
         ids = torch.cat([before, torch.full((n_visual,), config.video_token_index), after])
@@ -44,11 +48,11 @@ def test_uncompressed_adapter_equals_transformers_forward(tiny):
 
 
 def test_scores_are_attention_received_in_last_layer(tiny):
-    adapter = LlavaOnevisionAdapter(tiny.model, merge_layer=1)
+    adapter = LlavaOnevisionAdapter(tiny.model)
+    head, tail = (Stretch(adapter, spec) for spec in vision_chain("paper", (0,), adapter.num_layers))
     pixels = preprocess(torch.from_numpy(moving_square_frames(2)), tiny.preprocess)
     with torch.inference_mode():
-        hidden = adapter.encode_head(pixels)
-        tokens, scores = adapter.encode_tail(hidden)
+        tokens, scores = tail(*head(pixels))
     grid = adapter.grid
     assert tokens.shape == (2, adapter.tokens_per_frame, tiny.model.config.text_config.hidden_size)
     assert scores.shape == (2, ((grid + 1) // 2) ** 2)
@@ -62,12 +66,14 @@ def test_compressed_request_reaches_decoder_with_k_plus_newline(pipeline, clips)
     assert counts["frames_in"] == 12
     N = counts["frames_after_merge"]
     assert N == visual.source.shape[0] <= 12
-    K = min(round(0.15 * 12 * pipeline.tokens_per_frame), N * pipeline.tokens_per_frame)
+    T = pipeline.backend.text.tokens_per_frame
+    K = min(round(0.15 * 12 * T), N * T)
     assert counts["visual_tokens"] == K == visual.embeds.shape[0] - 1
-    torch.testing.assert_close(visual.embeds[-1], pipeline.vision.image_newline)
-    flat = visual.frame * pipeline.tokens_per_frame + visual.index
+    torch.testing.assert_close(visual.embeds[-1], pipeline.backend.adapter.image_newline)
+    flat = visual.frame * T + visual.index
     assert bool((flat.diff() > 0).all()) and int(visual.frame.max()) < N
-    assert set(result.timings_ms) == {*STAGES, "ttft"}  # every stage of an EarlyTom request
+    stages = ["video_decode", "preprocess", "vision_head", "frame_merge", "vision_tail", "token_select", "prefill"]
+    assert list(result.timings_ms) == [*stages, "first_token", "ttft"]  # every stage of an EarlyTom request
     assert result.timings_ms["ttft"] == pytest.approx(
         sum(v for k, v in result.timings_ms.items() if k != "ttft"), abs=0.01
     )
@@ -75,10 +81,11 @@ def test_compressed_request_reaches_decoder_with_k_plus_newline(pipeline, clips)
 
 
 def test_scene_cut_starts_a_segment(tiny, clips):
-    pipe = Pipeline.from_model(tiny, merge_layer=1, num_frames=24)
+    adapter = LlavaOnevisionAdapter(tiny.model)
+    head = Stretch(adapter, vision_chain("paper", (0,), adapter.num_layers)[0])
     clip = load_video(clips["cut"], 24)
     with torch.inference_mode():
-        hidden = pipe.vision.encode_head(preprocess(clip.frames, tiny.preprocess))
+        (hidden,) = head(preprocess(clip.frames, tiny.preprocess))
     merged = frame_merge(hidden)
     assert int(merged.similarity.argmin()) == 11  # frames 11 | 12 straddle the cut
     first = merged.source[:, 0].tolist()
@@ -90,15 +97,16 @@ def test_scene_cut_starts_a_segment(tiny, clips):
 def test_identical_frames_merge_in_the_model(tiny):
     frames = moving_square_frames(6)
     frames = np.stack([frames[0], frames[1], frames[1], frames[3], frames[4], frames[5]])  # frames 1 and 2 identical
-    pipe = Pipeline.from_model(tiny, num_frames=6, config=EarlyTomConfig(tau_seg=-1.0))
+    pipe = Pipeline.from_model(tiny, num_frames=6, config=EarlyTomConfig(variant="paper", tau_seg=-1.0))
     with torch.inference_mode():
-        visual = pipe.encode_video(preprocess(torch.from_numpy(frames), tiny.preprocess), StageTimer())
+        visual = pipe.backend.encode(preprocess(torch.from_numpy(frames), tiny.preprocess), pipe.options, StageTimer())
     assert [1, 2] in visual.source.tolist()
 
 
 def test_full_and_global_topk_methods(tiny, clips):
-    full = Pipeline.from_model(tiny, num_frames=8, method="full").generate(clips["moving"], "Hi", 2)
-    top = Pipeline.from_model(tiny, num_frames=8, method="global_topk").generate(clips["moving"], "Hi", 2)
+    pipe = Pipeline.from_model(tiny, num_frames=8, config=PAPER)
+    full = pipe.with_options(method="full").generate(clips["moving"], "Hi", 2)
+    top = pipe.with_options(method="global_topk").generate(clips["moving"], "Hi", 2)
     T = LlavaOnevisionAdapter(tiny.model).tokens_per_frame
     assert full.counts == {"frames_in": 8, "frames_after_merge": 8, "visual_tokens": 8 * T}
     assert top.counts == {"frames_in": 8, "frames_after_merge": 8, "visual_tokens": round(0.15 * 8 * T)}
@@ -145,11 +153,11 @@ def test_cli_run_json(clips, capsys):
 
 
 def test_cli_table_and_console_script(clips):
+    """The installed `earlytom` console script prints the stage table and the counts."""
+    script = Path(sys.executable).parent / "earlytom"
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "earlytom.cli",
+            str(script),
             "run",
             "--video",
             str(clips["cut"]),
@@ -165,7 +173,9 @@ def test_cli_table_and_console_script(clips):
         text=True,
         check=True,
     )
-    assert "ttft" in done.stdout and "visual_tokens" in done.stdout and "150" in done.stdout  # 6 x 25 tokens
+    lines = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line.strip()}
+    assert lines["visual_tokens"] == ["150"]  # 6 frames x 25 tokens, nothing compressed
+    assert lines["frames_in"] == ["6"] and lines["ttft"][1] == "ms"
 
 
 def write_bytes(path, data):
@@ -225,10 +235,10 @@ def test_unknown_model_lists_aliases(capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("layer", [0, 4, -1])
-def test_merge_layer_out_of_range(tiny, layer):
-    with pytest.raises(ValueError, match=rf"merge layer = {layer} is outside \[1, 3\]"):
-        LlavaOnevisionAdapter(tiny.model, merge_layer=layer)
+@pytest.mark.parametrize("layers", [(4,), (-1,), (2, 1)])
+def test_merge_layers_out_of_range(tiny, layers):
+    with pytest.raises(ValueError, match=r"merge_layers = "):
+        Pipeline.from_model(tiny, config=EarlyTomConfig(merge_layers=layers))
 
 
 def test_prompt_without_room_for_visual_tokens(tiny, clips, capsys):

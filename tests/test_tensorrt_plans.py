@@ -12,12 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from earlytom.compress import EarlyTomConfig
+from earlytom.engine.layout import vision_chain
+from earlytom.engine.manifest import IncompatibleEngine, Manifest, TensorRTInfo, VisionDims, check_compatible
 from earlytom.engine_builder import tensorrt as trt_build
 from earlytom.plugins import tensorrt as plugins
 from earlytom.plugins.triton import launch
-from earlytom.runtime.tensorrt_backend import buffer_specs, prompt_table_ids
+from earlytom.runtime.backends.base import RunOptions, UnsupportedOption
+from earlytom.runtime.backends.tensorrt import buffer_specs, check_fixed, prompt_table_ids, shared_buffers
 
-OV = {"alpha": 0.6, "tau_seg": 0.75, "tau_merge": 0.8, "retain_ratio": 0.15, "max_frames": 32, "tokens_per_frame": 196}
+PAPER = EarlyTomConfig(variant="paper").for_model(26, 28)  # LLaVA-OV-7B: merge after layer 5 (k = 6)
+OV_DIMS = VisionDims(
+    image_size=384, patch_tokens=729, hidden=1152, llm_hidden=3584, tokens_per_frame=196, encoder_layers=26
+)
+CHAIN = vision_chain("paper", PAPER.merge_layers, 26)
 ROOT = Path(__file__).parent.parent
 
 
@@ -107,12 +115,12 @@ def test_launch_parameters_take_symbolic_frame_counts(make):
 
 
 def test_network_plans_for_llava_ov():
-    head, tail = trt_build.network_plans(OV, image_size=384, tokens=729, hidden=1152)
+    head, tail = trt_build.network_plans(PAPER, OV_DIMS, CHAIN, 32)
     assert [layer.plugin for layer in head.layers] == ["token_cosine", "merge_plan", "weighted_merge"]
     assert [layer.plugin for layer in tail.layers] == ["window_select", "dynamic_topk", "gather_tokens"]
     assert head.layers[1].attributes == {"alpha": 0.6, "tau_seg": 0.75, "tau_merge": 0.8}
     assert tail.layers[1].attributes == {"k_target": 941, "max_frames": 32}  # round(0.15 * 32 * 196)
-    graph_outputs = {"vision_head": {"hidden"}, "vision_tail": {"tokens", "scores"}}
+    graph_outputs = {"vision_head": {"hidden_5"}, "vision_tail": {"tokens", "scores"}}
     for plan in (head, tail):
         available = graph_outputs[plan.name] | set(plan.extra_inputs)
         for layer in plan.layers:
@@ -124,25 +132,49 @@ def test_network_plans_for_llava_ov():
         assert set(plan.outputs) <= available
     assert head.profiles[0] == trt_build.Profile("pixels", (1, 3, 384, 384), (32, 3, 384, 384), (32, 3, 384, 384))
     assert tail.profiles == (
-        trt_build.Profile("hidden", (1, 729, 1152), (24, 729, 1152), (32, 729, 1152)),
+        trt_build.Profile("hidden_5", (1, 729, 1152), (24, 729, 1152), (32, 729, 1152)),
         trt_build.Profile("is_static", (1,), (24,), (32,)),
     )
 
 
+def test_official_variant_is_refused_by_the_tensorrt_plans():
+    official = EarlyTomConfig().for_model(26, 28)
+    with pytest.raises(ValueError, match="runs on --backend onnxruntime"):
+        trt_build.network_plans(official, OV_DIMS, vision_chain("official", official.merge_layers, 26), 32)
+
+
+def manifest_for(config: EarlyTomConfig) -> Manifest:
+    return Manifest(
+        format="x",
+        model=None,
+        earlytom=config.to_dict(),
+        max_frames=32,
+        vision=OV_DIMS,
+        graphs=CHAIN,
+        backend="tensorrt",
+        dtype="fp16",
+        plugin_archs=(),
+        verification_max_rel_error={},
+        notes=(),
+        created="",
+        tools={},
+        artifacts={},
+    )
+
+
 def test_buffers_hold_the_largest_request():
-    specs = buffer_specs(OV, image_size=384, tokens=729, hidden=1152, llm_hidden=3584, dtype=torch.float16)
+    specs = buffer_specs(manifest_for(PAPER))
     assert specs["pixels"].shape == (32, 3, 384, 384) and specs["merged"].shape == (32, 729, 1152)
     assert specs["selected"].shape == (941, 3584) and specs["selected"].dtype == torch.float16
     assert specs["count"].dtype == torch.int32
-    head, tail = trt_build.network_plans(OV, image_size=384, tokens=729, hidden=1152)
-    named = {"pixels", "hidden", "is_static", *head.outputs, *tail.outputs}
-    from earlytom.runtime.tensorrt_backend import SHARED_BUFFERS
-
-    assert {SHARED_BUFFERS.get(n, n) for n in named} == set(specs)  # every I/O tensor has a buffer
+    head, tail = trt_build.network_plans(PAPER, OV_DIMS, CHAIN, 32)
+    named = {"pixels", "hidden_5", "is_static", *head.outputs, *tail.outputs}
+    shared = shared_buffers(manifest_for(PAPER))
+    assert {shared.get(n, n) for n in named} == set(specs)  # every I/O tensor has a buffer
 
 
 def test_decoder_prompt_table_layout():
-    plan = trt_build.decoder_plan(941)
+    plan = trt_build.decoder_plan(PAPER, OV_DIMS, 32)
     assert plan.max_multimodal_len == 942  # K + the image_newline
     assert plan.max_input_len == 942 + 512 and plan.max_seq_len == 942 + 1024
     ids = prompt_table_ids(torch.tensor([5, 6]), 3, torch.tensor([7]), vocab_size=100)
@@ -150,12 +182,27 @@ def test_decoder_prompt_table_layout():
 
 
 def test_plans_from_another_tensorrt_or_gpu_are_refused():
-    built = {"tensorrt": "11.4.0", "gpu_arch": "sm_89"}
-    trt_build.check_compatible(built, tensorrt_version="11.4.0", gpu_arch="sm_89")
-    with pytest.raises(trt_build.IncompatibleEngine, match="built with TensorRT 11.4.0, this machine has 11.5.0"):
-        trt_build.check_compatible(built, tensorrt_version="11.5.0", gpu_arch="sm_89")
-    with pytest.raises(trt_build.IncompatibleEngine, match="built for sm_89, this GPU is sm_90"):
-        trt_build.check_compatible(built, tensorrt_version="11.4.0", gpu_arch="sm_90")
+    built = TensorRTInfo(tensorrt="11.4.0", tensorrt_llm="1.0", gpu_arch="sm_89")
+    check_compatible(built, tensorrt_version="11.4.0", gpu_arch="sm_89")
+    with pytest.raises(IncompatibleEngine, match="built with TensorRT 11.4.0, this machine has 11.5.0"):
+        check_compatible(built, tensorrt_version="11.5.0", gpu_arch="sm_89")
+    with pytest.raises(IncompatibleEngine, match="built for sm_89, this GPU is sm_90"):
+        check_compatible(built, tensorrt_version="11.4.0", gpu_arch="sm_90")
+
+
+def test_tensorrt_engines_fix_every_run_option_but_fewer_frames():
+    """TensorRT engines run what they were built for: another method, ratio, threshold or kernel choice is
+    refused on every path (not silently run under a wrong label)."""
+    built = RunOptions(config=PAPER, num_frames=32)
+    assert check_fixed(built, RunOptions(config=PAPER, num_frames=8)).num_frames == 8
+    for changed in (
+        RunOptions(config=PAPER, num_frames=32, method="full"),
+        RunOptions(config=PAPER, num_frames=32, kernels="reference"),
+        RunOptions(config=EarlyTomConfig(variant="paper", retain_ratio=0.25).for_model(26, 28), num_frames=32),
+        RunOptions(config=PAPER, num_frames=33),
+    ):
+        with pytest.raises(UnsupportedOption):
+            check_fixed(built, changed)
 
 
 @pytest.mark.skipif(not shutil.which("cmake"), reason="cmake is not installed")
@@ -173,8 +220,9 @@ def test_tensorrt_engines_match_eager(tmp_path, tiny, clips):  # pragma: no cove
     from earlytom.engine_builder.build import build
     from earlytom.runtime.pipeline import Pipeline
 
-    build("tiny", tmp_path / "trt", backend="tensorrt", frames=8, progress=False)
+    paper = EarlyTomConfig(variant="paper", merge_layers=(0,))
+    build("tiny", tmp_path / "trt", backend="tensorrt", frames=8, config=paper, progress=False)
     trt = Pipeline.from_engine_dir(tmp_path / "trt").generate(clips["cut"], "x", max_new_tokens=4)
-    eager = Pipeline.from_model(tiny, num_frames=8, merge_layer=1).generate(clips["cut"], "x", max_new_tokens=4)
+    eager = Pipeline.from_model(tiny, num_frames=8, config=paper).generate(clips["cut"], "x", max_new_tokens=4)
     assert trt.counts == eager.counts
     assert torch.equal(trt.visual.frame, eager.visual.frame) and torch.equal(trt.visual.index, eager.visual.index)

@@ -35,7 +35,7 @@ def drifting(levels: list[float], L: int, D: int, seed: int, dtype=torch.float32
 )
 def test_frame_merge_kernels_match_reference(levels, L, D, seed, tau_seg, tau_merge):
     hidden = drifting(levels, L, D, seed)
-    config = EarlyTomConfig(tau_seg=tau_seg, tau_merge=tau_merge)
+    config = EarlyTomConfig(variant="paper", tau_seg=tau_seg, tau_merge=tau_merge)
     ours = ops.frame_merge(hidden, tau_seg=tau_seg, tau_merge=tau_merge)
     ref = frame_merge(hidden, alpha=config.alpha, tau_seg=tau_seg, tau_merge=tau_merge)
     torch.testing.assert_close(ours.similarity, ref.similarity, rtol=0, atol=2e-6)
@@ -63,7 +63,7 @@ def test_merge_plan_kernel_makes_the_reference_decisions(s, alpha, tau_seg, tau_
     """The scan alone, fed the reference's similarities (L = 1): ties between neighbours included."""
     similarity = torch.tensor(s, dtype=torch.float32)
     B = len(s) + 1
-    config = EarlyTomConfig(alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
+    config = EarlyTomConfig(variant="paper", alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
     i32 = {"dtype": torch.int32}
     first, last, segment, is_static = (torch.empty(B, **i32) for _ in range(4))
     weight, count, s_out = torch.empty(B, 2), torch.zeros(1, **i32), torch.empty(max(B - 1, 1))
@@ -153,7 +153,7 @@ def test_kernel_parameters_follow_the_aot_order():
         fn = getattr(kernels, name)
         spec = {
             "token_cosine": launch.token_cosine(4, 5, 6),
-            "merge_plan": launch.merge_plan(4, 5, EarlyTomConfig()),
+            "merge_plan": launch.merge_plan(4, 5, EarlyTomConfig(variant="paper")),
             "weighted_merge": launch.weighted_merge(4, 5, 6),
             "window_select": launch.window_select(3, 7, 5, 4),
             "dynamic_topk": launch.dynamic_topk(3, 7, 5, 4),
@@ -172,7 +172,7 @@ def test_launch_parameters_for_llava_ov():
         (32, 729, 1152),
         256,
     )
-    plan = launch.merge_plan(B, L, EarlyTomConfig())
+    plan = launch.merge_plan(B, L, EarlyTomConfig(variant="paper"))
     assert plan.grid == (1, 1, 1) and plan.constexprs["BLOCK_L"] == 1024 and plan.scalars == (32, 729)
     merge = launch.weighted_merge(B, L, D)
     assert merge.grid == (32, 821, 1) and merge.scalars == (729 * 1152,)  # cdiv(839808, 1024) = 821
@@ -189,8 +189,11 @@ def test_pipeline_runs_the_kernels_when_asked(tiny, clips):
     """The eager pipeline with kernels="triton" (interpreted here, on CUDA for real) == the reference."""
     from earlytom.runtime.pipeline import Pipeline
 
-    kernels = Pipeline.from_model(tiny, num_frames=10, kernels="triton").generate(clips["cut"], "x", 3)
-    reference = Pipeline.from_model(tiny, num_frames=10, kernels="reference").generate(clips["cut"], "x", 3)
+    paper = EarlyTomConfig(variant="paper")
+    kernels = Pipeline.from_model(tiny, num_frames=10, config=paper, kernels="triton").generate(clips["cut"], "x", 3)
+    reference = Pipeline.from_model(tiny, num_frames=10, config=paper, kernels="reference").generate(
+        clips["cut"], "x", 3
+    )
     assert kernels.counts == reference.counts
     assert torch.equal(kernels.visual.source, reference.visual.source)
     assert torch.equal(kernels.visual.frame, reference.visual.frame)

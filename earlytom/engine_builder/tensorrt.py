@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from earlytom.compress import EarlyTomConfig, visual_budget
+from earlytom.engine.layout import DECODER, DECODER_TRTLLM, TIMING_CACHE, GraphSpec
+from earlytom.engine.manifest import VisionDims
 from earlytom.plugins.tensorrt import PLUGINS
 
 
@@ -51,22 +54,37 @@ def opt_frames_after_merge(max_frames: int) -> int:
     return max(1, math.ceil(0.75 * max_frames))
 
 
-def network_plans(earlytom: dict, *, image_size: int, tokens: int, hidden: int) -> list[NetworkPlan]:
-    """The two networks for an engine directory's `earlytom` manifest section (max_frames B, tokens_per_frame T,
-    retain_ratio, thresholds) and the vision dims (image_size S, patch tokens L, width D)."""
-    B, T = earlytom["max_frames"], earlytom["tokens_per_frame"]
-    k_target = round(earlytom["retain_ratio"] * B * T)
-    thresholds = {k: earlytom[k] for k in ("alpha", "tau_seg", "tau_merge")}
-    selection = {"k_target": k_target, "max_frames": B}
+def k_target(config: EarlyTomConfig, dims: VisionDims, max_frames: int) -> int:
+    """K = round(r * B * T) at the largest request."""
+    T = dims.tokens_per_frame
+    return visual_budget(
+        retain_ratio=config.retain_ratio, num_frames=max_frames, tokens_per_frame=T, available=max_frames * T
+    )
+
+
+def network_plans(
+    config: EarlyTomConfig, dims: VisionDims, chain: tuple[GraphSpec, ...], max_frames: int
+) -> list[NetworkPlan]:
+    """The networks of a paper-variant chain (head + FrameMerge plugins, tail + TokenSelect plugins) for the
+    EarlyTom parameters, the vision dims (image size S, patch tokens L, width D) and B = max_frames."""
+    if config.variant != "paper" or len(chain) != 2:
+        raise ValueError(
+            f"the TensorRT backend builds the paper variant's two vision plans; variant {config.variant!r} with "
+            f"{len(chain)} graphs runs on --backend onnxruntime (or build with --variant paper)"
+        )
+    B, image_size, tokens, hidden = max_frames, dims.image_size, dims.patch_tokens, dims.hidden
+    (head_out,), (tail_in,) = chain[0].outputs, chain[1].inputs  # hidden_<k-1>: leaving the merge layer
+    thresholds = {"alpha": config.alpha, "tau_seg": config.tau_seg, "tau_merge": config.tau_merge}
+    selection = {"k_target": k_target(config, dims, max_frames), "max_frames": B}
     head = NetworkPlan(
-        name="vision_head",
-        onnx="vision_head.onnx",
-        plan="vision_head.plan",
+        name=chain[0].name,
+        onnx=chain[0].file,
+        plan=f"{chain[0].name}.plan",
         extra_inputs={},
         layers=(
-            PluginLayer("token_cosine", ("hidden",), ("cos",)),
+            PluginLayer("token_cosine", (head_out,), ("cos",)),
             PluginLayer("merge_plan", ("cos",), PLUGINS["merge_plan"].outputs, thresholds),
-            PluginLayer("weighted_merge", ("hidden", "first", "last", "weight", "count"), ("merged",)),
+            PluginLayer("weighted_merge", (head_out, "first", "last", "weight", "count"), ("merged",)),
         ),
         outputs=("merged", "count", "first", "last", "segment", "is_static", "s"),
         profiles=(
@@ -77,9 +95,9 @@ def network_plans(earlytom: dict, *, image_size: int, tokens: int, hidden: int) 
     )
     n_opt = opt_frames_after_merge(B)
     tail = NetworkPlan(
-        name="vision_tail",
-        onnx="vision_tail.onnx",
-        plan="vision_tail.plan",
+        name=chain[1].name,
+        onnx=chain[1].file,
+        plan=f"{chain[1].name}.plan",
         extra_inputs={"is_static": ((-1,), "int32")},
         layers=(
             PluginLayer("window_select", ("scores", "is_static"), ("keep",), selection),
@@ -90,7 +108,7 @@ def network_plans(earlytom: dict, *, image_size: int, tokens: int, hidden: int) 
         ),
         outputs=("selected", "frame", "index", "selected_count"),
         profiles=(
-            Profile("hidden", (1, tokens, hidden), (n_opt, tokens, hidden), (B, tokens, hidden)),
+            Profile(tail_in, (1, tokens, hidden), (n_opt, tokens, hidden), (B, tokens, hidden)),
             Profile("is_static", (1,), (n_opt,), (B,)),
         ),
     )
@@ -107,26 +125,11 @@ class DecoderPlan:
     max_batch_size: int = 1
 
 
-def decoder_plan(k_target: int, *, max_text_tokens: int = 512, max_new_tokens: int = 512) -> DecoderPlan:
-    multimodal = k_target + 1
+def decoder_plan(
+    config: EarlyTomConfig, dims: VisionDims, max_frames: int, *, max_text_tokens: int = 512, max_new_tokens: int = 512
+) -> DecoderPlan:
+    multimodal = k_target(config, dims, max_frames) + 1
     return DecoderPlan(multimodal, multimodal + max_text_tokens, multimodal + max_text_tokens + max_new_tokens)
-
-
-class IncompatibleEngine(ValueError):
-    """TensorRT plans built for another TensorRT version or GPU architecture."""
-
-
-def check_compatible(built: dict, *, tensorrt_version: str, gpu_arch: str) -> None:
-    """Refuse plans built with another TensorRT version or for another GPU (they are not portable)."""
-    if built["tensorrt"] != tensorrt_version:
-        raise IncompatibleEngine(
-            f"the engines were built with TensorRT {built['tensorrt']}, this machine has {tensorrt_version}; "
-            "rebuild them here with build_engine --backend tensorrt"
-        )
-    if built["gpu_arch"] != gpu_arch:
-        raise IncompatibleEngine(
-            f"the engines were built for {built['gpu_arch']}, this GPU is {gpu_arch}; rebuild them on this GPU"
-        )
 
 
 def build_vision_plans(directory: Path, plans: list[NetworkPlan]) -> None:  # pragma: no cover - needs TensorRT
@@ -140,7 +143,7 @@ def build_vision_plans(directory: Path, plans: list[NetworkPlan]) -> None:  # pr
     plugins.register()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    cache_path = directory / "timing.cache"
+    cache_path = directory / TIMING_CACHE
     for plan in plans:
         network = builder.create_network()  # TensorRT 11: strongly typed, precision from the ONNX dtypes
         parser = trt.OnnxParser(network, logger)
@@ -184,7 +187,7 @@ def build_decoder(directory: Path, plan: DecoderPlan, dtype: str) -> None:  # pr
     from tensorrt_llm.models import QWenForCausalLM
 
     model = QWenForCausalLM.from_hugging_face(
-        str(directory / "decoder"), dtype="float16" if dtype == "fp16" else "float32"
+        str(directory / DECODER), dtype={"fp16": "float16", "fp32": "float32"}[dtype]
     )
     config = BuildConfig(
         max_batch_size=plan.max_batch_size,
@@ -192,4 +195,4 @@ def build_decoder(directory: Path, plan: DecoderPlan, dtype: str) -> None:  # pr
         max_seq_len=plan.max_seq_len,
         max_prompt_embedding_table_size=plan.max_multimodal_len,
     )
-    build(model, config).save(str(directory / "decoder_trtllm"))
+    build(model, config).save(str(directory / DECODER_TRTLLM))

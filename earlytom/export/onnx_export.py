@@ -1,7 +1,4 @@
-"""Export the two vision graphs of DESIGN.md section 1 and verify each before it is kept.
-
-    vision_head.onnx: pixels [B, 3, H, W] -> hidden [B, L, D]
-    vision_tail.onnx: hidden [N, L, D]    -> tokens [N, T, D'], scores [N, T]
+"""Export the vision chain's graphs (earlytom.engine.layout) and verify each before it is kept.
 
 The frame axis is dynamic (1 .. max_frames). fp16 graphs are converted from the fp32 export with
 LayerNormalization, Softmax and Resize kept in fp32 (SigLIP in plain fp16 loses accuracy). Weights go to
@@ -11,7 +8,6 @@ external data beside a graph when they are large.
 import contextlib
 import io
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -19,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnxconverter_common import float16
 
+from earlytom.engine.layout import GraphSpec, numpy_dtype
 from earlytom.export.lint import lint_for_tensorrt
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter
+from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
+from earlytom.runtime.backends.onnxruntime import ort_session
 
 OPSET = 18
 FP32_OPS = ["LayerNormalization", "Softmax", "Resize"]
@@ -34,37 +31,6 @@ MAX_REL_ERROR = {"fp32": 1e-4, "fp16": 2e-2}
 
 class ExportError(RuntimeError):
     """An exported graph failed verification; nothing of it is kept."""
-
-
-class VisionHead(torch.nn.Module):
-    def __init__(self, adapter: LlavaOnevisionAdapter) -> None:
-        super().__init__()
-        self.adapter = adapter
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.adapter.encode_head(pixels)
-
-
-class VisionTail(torch.nn.Module):
-    def __init__(self, adapter: LlavaOnevisionAdapter) -> None:
-        super().__init__()
-        self.adapter = adapter
-
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.adapter.encode_tail(hidden)
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """What one exported graph takes and gives."""
-
-    name: str  # file stem: vision_head / vision_tail
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-
-HEAD = GraphSpec("vision_head", ("pixels",), ("hidden",))
-TAIL = GraphSpec("vision_tail", ("hidden",), ("tokens", "scores"))
 
 
 @dataclass(frozen=True)
@@ -96,19 +62,25 @@ def save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def export_graph(
-    module: torch.nn.Module, example: torch.Tensor, spec: GraphSpec, path: Path, *, dtype: str, max_frames: int
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    spec: GraphSpec,
+    path: Path,
+    *,
+    dtype: str,
+    max_frames: int,
 ) -> None:
-    """torch.onnx (dynamo) export of `module` with a dynamic frame axis, optimised (constant-folded), then
-    converted to `dtype` and saved to `path`."""
+    """torch.onnx (dynamo) export of `module` with a dynamic frame axis shared by every input, optimised
+    (constant-folded), then converted to `dtype` and saved to `path`."""
     frames = torch.export.Dim("frames", min=1, max=max_frames)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), quiet():
         raw = Path(tmp) / "raw.onnx"
         program = torch.onnx.export(
             module,
-            (example,),
+            example,
             input_names=list(spec.inputs),
             output_names=list(spec.outputs),
-            dynamic_shapes={spec.inputs[0]: {0: frames}},
+            dynamic_shapes=(tuple({0: frames} for _ in spec.inputs),),  # Stretch.forward(*inputs): one varargs
             opset_version=OPSET,
             dynamo=True,
             optimize=True,
@@ -133,21 +105,13 @@ def quiet():
             logger.setLevel(level)
 
 
-def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session using `threads` (default: every core) for one operator."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def max_rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| relative to the largest |expected| (the output's scale)."""
     scale = float(np.abs(expected).max()) or 1.0
     return float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max() / scale)
 
 
-def verify(path: Path, spec: GraphSpec, reference, inputs: list[torch.Tensor], dtype: str) -> Verified:
+def verify(path: Path, spec: GraphSpec, reference, inputs: list[tuple[torch.Tensor, ...]], dtype: str) -> Verified:
     """onnx.checker, the TensorRT lint, and ONNX Runtime vs `reference` (the eager module) on each input."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -156,14 +120,13 @@ def verify(path: Path, spec: GraphSpec, reference, inputs: list[torch.Tensor], d
     problems = lint_for_tensorrt(onnx.load(path, load_external_data=False))
     if problems:
         raise ExportError(f"{path.name} would not parse in TensorRT:\n  " + "\n  ".join(problems))
-    runner = session(path)
-    np_dtype = np.float16 if dtype == "fp16" else np.float32
+    runner = ort_session(path)
     errors = dict.fromkeys(spec.outputs, 0.0)
     for x in inputs:
         with torch.inference_mode():
-            expected = reference(x)
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        actual = runner.run(list(spec.outputs), {spec.inputs[0]: x.numpy().astype(np_dtype)})
+            expected = reference(*x)
+        feed = {name: t.numpy().astype(numpy_dtype(dtype)) for name, t in zip(spec.inputs, x, strict=True)}
+        actual = runner.run(list(spec.outputs), feed)
         for name, a, e in zip(spec.outputs, actual, expected, strict=True):
             if a.shape != tuple(e.shape):
                 raise ExportError(f"{path.name}: {name} has shape {a.shape} in ONNX Runtime, {tuple(e.shape)} eager")
@@ -177,21 +140,32 @@ def verify(path: Path, spec: GraphSpec, reference, inputs: list[torch.Tensor], d
     return Verified(path, errors)
 
 
-def vision_graphs(adapter: LlavaOnevisionAdapter, seed: int = 0) -> list[tuple[torch.nn.Module, GraphSpec, list]]:
-    """(module, spec, inputs) for the head and the tail: inputs[0] is the export example (2 frames), the rest
-    (3 frames, 1 frame) are the verification inputs, so the dynamic frame axis is exercised."""
+def vision_graphs(
+    adapter: LlavaOnevisionAdapter, chain: tuple[GraphSpec, ...], seed: int = 0
+) -> list[tuple[Stretch, GraphSpec, list[tuple[torch.Tensor, ...]]]]:
+    """(module, spec, inputs) for every graph of `chain`: inputs[0] is the export example (2 frames), the rest
+    (3 frames, 1 frame) are the verification inputs, so the dynamic frame axis is exercised. Each graph's inputs
+    are the eager outputs of the one before (a tail's attention input is the head's attention, unmerged)."""
     config = adapter.model.config.vision_config
     g = torch.Generator().manual_seed(seed)
-    pixels = [torch.rand(b, 3, config.image_size, config.image_size, generator=g) * 2 - 1 for b in (2, 3, 1)]
-    with torch.inference_mode():
-        hiddens = [adapter.encode_head(p) for p in pixels]
-    return [(VisionHead(adapter).eval(), HEAD, pixels), (VisionTail(adapter).eval(), TAIL, hiddens)]
+    values = [
+        {"pixels": torch.rand(b, 3, config.image_size, config.image_size, generator=g) * 2 - 1} for b in (2, 3, 1)
+    ]
+    graphs = []
+    for spec in chain:
+        module = Stretch(adapter, spec).eval()
+        inputs = [tuple(v[name] for name in spec.inputs) for v in values]
+        graphs.append((module, spec, inputs))
+        with torch.inference_mode():
+            for v, x in zip(values, inputs, strict=True):
+                v |= zip(spec.outputs, module(*x), strict=True)
+    return graphs
 
 
 def export_and_verify(
     module: torch.nn.Module,
     spec: GraphSpec,
-    inputs: list[torch.Tensor],
+    inputs: list[tuple[torch.Tensor, ...]],
     out_dir: Path,
     *,
     dtype: str = "fp32",
@@ -200,7 +174,7 @@ def export_and_verify(
     """Export one graph into `out_dir` and verify it; a graph that fails is deleted and ExportError raised."""
     if dtype not in MAX_REL_ERROR:
         raise ValueError(f"dtype = {dtype!r}; choose fp32 or fp16")
-    path = out_dir / f"{spec.name}.onnx"
+    path = out_dir / spec.file
     export_graph(module, inputs[0], spec, path, dtype=dtype, max_frames=max_frames)
     try:
         return verify(path, spec, module, inputs[1:], dtype)

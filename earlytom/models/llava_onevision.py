@@ -1,18 +1,23 @@
-"""LLaVA-OneVision as the separate calls of DESIGN.md section 1, built from transformers' own modules.
+"""LLaVA-OneVision as the stages of DESIGN.md section 1, built from transformers' own modules.
 
-    pixels [B, 3, H, W] --encode_head--> hidden [B, L, D]      patch embedding + encoder layers [0, k)
-    hidden [N, L, D]    --encode_tail--> tokens [N, T, D'],     layers [k, n), projector, 2x2 bilinear pooling,
-                                         scores [N, T]          attention received in layer n-1, pooled alike
+    pixels [B, 3, H, W] --embed--> hidden [B, L, D]                      patch embedding
+    hidden [N, L, D]    --run_layers(start, stop)--> hidden [N, L, D]   encoder layers [start, stop)
+    hidden [N, L, D]    --received(i)--> attention [N, L]               attention each token receives in layer i
+    hidden [N, L, D], scores [N, L] --project--> tokens [N, T, D'], scores [N, T]
+                                                   projector, 2x2 bilinear pooling (scores pooled alike)
     visual [K + 1, D'] (selected tokens + image_newline), spliced between the prompt's text embeddings for
     the Qwen2 decoder (earlytom.runtime.decoder)
 
-n is the number of encoder layers the checkpoint's `vision_feature_layer` actually uses (-1: all of them);
-layers after it are never run. Nothing in transformers is edited or monkey-patched.
+`Stretch` composes them into one graph of the encoder chain (earlytom.engine.layout): the eager backend runs
+it and the exporter traces it. n is the number of encoder layers the checkpoint's `vision_feature_layer` uses
+(-1: all of them); layers after it are never run. Nothing in transformers is edited or monkey-patched.
 """
 
 import torch
 from torch import nn
 from transformers import LlavaOnevisionForConditionalGeneration
+
+from earlytom.engine.layout import GraphSpec
 
 
 def used_layers(num_layers: int, vision_feature_layer: int) -> int:
@@ -28,9 +33,9 @@ def used_layers(num_layers: int, vision_feature_layer: int) -> int:
     return index
 
 
-def default_merge_layer(num_used: int) -> int:
-    """k = n // 4: layer 6 of LLaVA-OV's 26 (the early layer of the paper's Figure 5), 1 for the tiny model."""
-    return max(1, num_used // 4)
+def pooled_tokens(grid: int) -> int:
+    """T: tokens per frame after LLaVA-OV's 2x2 bilinear pooling of a grid x grid patch map (27 -> 14x14)."""
+    return ((grid + 1) // 2) ** 2
 
 
 def attention_received(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -49,27 +54,19 @@ def attention_received(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 class LlavaOnevisionAdapter(nn.Module):
-    """The pipeline stages of one `LlavaOnevisionForConditionalGeneration`, split at merge layer k."""
+    """The pipeline stages of one `LlavaOnevisionForConditionalGeneration`."""
 
-    def __init__(self, model: LlavaOnevisionForConditionalGeneration, merge_layer: int | None = None) -> None:
+    def __init__(self, model: LlavaOnevisionForConditionalGeneration) -> None:
         super().__init__()
         self.model = model
         config = model.config
         vision = model.model.vision_tower  # SiglipVisionModel: embeddings, encoder.layers
         self.num_layers = used_layers(len(vision.encoder.layers), config.vision_feature_layer)
-        k = default_merge_layer(self.num_layers) if merge_layer is None else merge_layer
-        if not 1 <= k <= self.num_layers - 1:
-            raise ValueError(
-                f"merge layer = {k} is outside [1, {self.num_layers - 1}]: this encoder uses {self.num_layers} "
-                "layers and FrameMerge must have at least one layer before and after it"
-            )
-        self.merge_layer = k
         self.embeddings = vision.embeddings
-        self.head_layers = vision.encoder.layers[:k]
-        self.tail_layers = vision.encoder.layers[k : self.num_layers]
+        self.layers = vision.encoder.layers[: self.num_layers]
         self.drop_first_token = config.vision_feature_select_strategy == "default"
         self.grid = config.vision_config.image_size // config.vision_config.patch_size
-        self.tokens_per_frame = ((self.grid + 1) // 2) ** 2
+        self.tokens_per_frame = pooled_tokens(self.grid)
         self.eval()
 
     @property
@@ -77,23 +74,51 @@ class LlavaOnevisionAdapter(nn.Module):
         """[D'] appended once after all visual tokens of a video."""
         return self.model.model.image_newline
 
-    def encode_head(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [B, 3, H, W] -> hidden [B, L, D] entering layer k."""
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, H, W] -> hidden [B, L, D] entering layer 0."""
         weight = self.embeddings.patch_embedding.weight
-        hidden = self.embeddings(pixels.to(device=weight.device, dtype=weight.dtype))
-        for layer in self.head_layers:
+        return self.embeddings(pixels.to(device=weight.device, dtype=weight.dtype))
+
+    def run_layers(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """hidden [N, L, D] entering layer `start` -> leaving layer `stop - 1`."""
+        for layer in self.layers[start:stop]:
             hidden = layer(hidden, attention_mask=None)
         return hidden
 
-    def encode_tail(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [N, L, D] entering layer k -> tokens [N, T, D'], scores [N, T] (attention received in layer n-1)."""
-        for layer in self.tail_layers[:-1]:
-            hidden = layer(hidden, attention_mask=None)
-        scores = attention_received(self.tail_layers[-1], hidden)  # [N, L]
-        hidden = self.tail_layers[-1](hidden, attention_mask=None)
+    def received(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, D] entering layer `index` -> the attention each token receives there [N, L] (fp32)."""
+        return attention_received(self.layers[index], hidden)
+
+    def project(self, hidden: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [N, L, D] leaving the last layer, scores [N, L] -> tokens [N, T, D'], scores [N, T]."""
         if self.drop_first_token:
             hidden, scores = hidden[:, 1:], scores[:, 1:]
         pool = self.model.model.apply_pooling
         tokens = pool(self.model.model.multi_modal_projector(hidden))  # [N, T, D']
-        scores = pool(scores[..., None])[..., 0]  # [N, T]
-        return tokens, scores
+        return tokens, pool(scores[..., None].float())[..., 0]
+
+
+class Stretch(nn.Module):
+    """One graph of the encoder chain (`spec`), computed with the adapter's modules: the eager backend runs it,
+    the exporter traces it. Inputs and outputs follow `spec.inputs` / `spec.outputs` in order."""
+
+    def __init__(self, adapter: LlavaOnevisionAdapter, spec: GraphSpec) -> None:
+        super().__init__()
+        self.adapter, self.spec = adapter, spec
+
+    def with_received(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers [start, stop) -> (hidden leaving them, attention received in layer stop - 1)."""
+        a, last = self.adapter, self.spec.stop - 1
+        hidden = a.run_layers(hidden, self.spec.start, last)
+        return a.run_layers(hidden, last, last + 1), a.received(last, hidden)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a, spec = self.adapter, self.spec
+        hidden = a.embed(inputs[0]) if spec.inputs[0] == "pixels" else inputs[0]
+        if spec.takes_attention:  # official tail: the last merge layer's merged attention is the score
+            return a.project(a.run_layers(hidden, spec.start, spec.stop), inputs[1])
+        if spec.final:  # paper tail: the attention received in the last layer is the score
+            return a.project(*self.with_received(hidden))
+        if spec.gives_attention:
+            return self.with_received(hidden)
+        return (a.run_layers(hidden, spec.start, spec.stop),)

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retain-ratio", type=float, default=EarlyTomConfig().retain_ratio)
     args = parser.parse_args(argv)
     shapes = Shapes.of_model(args.model, args.frames)
-    compiled = compile_all(args.arch, shapes, EarlyTomConfig(retain_ratio=args.retain_ratio))
+    compiled = compile_all(args.arch, shapes, EarlyTomConfig(variant="paper", retain_ratio=args.retain_ratio))
     write(compiled, args.out, shapes)
     for c in compiled:
         print(

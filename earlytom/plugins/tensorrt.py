@@ -64,7 +64,7 @@ PLUGINS = {
 
 
 def merge_config(alpha: float, tau_seg: float, tau_merge: float) -> EarlyTomConfig:
-    return EarlyTomConfig(alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
+    return EarlyTomConfig(variant="paper", alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
 
 
 def register() -> None:  # pragma: no cover - needs TensorRT and a GPU

@@ -1,47 +1,29 @@
-"""One request end to end: video -> frames -> vision head -> FrameMerge -> vision tail -> TokenSelect ->
-prefill with the visual tokens spliced into the prompt -> greedy decoding. Every stage is timed.
+"""One request end to end: video -> frames -> the vision chain with EarlyTom compression -> prefill with the
+visual tokens spliced into the prompt -> greedy decoding. Every stage is timed.
 
-The vision side and the decoder are objects with these methods, so backends can swap either:
-    vision:  encode_head(pixels [B,3,H,W]) -> [B,L,D];  encode_tail(hidden [N,L,D]) -> ([N,T,D'], [N,T]);
-             image_newline [D']
-    decoder: greedy(before [P], visual [K+1, D'], after [Q], max_new_tokens, eos, timer) -> token ids
-             (timing the "prefill" and "first_token" stages);  context_length
+A `Pipeline` composes a backend (earlytom.runtime.backends: eager, onnxruntime, tensorrt) with the run options
+of its requests; `with_options` gives another pipeline over the same loaded backend.
 """
 
-import os
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from earlytom import compress
-from earlytom.compress import EarlyTomConfig, MergeResult, SelectResult, global_topk, uniform, visual_budget
-from earlytom.engine_builder.manifest import EngineDirError, missing_gpu_stack, read_manifest
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter
-from earlytom.models.registry import LoadedModel, Preprocess, load_model
-from earlytom.runtime.decoder import Decoder
-from earlytom.runtime.onnx_backend import OnnxVision
+from earlytom.compress import EarlyTomConfig, visual_budget
+from earlytom.models.registry import LoadedModel, load_model
+from earlytom.runtime.backends import open_engine_dir
+from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
+from earlytom.runtime.backends.eager import EagerBackend
 from earlytom.runtime.timing import StageTimer
 from earlytom.runtime.video import load_video, preprocess
 
-METHODS = ("earlytom", "full", "global_topk")
-KERNELS = ("auto", "triton", "reference")
+PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
 
 
 class PromptTooLong(ValueError):
     """The prompt, the visual tokens and the answer do not fit the decoder's context window."""
-
-
-@dataclass
-class Visual:
-    """The vision side's output for one video: embeds [K+1, D'] (selected tokens, then image_newline), the
-    (frame, index) of each selected token, and each frame after merging's first and last source frame."""
-
-    embeds: torch.Tensor
-    frame: torch.Tensor
-    index: torch.Tensor
-    source: torch.Tensor
 
 
 @dataclass
@@ -57,151 +39,99 @@ class Result:
         return {"text": self.text, "timings_ms": self.timings_ms, "counts": self.counts, "notes": self.notes}
 
 
+def most_visual_tokens(options: RunOptions, num_frames: int, tokens_per_frame: int) -> int:
+    """Visual tokens (without the newline) the decoder gets at most for `num_frames` frames B: B*T with full
+    tokens, K = round(r*B*T) for the paper variant and top-K; the official variant keeps up to ceil(T*r_hat)
+    per frame with r_hat = r*B/N, at most r*B*T + N <= r*B*T + B in all."""
+    B, T, r = num_frames, tokens_per_frame, options.config.retain_ratio
+    if options.method == "full":
+        return B * T
+    if options.method == "earlytom" and options.config.variant == "official":
+        return min(B * T, math.ceil(r * B * T) + B)
+    return visual_budget(retain_ratio=r, num_frames=B, tokens_per_frame=T, available=B * T)
+
+
 class Pipeline:
     """A Video-LLM with EarlyTom compression (`method="earlytom"`), full tokens (`"full"`), or the post-encoder
     global top-K baseline (`"global_topk"`, VisionZip-like) at the same retain ratio."""
 
-    def __init__(
-        self,
-        vision,
-        decoder,
-        *,
-        tokenizer,
-        chat_template: str,
-        preprocess: Preprocess,
-        config: EarlyTomConfig,
-        tokens_per_frame: int,
-        num_frames: int = 32,
-        method: str = "earlytom",
-        kernels: str = "auto",
-        notes: list[str] | None = None,
-    ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"method = {method!r}; choose one of {', '.join(METHODS)}")
-        if kernels not in KERNELS:
-            raise ValueError(f"kernels = {kernels!r}; choose one of {', '.join(KERNELS)}")
-        if num_frames < 1:
-            raise ValueError(f"frames = {num_frames}: sample at least 1 frame")
-        self.vision, self.decoder = vision, decoder
-        self.tokenizer, self.chat_template, self.preprocess = tokenizer, chat_template, preprocess
-        self.config, self.tokens_per_frame = config, tokens_per_frame
-        self.num_frames, self.method, self.kernels = num_frames, method, kernels
-        self.notes = list(notes or [])
+    def __init__(self, backend, options: RunOptions | None = None) -> None:
+        self.backend = backend
+        self.options = backend.check(backend.defaults if options is None else options)
 
     @classmethod
     def from_model(
-        cls, loaded: LoadedModel, *, merge_layer: int | None = None, config: EarlyTomConfig | None = None, **kw
-    ) -> "Pipeline":
-        adapter = LlavaOnevisionAdapter(loaded.model, merge_layer)
-        return cls(
-            adapter,
-            Decoder(loaded.model),
-            tokenizer=loaded.tokenizer,
-            chat_template=loaded.chat_template,
-            preprocess=loaded.preprocess,
-            config=config or EarlyTomConfig(),
-            tokens_per_frame=adapter.tokens_per_frame,
-            notes=loaded.notes,
-            **kw,
-        )
-
-    @classmethod
-    def from_pretrained(cls, name: str, *, random_init: bool = False, **kw) -> "Pipeline":
-        """The eager (reference) backend for a model name (alias, `tiny`, HF id or local directory)."""
-        return cls.from_model(load_model(name, random_init=random_init), **kw)
-
-    @classmethod
-    def from_engine_dir(
         cls,
-        directory: str | Path,
+        loaded: LoadedModel,
         *,
-        model: str | None = None,
+        config: EarlyTomConfig | None = None,
+        method: str = "earlytom",
+        num_frames: int = 32,
+        kernels: str = "auto",
+    ) -> "Pipeline":
+        """The eager (reference) backend over a loaded model."""
+        options = RunOptions(
+            config=EarlyTomConfig() if config is None else config, method=method, num_frames=num_frames, kernels=kernels
+        )
+        return cls(EagerBackend(loaded, options))
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, random_init: bool = False, **options) -> "Pipeline":
+        """The eager backend for a model name (alias, `tiny`, HF id or local directory)."""
+        return cls.from_model(load_model(name, random_init=random_init), **options)
+
+    @classmethod
+    def from_engine_dir(cls, directory: str | Path, *, model: str | None = None, **changes) -> "Pipeline":
+        """The backend an engine directory was built for, after verifying it (refused if tampered, incomplete, or
+        built for another `model`). Options left None keep the build's (frames: its maximum); see with_options."""
+        backend = open_engine_dir(directory, model=model)
+        return cls(backend, with_changes(backend.defaults, **changes))
+
+    def with_options(
+        self,
+        *,
+        method: str | None = None,
         retain_ratio: float | None = None,
         num_frames: int | None = None,
-        method: str = "earlytom",
+        kernels: str | None = None,
+        config: EarlyTomConfig | None = None,
     ) -> "Pipeline":
-        """The backend an engine directory was built for, after verifying its manifest (refused if tampered,
-        incomplete, or built for another `model`). Frames default to, and may not exceed, the build's maximum;
-        the retain ratio defaults to the build's."""
-        directory = Path(directory)
-        manifest = read_manifest(directory, expect_model=model)
-        built = manifest["earlytom"]
-        num_frames = num_frames or built["max_frames"]
-        if num_frames > built["max_frames"]:
-            raise ValueError(
-                f"frames = {num_frames} exceeds the {built['max_frames']} frames {directory} was built for; "
-                f"use --frames {built['max_frames']} or fewer, or rebuild with build_engine --frames {num_frames}"
-            )
-        fields = {k: built[k] for k in ("alpha", "tau_seg", "tau_merge", "retain_ratio")}
-        config = EarlyTomConfig(**fields | ({"retain_ratio": retain_ratio} if retain_ratio else {}))
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-        common = {
-            "tokenizer": tokenizer,
-            "chat_template": tokenizer.chat_template,
-            "preprocess": Preprocess.load(directory / "preprocessor.json"),
-            "config": config,
-            "tokens_per_frame": built["tokens_per_frame"],
-            "num_frames": num_frames,
-            "method": method,
-            "notes": manifest["notes"],
-        }
-        if manifest["backend"] == "tensorrt":
-            missing = missing_gpu_stack()
-            if missing:
-                raise EngineDirError(
-                    f"{directory} holds TensorRT engines, which need {', '.join(missing)}; run it on the GPU "
-                    "machine it was built for, or build an onnxruntime directory for this one"
-                )
-            from earlytom.runtime.tensorrt_backend import TensorRTPipeline  # pragma: no cover - GPU only
+        """The same loaded backend with other run options (None: unchanged); an option the backend fixed at
+        build time is refused (UnsupportedOption)."""
+        changes = {"method": method, "num_frames": num_frames, "kernels": kernels, "config": config}
+        return Pipeline(self.backend, with_changes(self.options, retain_ratio=retain_ratio, **changes))
 
-            if config.retain_ratio != built["retain_ratio"] or method != "earlytom":
-                raise ValueError(
-                    f"the TensorRT engines in {directory} select K for retain_ratio = {built['retain_ratio']} with "
-                    "EarlyTom; rebuild with build_engine --retain-ratio to change it"
-                )
-            return TensorRTPipeline.open(directory, manifest, **common)
-        decoder = AutoModelForCausalLM.from_pretrained(directory / "decoder", dtype=torch.float32).eval()
-        return cls(OnnxVision(directory, manifest["dtype"]), Decoder(decoder), **common)
+    @property
+    def tokenizer(self):
+        return self.backend.text.tokenizer
 
-    def with_options(self, *, method: str | None = None, retain_ratio: float | None = None) -> "Pipeline":
-        """The same loaded models with another method or retain ratio (nothing is reloaded)."""
-        config = replace(self.config, retain_ratio=retain_ratio) if retain_ratio else self.config
-        return type(self)(
-            self.vision,
-            self.decoder,
-            tokenizer=self.tokenizer,
-            chat_template=self.chat_template,
-            preprocess=self.preprocess,
-            config=config,
-            tokens_per_frame=self.tokens_per_frame,
-            num_frames=self.num_frames,
-            method=method or self.method,
-            kernels=self.kernels,
-            notes=self.notes,
-        )
+    @property
+    def decoder(self):
+        return self.backend.decoder
+
+    @property
+    def config(self) -> EarlyTomConfig:
+        return self.options.config
 
     def prompt_ids(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chat-formatted prompt as token ids before and after the video placeholder: ([P], [Q])."""
-        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        """The chat-formatted prompt as token ids before and after the video: ([P], [Q]). The user's text is
+        tokenized as plain text: control tokens typed in it (`<|im_end|>`, `<video>`) stay text."""
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT_SLOT}]}]
         text = self.tokenizer.apply_chat_template(
-            conversation, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+            conversation, chat_template=self.backend.text.chat_template, tokenize=False, add_generation_prompt=True
         )
         before, after = text.split("<video>", 1)
-        encode = lambda s: torch.tensor(self.tokenizer(s, add_special_tokens=False).input_ids, dtype=torch.long)  # noqa: E731
-        return encode(before), encode(after)
+        head, tail = after.split(PROMPT_SLOT, 1)
 
-    def max_visual_tokens(self, num_frames: int) -> int:
-        """Visual tokens (with the newline) the decoder will get at most for `num_frames` frames."""
-        T = self.tokens_per_frame
-        if self.method == "full":
-            return num_frames * T + 1
-        k = visual_budget(
-            retain_ratio=self.config.retain_ratio, num_frames=num_frames, tokens_per_frame=T, available=num_frames * T
-        )
-        return k + 1
+        def encode(s: str, split: bool = False) -> list[int]:
+            return self.tokenizer(s, add_special_tokens=False, split_special_tokens=split).input_ids
 
-    def check_context(self, text_tokens: int, num_frames: int, max_new_tokens: int) -> None:
-        visual = self.max_visual_tokens(num_frames)
+        after_ids = encode(head) + encode(prompt, split=True) + encode(tail)
+        return torch.tensor(encode(before), dtype=torch.long), torch.tensor(after_ids, dtype=torch.long)
+
+    def check_context(self, text_tokens: int, max_new_tokens: int) -> None:
+        T = self.backend.text.tokens_per_frame
+        visual = most_visual_tokens(self.options, self.options.num_frames, T) + 1
         limit = self.decoder.context_length
         if text_tokens + visual + max_new_tokens > limit:
             raise PromptTooLong(
@@ -210,66 +140,21 @@ class Pipeline:
                 "a shorter prompt or fewer new tokens"
             )
 
-    def ops(self, device: torch.device):
-        """The FrameMerge / TokenSelect implementation: the Triton kernels on CUDA (or when forced), the PyTorch
-        reference otherwise. Triton is imported only then: its interpreter mode is read at import."""
-        use_triton = self.kernels == "triton" or (self.kernels == "auto" and device.type == "cuda")
-        if not use_triton:
-            return compress
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                "kernels = 'triton' needs a CUDA device, or TRITON_INTERPRET=1 in the environment to interpret "
-                "the kernels on CPU; use kernels = 'reference' (or 'auto') here"
-            )
-        from earlytom.plugins.triton import ops
-
-        return ops
-
-    def merge(self, hidden: torch.Tensor) -> MergeResult:
-        """hidden [B, L, D] -> FrameMerge with this pipeline's config."""
-        c = self.config
-        return self.ops(hidden.device).frame_merge(hidden, alpha=c.alpha, tau_seg=c.tau_seg, tau_merge=c.tau_merge)
-
-    def select(self, tokens: torch.Tensor, scores: torch.Tensor, is_static, *, num_frames: int) -> SelectResult:
-        """tokens [N, T, D'], scores [N, T] -> the tokens `self.method` keeps (all of them for "full")."""
-        r = self.config.retain_ratio
-        if self.method == "earlytom":
-            ops = self.ops(tokens.device)
-            return ops.token_select(tokens, scores, is_static, retain_ratio=r, num_frames=num_frames)
-        if self.method == "global_topk":
-            return global_topk(tokens, scores, retain_ratio=r, num_frames=num_frames)
-        return uniform(tokens, retain_ratio=1.0, num_frames=tokens.shape[0])  # every token, in order
-
-    def encode_video(self, pixels: torch.Tensor, timer: StageTimer) -> Visual:
-        """pixels [B, 3, H, W] -> the visual tokens for the decoder, by `self.method`."""
-        B = pixels.shape[0]
-        with timer.stage("vision_head"):
-            hidden = self.vision.encode_head(pixels)  # [B, L, D]
-        source = torch.arange(B)[:, None].expand(B, 2)
-        is_static = None
-        if self.method == "earlytom":
-            with timer.stage("frame_merge"):
-                merged = self.merge(hidden)
-                hidden, source, is_static = merged.hidden, merged.source, merged.is_static
-        with timer.stage("vision_tail"):
-            tokens, scores = self.vision.encode_tail(hidden)  # [N, T, D'], [N, T]
-        with timer.stage("token_select"):
-            picked = self.select(tokens, scores, is_static, num_frames=B)
-            embeds = torch.cat([picked.tokens, self.vision.image_newline[None].to(picked.tokens.dtype)])
-        return Visual(embeds=embeds, frame=picked.frame, index=picked.index, source=source)
-
     @torch.inference_mode()
     def generate(self, video, prompt: str, max_new_tokens: int = 32, *, on_token=None) -> Result:
-        """Answer `prompt` about `video` (a path, an image directory or a uint8 array [B, H, W, 3]). `on_token`
-        (a callable, optional) receives each generated token id as soon as it exists."""
+        """Answer `prompt` about `video` (a path, an image directory or a uint8 array [B, H, W, 3]) with up to
+        `max_new_tokens` (>= 1) tokens. `on_token` (a callable, optional) receives each generated token id as
+        soon as it exists."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens = {max_new_tokens!r}: generate at least 1 token (an integer >= 1)")
         timer = StageTimer()
         before, after = self.prompt_ids(prompt)
-        self.check_context(len(before) + len(after), self.num_frames, max_new_tokens)
+        self.check_context(len(before) + len(after), max_new_tokens)
         with timer.stage("video_decode"):
-            clip = load_video(video, self.num_frames)
+            clip = load_video(video, self.options.num_frames)
         with timer.stage("preprocess"):
-            pixels = preprocess(clip.frames, self.preprocess)  # [B, 3, S, S]
-        visual = self.encode_video(pixels, timer)
+            pixels = preprocess(clip.frames, self.backend.text.preprocess)  # [B, 3, S, S]
+        visual = self.backend.encode(pixels, self.options, timer)
         eos = self.tokenizer.eos_token_id
         generated = self.decoder.greedy(
             before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
@@ -277,6 +162,7 @@ class Pipeline:
         answer = generated[:-1] if generated[-1] == eos else generated
         counts = {
             "frames_in": int(pixels.shape[0]),
+            **{f"frames_after_layer_{layer}": n for layer, n in visual.frames_after.items()},
             "frames_after_merge": int(visual.source.shape[0]),
             "visual_tokens": int(visual.embeds.shape[0] - 1),
         }
@@ -286,5 +172,5 @@ class Pipeline:
             timings_ms=timer.breakdown(),
             counts=counts,
             visual=visual,
-            notes=self.notes + clip.notes,
+            notes=self.backend.text.notes + clip.notes,
         )

@@ -30,7 +30,7 @@ def frame_merge(
 ) -> MergeResult:
     """hidden [B, L, D] -> MergeResult, as earlytom.compress.frame_merge."""
     check_hidden(hidden)
-    config = EarlyTomConfig(alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
+    config = EarlyTomConfig(variant="paper", alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
     hidden = hidden.contiguous()
     B, L, D = hidden.shape
     i32 = {"dtype": torch.int32, "device": hidden.device}

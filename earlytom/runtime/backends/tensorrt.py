@@ -15,10 +15,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from earlytom.runtime.pipeline import Pipeline, Visual
+from earlytom.compress import visual_budget
+from earlytom.engine.layout import DECODER, DECODER_TRTLLM, IMAGE_NEWLINE, torch_dtype
+from earlytom.engine.manifest import Manifest, check_compatible
+from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 
-# Tensors the tail plan reads straight from the head plan's buffers.
-SHARED_BUFFERS = {"hidden": "merged", "is_static": "is_static"}
+
+def shared_buffers(manifest: Manifest) -> dict[str, str]:
+    """Tail-plan inputs -> the head-plan buffers they read in place (the merged frames, their labels)."""
+    return {manifest.graphs[1].inputs[0]: "merged", "is_static": "is_static"}
 
 
 @dataclass(frozen=True)
@@ -27,23 +32,22 @@ class BufferSpec:
     dtype: torch.dtype
 
 
-def buffer_specs(
-    earlytom: dict, *, image_size: int, tokens: int, hidden: int, llm_hidden: int, dtype: torch.dtype
-) -> dict[str, BufferSpec]:
+def buffer_specs(manifest: Manifest) -> dict[str, BufferSpec]:
     """Every I/O tensor of both plans at its largest shape (B = max_frames, K = round(r * B * T))."""
-    B, T = earlytom["max_frames"], earlytom["tokens_per_frame"]
-    K = round(earlytom["retain_ratio"] * B * T)
+    v, B, dtype = manifest.vision, manifest.max_frames, torch_dtype(manifest.dtype)
+    T = v.tokens_per_frame
+    K = visual_budget(retain_ratio=manifest.config.retain_ratio, num_frames=B, tokens_per_frame=T, available=B * T)
     i32 = torch.int32
     return {
-        "pixels": BufferSpec((B, 3, image_size, image_size), dtype),
-        "merged": BufferSpec((B, tokens, hidden), dtype),
+        "pixels": BufferSpec((B, 3, v.image_size, v.image_size), dtype),
+        "merged": BufferSpec((B, v.patch_tokens, v.hidden), dtype),
         "count": BufferSpec((1,), i32),
         "first": BufferSpec((B,), i32),
         "last": BufferSpec((B,), i32),
         "segment": BufferSpec((B,), i32),
         "is_static": BufferSpec((B,), i32),
         "s": BufferSpec((B,), torch.float32),
-        "selected": BufferSpec((K, llm_hidden), dtype),
+        "selected": BufferSpec((K, v.llm_hidden), dtype),
         "frame": BufferSpec((K,), i32),
         "index": BufferSpec((K,), i32),
         "selected_count": BufferSpec((1,), i32),
@@ -61,25 +65,25 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
     """Runs vision_head.plan (encoder head + FrameMerge plugins) and vision_tail.plan (encoder tail +
     TokenSelect plugins) of an engine directory."""
 
-    def __init__(self, directory: Path, manifest: dict, specs: dict[str, BufferSpec], image_newline: torch.Tensor):
+    def __init__(self, directory: Path, manifest: Manifest, image_newline: torch.Tensor):
         import tensorrt as trt
 
-        from earlytom.engine_builder.tensorrt import check_compatible
-
         major, minor = torch.cuda.get_device_capability()
-        check_compatible(manifest["tensorrt"], tensorrt_version=trt.__version__, gpu_arch=f"sm_{major}{minor}")
+        check_compatible(manifest.tensorrt, tensorrt_version=trt.__version__, gpu_arch=f"sm_{major}{minor}")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {
-            name: runtime.deserialize_cuda_engine((directory / f"{name}.plan").read_bytes())
-            for name in ("vision_head", "vision_tail")
+            graph.name: runtime.deserialize_cuda_engine((directory / f"{graph.name}.plan").read_bytes())
+            for graph in manifest.graphs
         }
         self.contexts = {name: engine.create_execution_context() for name, engine in self.engines.items()}
+        specs, shared = buffer_specs(manifest), shared_buffers(manifest)
+        self.tail_input = manifest.graphs[1].inputs[0]
         self.buffers = {name: torch.empty(s.shape, dtype=s.dtype, device="cuda") for name, s in specs.items()}
         for name, context in self.contexts.items():
             engine = self.engines[name]
             for i in range(engine.num_io_tensors):
                 tensor = engine.get_tensor_name(i)
-                context.set_tensor_address(tensor, self.buffers[SHARED_BUFFERS.get(tensor, tensor)].data_ptr())
+                context.set_tensor_address(tensor, self.buffers[shared.get(tensor, tensor)].data_ptr())
         self.stream = torch.cuda.Stream()
         self.image_newline = image_newline.cuda()
 
@@ -94,7 +98,7 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
             N = int(self.buffers["count"].item())  # the one host round trip: it sets the tail's shape
         with timer.stage("vision_tail"), torch.cuda.stream(self.stream):  # includes the TokenSelect plugins
             L, D = self.buffers["merged"].shape[1:]
-            tail.set_input_shape("hidden", (N, L, D))
+            tail.set_input_shape(self.tail_input, (N, L, D))
             tail.set_input_shape("is_static", (N,))
             if not tail.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("vision_tail.plan failed to run")
@@ -116,12 +120,12 @@ class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
         self.runner = ModelRunnerCpp.from_dir(engine_dir=str(engine_dir))
         self.vocab_size, self.context_length, self.dtype = vocab_size, context_length, dtype
 
-    def greedy(self, before, visual, after, *, max_new_tokens: int, eos: int, timer) -> list[int]:
+    def greedy(self, before, visual, after, *, max_new_tokens: int, eos: int, timer, on_token=None) -> list[int]:
         ids = prompt_table_ids(before, visual.shape[0], after, self.vocab_size)
         with timer.stage("prefill"):  # TensorRT-LLM prefills and samples the first token in one call
             stream = self.runner.generate(
                 batch_input_ids=[ids],
-                prompt_table=visual[None].half(),
+                prompt_table=visual[None].to(self.dtype),
                 prompt_tasks="0",
                 max_new_tokens=max_new_tokens,
                 end_id=eos,
@@ -131,32 +135,47 @@ class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
                 return_dict=False,
             )
             output = next(stream)
+        generated: list[int] = []
         with timer.stage("first_token"):
-            generated = output[0, 0, len(ids) :].tolist()
-        for output in stream:
-            generated = output[0, 0, len(ids) :].tolist()
+            generated += output[0, 0, len(ids) :].tolist()
+        for token in generated if on_token else ():
+            on_token(token)
+        for output in stream:  # each output holds every id so far
+            new = output[0, 0, len(ids) + len(generated) :].tolist()
+            generated += new
+            for token in new if on_token else ():
+                on_token(token)
         return generated
 
 
-class TensorRTPipeline(Pipeline):  # pragma: no cover - needs TensorRT and a GPU
-    """FrameMerge and TokenSelect run inside the vision plans, so the vision stage is one call."""
+class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
+    """FrameMerge and TokenSelect run inside the vision plans, so the vision stage is one call and every
+    EarlyTom parameter, the method and the kernels are fixed at build time."""
 
-    @classmethod
-    def open(cls, directory: Path, manifest: dict, **common) -> "TensorRTPipeline":
-        dims = manifest["vision"]
-        dtype = torch.float16 if manifest["dtype"] == "fp16" else torch.float32
-        specs = buffer_specs(
-            manifest["earlytom"],
-            image_size=dims["image_size"],
-            tokens=dims["tokens"],
-            hidden=dims["hidden"],
-            llm_hidden=dims["llm_hidden"],
-            dtype=dtype,
-        )
-        newline = load_file(directory / "image_newline.safetensors")["image_newline"]
-        text = AutoConfig.from_pretrained(directory / "decoder")
-        decoder = TensorRTLLMDecoder(directory / "decoder_trtllm", text.vocab_size, text.max_position_embeddings, dtype)
-        return cls(TensorRTVision(directory, manifest, specs, newline), decoder, **common)
+    name = "tensorrt"
 
-    def encode_video(self, pixels: torch.Tensor, timer) -> Visual:
+    def __init__(self, directory: Path, manifest: Manifest, text: Text) -> None:
+        self.manifest, self.text = manifest, text
+        newline = load_file(directory / IMAGE_NEWLINE)["image_newline"]
+        self.vision = TensorRTVision(directory, manifest, newline)
+        lm = AutoConfig.from_pretrained(directory / DECODER)
+        dtype = torch_dtype(manifest.dtype)
+        self.decoder = TensorRTLLMDecoder(directory / DECODER_TRTLLM, lm.vocab_size, lm.max_position_embeddings, dtype)
+        self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
+
+    def check(self, options: RunOptions) -> RunOptions:
+        return check_fixed(self.defaults, options)
+
+    def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual:
         return self.vision.encode_video(pixels, timer)
+
+
+def check_fixed(defaults: RunOptions, options: RunOptions) -> RunOptions:
+    """TensorRT engines run exactly what they were built for (frames: up to the build's maximum)."""
+    fixed = tuple(name for name in defaults.changed(options) if name != "num_frames")
+    refuse_changes("tensorrt", defaults, options, fixed, "rebuild the engines with build_engine --backend tensorrt")
+    if options.num_frames > defaults.num_frames:
+        raise UnsupportedOption(
+            f"frames = {options.num_frames} exceeds the {defaults.num_frames} frames the engines were built for"
+        )
+    return options

@@ -1,0 +1,97 @@
+"""File names of an engine directory, the precisions it may hold, and its vision graphs.
+
+The vision encoder runs as a chain of stretches, one graph each, split after every merge layer:
+
+    vision_head   pixels [B, 3, S, S] -> hidden_<l1> [B, L, D] (+ attention_<l1> [B, L])    layers [0, l1]
+    vision_mid<i> hidden_<l> [N, L, D] -> hidden_<l'> (+ attention_<l'>)               layers (l, l']
+    vision_tail   hidden_<lm> [N, L, D] (+ attention_<lm> [N, L]) -> tokens [N, T, D'], scores [N, T]
+                                                   layers (lm, n), projector, pooling
+
+Tensors are named after the layer whose output they are, so a graph's input is the merged form of the
+previous graph's output of the same name. With the `paper` variant (one merge layer) the chain is head and
+tail; its tail computes the scores as the attention received in the last layer. With `official` every
+non-final graph also outputs the attention received in its last layer, and the tail pools the merged
+attention it is given as the scores.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FORMAT = "earlytom-engine/2"
+MANIFEST = "manifest.json"
+DECODER = "decoder"  # the Qwen2 decoder, a transformers checkpoint (safetensors)
+DECODER_TRTLLM = "decoder_trtllm"  # its TensorRT-LLM engine (tensorrt backend)
+TOKENIZER = "tokenizer"
+PREPROCESSOR = "preprocessor.json"
+IMAGE_NEWLINE = "image_newline.safetensors"
+PLUGINS = "plugins"  # plugins/<arch>/: the AOT-compiled kernels
+TIMING_CACHE = "timing.cache"
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """ "fp32" / "fp16" -> the torch dtype (a clear error for anything else)."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype = {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def numpy_dtype(name: str) -> type:
+    return {torch.float32: np.float32, torch.float16: np.float16}[torch_dtype(name)]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One stretch of the encoder as a graph: its name (file stem), I/O names, and the encoder layers
+    [start, stop) it runs; `final` graphs end with the projector and pooling."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    start: int
+    stop: int
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    @property
+    def final(self) -> bool:
+        return "tokens" in self.outputs
+
+    @property
+    def takes_attention(self) -> bool:
+        return any(name.startswith("attention_") for name in self.inputs)
+
+    @property
+    def gives_attention(self) -> bool:
+        return any(name.startswith("attention_") for name in self.outputs)
+
+
+def stretch_name(i: int, count: int) -> str:
+    return "vision_head" if i == 0 else "vision_tail" if i == count - 1 else f"vision_mid{i}"
+
+
+def vision_chain(variant: str, merge_layers: tuple[int, ...], num_layers: int) -> tuple[GraphSpec, ...]:
+    """The graphs for compression after each of `merge_layers` (0-based, strictly increasing, < num_layers)."""
+    if not merge_layers or list(merge_layers) != sorted(set(merge_layers)) or not 0 <= merge_layers[0]:
+        raise ValueError(f"merge layers = {merge_layers}: give strictly increasing layer indices")
+    if merge_layers[-1] >= num_layers:
+        raise ValueError(f"merge layers = {merge_layers}: this encoder has layers 0..{num_layers - 1}")
+    bounds = [0, *(layer + 1 for layer in merge_layers), num_layers]
+    official = variant == "official"
+    count = len(bounds) - 1
+
+    def tensors(layer: int, attention: bool) -> tuple[str, ...]:
+        return (f"hidden_{layer}", f"attention_{layer}") if attention else (f"hidden_{layer}",)
+
+    chain = []
+    for i in range(count):
+        final = i == count - 1
+        inputs = ("pixels",) if i == 0 else tensors(bounds[i] - 1, official and final)
+        outputs = ("tokens", "scores") if final else tensors(bounds[i + 1] - 1, official)
+        chain.append(GraphSpec(stretch_name(i, count), inputs, outputs, bounds[i], bounds[i + 1]))
+    return tuple(chain)

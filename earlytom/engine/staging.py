@@ -1,0 +1,124 @@
+"""Writing an engine directory safely: everything goes into a staging directory beside the target and is
+swapped into place by renames at the end.
+
+    .<name>.earlytom-partial-<pid>   the build in progress (removed on failure; a later build removes the
+                                     ones whose process is gone)
+    .<name>.earlytom-old-<pid>       the engine being replaced, for the instant between the two renames
+
+A crash between the two renames leaves no <name> and the old engine under its hidden name: `recover` (run by
+every build and every load) renames it back; a crash after both renames leaves a hidden old copy that
+`recover` deletes. Only directories this tool created are ever deleted or replaced: `--overwrite` replaces an
+empty directory or one holding an engine manifest, and refuses anything else.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from earlytom.engine.layout import MANIFEST
+
+PARTIAL, OLD = ".earlytom-partial-", ".earlytom-old-"
+
+
+class OutputError(ValueError):
+    """An output path this tool must not write to, or may only replace when asked."""
+
+
+def hidden(output: Path, kind: str, pid: int) -> Path:
+    return output.parent / f".{output.name}{kind}{pid}"
+
+
+def siblings(output: Path, kind: str) -> list[Path]:
+    return sorted(output.parent.glob(f".{output.name}{kind}*")) if output.parent.is_dir() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner(staging: Path) -> int | None:
+    """The pid in the name of a staging directory of ours (None: not one of ours)."""
+    suffix = staging.name.rpartition(PARTIAL)[2]
+    return int(suffix) if suffix.isdigit() else None
+
+
+def is_engine_dir(path: Path) -> bool:
+    """A directory whose manifest.json is an engine manifest (of any format version)."""
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("format", "")).startswith("earlytom-engine/")
+
+
+def recover(output: Path) -> None:
+    """Finish or roll back a swap that was interrupted, and delete staging directories of dead builds."""
+    for old in siblings(output, OLD):
+        if not is_engine_dir(old):
+            continue
+        if output.exists() or output.is_symlink():
+            shutil.rmtree(old)  # the swap completed: the old engine is retired
+        else:
+            old.rename(output)  # the swap stopped half-way: the old engine comes back
+    for partial in siblings(output, PARTIAL):
+        pid = owner(partial)
+        if pid is not None and pid != os.getpid() and not alive(pid):
+            shutil.rmtree(partial)
+
+
+def check_output(output: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, an output that is a file or link, or that exists and may not be replaced."""
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        raise OutputError(f"--output {output} is a file or a link, not a directory; choose a directory path")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise OutputError(f"--output {output}: its parent {output.parent} is a file; choose another path")
+    if not output.exists():
+        return
+    if not overwrite:
+        raise OutputError(f"{output} already exists; pass --overwrite to replace it (it stays intact until then)")
+    if any(output.iterdir()) and not is_engine_dir(output):
+        raise OutputError(
+            f"{output} is not an engine directory (no engine {MANIFEST}) and not empty: --overwrite replaces only "
+            "engine directories; choose another --output or empty it yourself"
+        )
+
+
+@contextlib.contextmanager
+def staged(output: Path, *, overwrite: bool):
+    """`with staged(DIR, overwrite=...) as staging:` write everything into `staging`; on success it replaces
+    DIR by renames, on any failure (Ctrl-C included) it is removed and DIR is untouched."""
+    output = Path(output)
+    recover(output)
+    check_output(output, overwrite=overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = hidden(output, PARTIAL, os.getpid())
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        swap(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def swap(staging: Path, output: Path) -> None:
+    """Put the finished `staging` at `output`, retiring an existing engine there. The result is readable by all
+    (some writers create owner-only modes)."""
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    if not output.exists():
+        staging.rename(output)
+        return
+    old = hidden(output, OLD, os.getpid())
+    output.rename(old)
+    staging.rename(output)
+    shutil.rmtree(old)

@@ -1,0 +1,41 @@
+"""The backends a pipeline composes: `eager` (transformers), `onnxruntime` and `tensorrt` (engine directories),
+siblings behind the protocol in `base`. `open_engine_dir` opens the backend a verified directory was built for."""
+
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from earlytom.engine.layout import PREPROCESSOR, TOKENIZER
+from earlytom.engine.manifest import EngineDirError, Manifest, read_manifest
+from earlytom.engine.staging import recover
+from earlytom.environment import missing_gpu_stack
+from earlytom.models.registry import Preprocess
+from earlytom.runtime.backends.base import Text
+
+
+def engine_text(directory: Path, manifest: Manifest) -> Text:
+    tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER)
+    preprocess = Preprocess.load(directory / PREPROCESSOR)
+    return Text(tokenizer, tokenizer.chat_template, preprocess, manifest.vision.tokens_per_frame, list(manifest.notes))
+
+
+def open_engine_dir(directory: str | Path, *, model: str | None = None):
+    """The backend of an engine directory, after finishing any interrupted replacement of it and verifying its
+    manifest (refused if tampered, incomplete, or built for another `model`)."""
+    directory = Path(directory)
+    recover(directory)
+    manifest = read_manifest(directory, expect_model=model)
+    text = engine_text(directory, manifest)
+    if manifest.backend == "tensorrt":
+        missing = missing_gpu_stack()
+        if missing:
+            raise EngineDirError(
+                f"{directory} holds TensorRT engines, which need {', '.join(missing)}; run it on the GPU "
+                "machine it was built for, or build an onnxruntime directory for this one"
+            )
+        from earlytom.runtime.backends.tensorrt import TensorRTBackend  # pragma: no cover - GPU only
+
+        return TensorRTBackend(directory, manifest, text)  # pragma: no cover - GPU only
+    from earlytom.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(directory, manifest, text)

@@ -1,0 +1,107 @@
+"""What every backend offers the pipeline, and the run options a request is made with.
+
+A backend is opened from a model (eager) or a verified engine directory (onnxruntime, tensorrt) and has:
+
+    name                    "eager" | "onnxruntime" | "tensorrt"
+    text                    Text: tokenizer, chat template, preprocessing, notes
+    decoder                 greedy(before [P], visual [K+1, D'], after [Q], *, max_new_tokens, eos, timer,
+                            on_token) -> ids;  context_length
+    defaults                RunOptions the backend was built or loaded with
+    check(options)          -> options, or UnsupportedOption when the backend cannot run them (TensorRT engines
+                            fix the method and the EarlyTom parameters at build time, ONNX graphs the merge
+                            layers, an engine directory the largest frame count)
+    encode(pixels [B, 3, S, S], options, timer) -> Visual
+"""
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Protocol
+
+import torch
+
+from earlytom.compress import EarlyTomConfig
+from earlytom.models.registry import Preprocess
+
+METHODS = ("earlytom", "full", "global_topk")
+KERNELS = ("auto", "triton", "reference")
+
+
+class UnsupportedOption(ValueError):
+    """A run option this backend cannot honour (it was fixed when its engines were built)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How requests run: the method (EarlyTom, full tokens, or post-encoder global top-K at the same retain
+    ratio), the EarlyTom parameters, frames sampled per video, and the FrameMerge/TokenSelect implementation
+    (Triton kernels on CUDA, the PyTorch reference otherwise)."""
+
+    config: EarlyTomConfig = field(default_factory=EarlyTomConfig)
+    method: str = "earlytom"
+    num_frames: int = 32
+    kernels: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method = {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels = {self.kernels!r}; choose one of {', '.join(KERNELS)}")
+        if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
+            raise ValueError(f"frames = {self.num_frames!r}: sample at least 1 frame (an integer >= 1)")
+
+    def changed(self, other: "RunOptions") -> list[str]:
+        """Names of the options (and EarlyTom parameters) that differ in `other`."""
+        names = [f.name for f in fields(self) if f.name != "config" and getattr(self, f.name) != getattr(other, f.name)]
+        mine, theirs = self.config.to_dict(), other.config.to_dict()
+        return names + [k for k in mine if mine[k] != theirs[k]]
+
+
+def refuse_changes(backend: str, defaults: RunOptions, options: RunOptions, fixed: tuple[str, ...], fix: str) -> None:
+    """UnsupportedOption if `options` differ from `defaults` in any of `fixed`."""
+    changed = [name for name in defaults.changed(options) if name in fixed]
+    if changed:
+        built = {k: v for k, v in {**defaults.config.to_dict(), **vars(defaults)}.items() if k in changed}
+        raise UnsupportedOption(f"the {backend} backend cannot change {', '.join(changed)} (built with {built}); {fix}")
+
+
+def with_changes(options: RunOptions, *, retain_ratio: float | None = None, **changes) -> RunOptions:
+    """`options` with the given non-None changes (a retain ratio goes into the EarlyTom config)."""
+    updated = replace(options, **{k: v for k, v in changes.items() if v is not None})
+    if retain_ratio is not None:
+        updated = replace(updated, config=replace(updated.config, retain_ratio=retain_ratio))
+    return updated
+
+
+@dataclass
+class Text:
+    """The text side every backend shares: tokenizer (with the chat template), preprocessing, and notes for the
+    user (random weights, stand-in tokenizer)."""
+
+    tokenizer: object
+    chat_template: str
+    preprocess: Preprocess
+    tokens_per_frame: int
+    notes: list[str]
+
+
+@dataclass
+class Visual:
+    """The vision side's output for one video: embeds [K+1, D'] (selected tokens, then image_newline), the
+    (frame, index) of each selected token, each frame's first and last source frame after the last merge, and
+    the frame count after each merge layer."""
+
+    embeds: torch.Tensor
+    frame: torch.Tensor
+    index: torch.Tensor
+    source: torch.Tensor
+    frames_after: dict[int, int] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+    text: Text
+    decoder: object
+    defaults: RunOptions
+
+    def check(self, options: RunOptions) -> RunOptions: ...
+
+    def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual: ...

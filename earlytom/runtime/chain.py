@@ -1,0 +1,100 @@
+"""The vision encoder as a chain of stretches with compression between them, for the backends that run the
+stretches one call at a time (eager: `Stretch` modules; onnxruntime: one session per graph).
+
+    pixels --stretch 0--> hidden (+ attention) --compress--> ... --stretch m--> tokens, scores --select--> Visual
+
+`paper` (one merge layer): FrameMerge on the hidden states, TokenSelect by static/dynamic labels.
+`official` (DESIGN.md section 4b): official_compress after every merge layer (hidden and attention rows merged
+alike; the last one re-segments), official_select per segment. The methods `full` and `global_topk` run the
+same stretches without compression.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+
+from earlytom import compress
+from earlytom.engine.layout import GraphSpec
+from earlytom.runtime.backends.base import RunOptions, Visual
+
+
+def kernel_ops(kernels: str, device: torch.device):
+    """The FrameMerge / TokenSelect implementation: the Triton kernels on CUDA (or when forced), the PyTorch
+    reference otherwise. Triton is imported only then: its interpreter mode is read at import."""
+    if not (kernels == "triton" or (kernels == "auto" and device.type == "cuda")):
+        return compress
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "kernels = 'triton' needs a CUDA device, or TRITON_INTERPRET=1 in the environment to interpret "
+            "the kernels on CPU; use kernels = 'reference' (or 'auto') here"
+        )
+    from earlytom.plugins.triton import ops
+
+    return ops
+
+
+def compose_source(source: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """source [F, 2] (first, last original frame of each input row), merged [N, 2] (first, last input row of
+    each output row) -> [N, 2] in original frames."""
+    return torch.stack([source[merged[:, 0], 0], source[merged[:, 1], 1]], 1)
+
+
+def merge_step(ops, options: RunOptions, outputs: tuple[torch.Tensor, ...], *, last: bool):
+    """One compression between stretches: a stretch's outputs (hidden [F, L, D], and with `official` attention
+    [F, L]) -> (the same merged to N frames, [N, 2] input rows merged, what selection needs: static labels
+    (paper) or segments (official))."""
+    c = options.config
+    if c.variant == "paper":
+        (hidden,) = outputs
+        merged = ops.frame_merge(hidden, alpha=c.alpha, tau_seg=c.tau_seg, tau_merge=c.tau_merge)
+        return (merged.hidden,), merged.source, merged.is_static
+    hidden, attention = outputs
+    merged = ops.official_compress(
+        hidden, attention, tau_seg=c.tau_seg, alpha=c.alpha, max_window=c.max_window, final=last
+    )
+    return (merged.hidden, merged.attention), merged.source, merged.segments
+
+
+def select_step(ops, options: RunOptions, tokens, scores, labels, *, num_frames: int) -> compress.SelectResult:
+    """tokens [N, T, D'], scores [N, T] -> the tokens the method keeps (every one for "full")."""
+    r = options.config.retain_ratio
+    if options.method == "global_topk":
+        return compress.global_topk(tokens, scores, retain_ratio=r, num_frames=num_frames)
+    if options.method == "full":
+        return compress.uniform(tokens, retain_ratio=1.0, num_frames=tokens.shape[0])
+    if options.config.variant == "paper":
+        return ops.token_select(tokens, scores, labels, retain_ratio=r, num_frames=num_frames)
+    return ops.official_select(tokens, scores, labels, retain_ratio=r, num_frames=num_frames)
+
+
+def encode_chain(
+    stretches: Sequence[Callable[..., tuple]],
+    specs: Sequence[GraphSpec],
+    pixels: torch.Tensor,
+    options: RunOptions,
+    timer,
+    image_newline: torch.Tensor,
+) -> Visual:
+    """pixels [B, 3, S, S] through `stretches` (one per spec, taking the spec's inputs and returning its outputs
+    in order) with the compression of `options` between them -> Visual (K selected tokens + image_newline)."""
+    B = pixels.shape[0]
+    ops = kernel_ops(options.kernels, pixels.device)
+    source = torch.arange(B, device=pixels.device)[:, None].expand(B, 2)
+    frames_after, labels, values = {}, None, {"pixels": pixels}
+    for i, (stretch, spec) in enumerate(zip(stretches, specs, strict=True)):
+        with timer.stage(spec.name):
+            values |= zip(spec.outputs, stretch(*(values[name] for name in spec.inputs)), strict=True)
+        if spec.final or options.method != "earlytom":
+            continue
+        with timer.stage("frame_merge"):
+            outputs = tuple(values[name] for name in spec.outputs)
+            outputs, merged, labels = merge_step(ops, options, outputs, last=i == len(specs) - 2)
+            values |= zip(spec.outputs, outputs, strict=True)
+            source = compose_source(source, merged)
+        frames_after[spec.stop - 1] = int(merged.shape[0])
+    tokens, scores = values["tokens"], values["scores"]
+    with timer.stage("token_select"):
+        picked = select_step(ops, options, tokens, scores, labels, num_frames=B)
+        embeds = torch.cat([picked.tokens, image_newline[None].to(picked.tokens)])
+    return Visual(embeds=embeds, frame=picked.frame, index=picked.index, source=source, frames_after=frames_after)

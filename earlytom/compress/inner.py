@@ -70,6 +70,8 @@ def inner_merge(tokens: torch.Tensor, attention: torch.Tensor, ratio: float) -> 
     if attention.shape[0] != tokens.shape[0]:
         raise ValueError(f"attention has {attention.shape[0]} entries for {tokens.shape[0]} tokens; give one each")
     ranked = rank_by_attention(attention, kept_count(tokens.shape[0], ratio))
+    if len(ranked) == 0:  # no visual tokens: nothing to merge (the released code skips such prompts)
+        return InnerMerged(index=ranked, tokens=tokens)
     is_kept = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     is_kept[ranked] = True
     dropped = (~is_kept).nonzero().squeeze(1)  # ascending

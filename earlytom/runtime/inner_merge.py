@@ -1,0 +1,91 @@
+"""The inner merge inside a transformers Qwen2 decoder (DESIGN.md section 4b), run layer by layer.
+
+Prefill runs layers [0, k) over the whole prompt, takes the attention the last prompt token gives the visual
+tokens in layer k - 1, merges them (earlytom.compress.inner) and runs layers [k, L) over the shorter sequence
+at the kept tokens' original positions. The DynamicCache then holds the full prompt in layers [0, k) and the
+shorter one in [k, L); decoding steps run layer by layer too, at the original positions, each layer attending
+to everything in its own cache (the stock forward sizes one mask for all layers, from layer 0's length).
+"""
+
+import torch
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
+
+from earlytom.compress.inner import InnerMerged, check_inner_ratio, inner_merge
+
+DEFAULT_INNER_RATIO = 0.5  # the released scripts' INNER_r
+
+
+class InnerMergeRunner:
+    """Prefill with the inner merge at decoder layer `layer` (merging away `ratio` of the visual tokens), and
+    the decoding steps after it, for a causal LM whose decoder is transformers' Qwen2Model (Qwen2ForCausalLM or
+    LlavaOnevisionForConditionalGeneration)."""
+
+    def __init__(self, lm, layer: int, ratio: float | None = None) -> None:
+        self.lm = lm
+        self.text = lm.get_decoder()  # Qwen2Model: layers, rotary_emb, norm
+        config = self.text.config
+        if config.model_type != "qwen2":
+            raise ValueError(f"the inner merge runs in Qwen2 decoders; this decoder is {config.model_type!r}")
+        if set(config.layer_types) != {"full_attention"}:
+            raise ValueError("the inner merge needs full attention in every decoder layer (no sliding window)")
+        layers = config.num_hidden_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= layers - 1:
+            raise ValueError(f"inner_layer = {layer!r} is outside the valid range [1, {layers - 1}] for this "
+                             f"{layers}-layer decoder")
+        self.layer = layer
+        self.ratio = DEFAULT_INNER_RATIO if ratio is None else ratio
+        check_inner_ratio(self.ratio)
+
+    def run_layers(self, hidden: torch.Tensor, positions: torch.Tensor, layers: range, cache) -> torch.Tensor:
+        """hidden [1, S, D] at `positions` [S] through decoder layers `layers`, causal over these S tokens and
+        whatever each layer already holds in `cache` (which they extend) -> hidden [1, S, D]."""
+        position_ids = positions[None]
+        rope = self.text.rotary_emb(hidden, position_ids)
+        causal = hidden.shape[1] > 1  # a single query attends to everything its layer holds
+        mask = create_causal_mask(self.text.config, hidden, attention_mask=None, cache=None) if causal else None
+        for i in layers:
+            hidden = self.text.layers[i](
+                hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids, cache=cache,
+                use_cache=True,
+            )
+        return hidden
+
+    def last_query_attention(self, hidden_in: torch.Tensor, position: int, cache) -> torch.Tensor:
+        """Attention of the last token in layer k - 1, mean over heads [S]: hidden_in [1, S, D] is that layer's
+        input; its query comes from the layer's own norm, q projection and RoPE, its keys from the cache."""
+        layer = self.text.layers[self.layer - 1]
+        attn = layer.self_attn
+        query = attn.q_proj(layer.input_layernorm(hidden_in[:, -1:]))  # [1, 1, H * hd]
+        query = query.view(1, 1, -1, attn.head_dim).transpose(1, 2)  # [1, H, 1, hd]
+        cos, sin = self.text.rotary_emb(hidden_in, torch.tensor([[position]], device=hidden_in.device))
+        query, _ = apply_rotary_pos_emb(query, query, cos, sin)
+        keys = repeat_kv(cache.layers[self.layer - 1].keys, attn.num_key_value_groups)  # [1, H, S, hd]
+        scores = (query.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [1, H, 1, S]
+        return scores.softmax(dim=-1)[0, :, 0].mean(dim=0)
+
+    def prefill(self, embeds: torch.Tensor, visual: slice) -> tuple[torch.Tensor, DynamicCache, InnerMerged]:
+        """embeds [S, D] with the visual embeddings at `visual` (image_newline included) -> (logits of the last
+        position [V], cache, the kept visual tokens: index into the visual span, merged states at layer k)."""
+        cache = DynamicCache(config=self.text.config)
+        positions = torch.arange(embeds.shape[0], device=embeds.device)
+        hidden_in = self.run_layers(embeds[None], positions, range(self.layer - 1), cache)
+        hidden = self.run_layers(hidden_in, positions, range(self.layer - 1, self.layer), cache)
+        attention = self.last_query_attention(hidden_in, int(positions[-1]), cache)
+        kept = inner_merge(hidden[0, visual], attention[visual], self.ratio)
+        hidden = torch.cat([hidden[:, : visual.start], kept.tokens[None], hidden[:, visual.stop :]], dim=1)
+        positions = torch.cat([positions[: visual.start], visual.start + kept.index, positions[visual.stop :]])
+        hidden = self.run_layers(hidden, positions, range(self.layer, len(self.text.layers)), cache)
+        return self.logits(hidden), cache, kept
+
+    def step(self, token: int, cache) -> tuple[torch.Tensor, DynamicCache]:
+        """One greedy step at the next original position (layer 0 holds every position so far) -> (logits [V],
+        cache)."""
+        position = torch.tensor([cache.get_seq_length(0)], device=self.lm.device)
+        hidden = self.lm.get_input_embeddings()(torch.tensor([[token]], device=self.lm.device))
+        return self.logits(self.run_layers(hidden, position, range(len(self.text.layers)), cache)), cache
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [1, S, D] after the last layer -> logits of the last position [V]."""
+        return self.lm.get_output_embeddings()(self.text.norm(hidden[:, -1:]))[0, -1]

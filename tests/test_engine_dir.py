@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -18,6 +19,7 @@ from earlytom.engine.staging import OutputError
 from earlytom.engine_builder import build as build_module
 from earlytom.engine_builder.build import build, main
 from earlytom.environment import missing_gpu_stack
+from earlytom.runtime.backends.base import UnsupportedOption
 from earlytom.export.lint import lint_for_tensorrt
 from earlytom.plugins.tensorrt import PLUGINS
 from earlytom.runtime.pipeline import Pipeline
@@ -239,3 +241,23 @@ def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
     assert {k["dtype"] for k in kernels["kernels"]} == {"fp32"}  # the graphs' dtype
     assert "plugins/sm_89/token_cosine.fp32.ptx" in manifest.artifacts
     assert manifest.plugin_archs == ("sm_89",)
+
+
+def test_onnxruntime_backend_refuses_what_its_graphs_fix(engine):
+    """The graphs are split at the merge layers: another variant or other layers is a clear error, while the
+    method, the ratio and the thresholds may change per run."""
+    pipe = Pipeline.from_engine_dir(engine, num_frames=8)
+    with pytest.raises(UnsupportedOption, match="cannot change merge_layers"):
+        pipe.with_options(config=replace(pipe.config, merge_layers=(1, 2, 3)))
+    with pytest.raises(ValueError, match="variant"):
+        pipe.with_options(config=replace(pipe.config, variant="paper"))
+    assert pipe.with_options(method="full", retain_ratio=0.1).options.method == "full"
+
+
+def test_official_counts_report_every_merge_layer_and_the_inner_merge(engine, clips):
+    result = Pipeline.from_engine_dir(engine, num_frames=12).generate(clips["cut"], "What changes?", 2)
+    counts = result.counts
+    after = [counts[f"frames_after_layer_{layer}"] for layer in (0, 2, 3)]
+    assert 12 >= after[0] >= after[1] >= after[2] == counts["frames_after_merge"] >= 1
+    assert counts["visual_embeds_before_inner"] == counts["visual_tokens"] + 1
+    assert counts["visual_embeds_after_inner"] == round(counts["visual_embeds_before_inner"] * 0.5)

@@ -20,8 +20,15 @@ LAYERS, WIDTH, VOCAB = 4, 64, 320
 def qwen2(attn: str = "sdpa", **overrides) -> Qwen2ForCausalLM:
     """A seeded random 4-layer Qwen2 (weights large enough that attention and logits are far from uniform)."""
     config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, **overrides,
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        intermediate_size=128,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        **overrides,
     )
     config._attn_implementation = attn
     torch.manual_seed(0)
@@ -36,15 +43,20 @@ def lm():
 def prompt(seed: int = 1):
     """before [5] ids, visual [21, D] embeddings, after [4] ids: the visual span is positions 5..25."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, VOCAB, (5,), generator=g), torch.randn(21, WIDTH, generator=g),
-            torch.randint(0, VOCAB, (4,), generator=g))
+    return (
+        torch.randint(0, VOCAB, (5,), generator=g),
+        torch.randn(21, WIDTH, generator=g),
+        torch.randint(0, VOCAB, (4,), generator=g),
+    )
 
 
 # --- the token math -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "ratio", "kept"), [(5, 0.5, 2), (7, 0.5, 4), (21, 0.5, 10), (10, 0.0, 10),
-                                                  (10, 0.25, 8), (3, 0.99, 1), (1, 0.5, 1), (0, 0.5, 0)])
+@pytest.mark.parametrize(
+    ("n", "ratio", "kept"),
+    [(5, 0.5, 2), (7, 0.5, 4), (21, 0.5, 10), (10, 0.0, 10), (10, 0.25, 8), (3, 0.99, 1), (1, 0.5, 1), (0, 0.5, 0)],
+)
 def test_kept_count_is_python_round_with_at_least_one(n, ratio, kept):
     """round(n * (1 - ratio)) as released (halves to even: 2.5 -> 2, 3.5 -> 4), never 0 while tokens exist."""
     assert kept_count(n, ratio) == kept
@@ -258,20 +270,24 @@ def test_streams_every_id_and_stops_at_eos(lm):
     with torch.inference_mode():
         full = decoder.greedy(before, visual, after, max_new_tokens=6, eos=-1, timer=StageTimer())
         streamed = []
-        tokens = decoder.greedy(before, visual, after, max_new_tokens=6, eos=full[2], timer=timer,
-                                on_token=streamed.append)
+        tokens = decoder.greedy(
+            before, visual, after, max_new_tokens=6, eos=full[2], timer=timer, on_token=streamed.append
+        )
     assert streamed == tokens == full[: full.index(full[2]) + 1]
     assert set(timer.ms) == {"prefill", "first_token"}
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"inner_layer": 0}, r"inner_layer = 0 is outside the valid range \[1, 3\] for this 4-layer decoder"),
-    ({"inner_layer": 4}, r"inner_layer = 4 is outside the valid range \[1, 3\]"),
-    ({"inner_layer": 2.0}, r"inner_layer = 2.0 is outside"),
-    ({"inner_layer": True}, r"inner_layer = True is outside"),
-    ({"inner_layer": 2, "inner_ratio": 1.0}, r"inner_ratio = 1.0 is outside the valid range \[0, 1\)"),
-    ({"inner_ratio": 0.5}, "inner_ratio = 0.5 needs inner_layer"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"inner_layer": 0}, r"inner_layer = 0 is outside the valid range \[1, 3\] for this 4-layer decoder"),
+        ({"inner_layer": 4}, r"inner_layer = 4 is outside the valid range \[1, 3\]"),
+        ({"inner_layer": 2.0}, r"inner_layer = 2.0 is outside"),
+        ({"inner_layer": True}, r"inner_layer = True is outside"),
+        ({"inner_layer": 2, "inner_ratio": 1.0}, r"inner_ratio = 1.0 is outside the valid range \[0, 1\)"),
+        ({"inner_ratio": 0.5}, "inner_ratio = 0.5 needs inner_layer"),
+    ],
+)
 def test_bad_settings_are_refused(lm, kwargs, message):
     with pytest.raises(ValueError, match=message):
         Decoder(lm, **kwargs)

@@ -11,6 +11,7 @@ one; replacing one needs --overwrite and only ever replaces an engine directory.
 
 import argparse
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -149,6 +150,11 @@ def build(
         loaded = load_model(model, random_init=random_init)
         adapter = LlavaOnevisionAdapter(loaded.model)
         config = config.for_model(adapter.num_layers, loaded.model.config.text_config.num_hidden_layers)
+        notes = list(loaded.notes)
+        if backend == "tensorrt" and config.inner_ratio:
+            config = replace(config, inner_layer=None, inner_ratio=0.0)
+            notes.append("inner merge off: the TensorRT-LLM decoder runs every visual token through every layer")
+            print(f"note: {notes[-1]}", file=sys.stderr)
         chain = vision_chain(config.variant, config.merge_layers, adapter.num_layers)
         dims = vision_dims(loaded, adapter)
         steps.total = len(chain) + 3 + len(archs) + 2 * (backend == "tensorrt")
@@ -172,7 +178,7 @@ def build(
             dtype=dtype,
             plugin_archs=archs,
             verification_max_rel_error=verification,
-            notes=tuple(loaded.notes),
+            notes=tuple(notes),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             tensorrt=tensorrt,
         )

@@ -10,6 +10,13 @@ import torch
 from earlytom.runtime.inner_merge import InnerMergeRunner
 
 
+def decoder_for(lm, config) -> "Decoder":
+    """The decoder over `lm` with the inner merge an EarlyTomConfig (resolved for the model) asks for."""
+    if not config.inner_ratio:
+        return Decoder(lm)
+    return Decoder(lm, inner_layer=config.inner_layer, inner_ratio=config.inner_ratio)
+
+
 class Decoder:
     """`inner_layer` None (the default): no inner merge. Otherwise the inner merge at that decoder layer,
     merging away `inner_ratio` (None: the released 0.5) of the visual tokens; after each `greedy`,

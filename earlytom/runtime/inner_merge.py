@@ -12,9 +12,8 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
 
+from earlytom.compress.config import DEFAULT_INNER_RATIO
 from earlytom.compress.inner import InnerMerged, check_inner_ratio, inner_merge
-
-DEFAULT_INNER_RATIO = 0.5  # the released scripts' INNER_r
 
 
 class InnerMergeRunner:
@@ -32,10 +31,11 @@ class InnerMergeRunner:
             raise ValueError("the inner merge needs full attention in every decoder layer (no sliding window)")
         layers = config.num_hidden_layers
         if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= layers - 1:
-            raise ValueError(f"inner_layer = {layer!r} is outside the valid range [1, {layers - 1}] for this "
-                             f"{layers}-layer decoder")
+            raise ValueError(
+                f"inner_layer = {layer!r} is outside the valid range [1, {layers - 1}] for this {layers}-layer decoder"
+            )
         self.layer = layer
-        self.ratio = DEFAULT_INNER_RATIO if ratio is None else ratio
+        self.ratio = DEFAULT_INNER_RATIO["official"] if ratio is None else ratio
         check_inner_ratio(self.ratio)
 
     def run_layers(self, hidden: torch.Tensor, positions: torch.Tensor, layers: range, cache) -> torch.Tensor:
@@ -47,7 +47,11 @@ class InnerMergeRunner:
         mask = create_causal_mask(self.text.config, hidden, attention_mask=None, cache=None) if causal else None
         for i in layers:
             hidden = self.text.layers[i](
-                hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids, cache=cache,
+                hidden,
+                attention_mask=mask,
+                position_embeddings=rope,
+                position_ids=position_ids,
+                cache=cache,
                 use_cache=True,
             )
         return hidden

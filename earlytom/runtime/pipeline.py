@@ -107,7 +107,8 @@ class Pipeline:
 
     @property
     def decoder(self):
-        return self.backend.decoder
+        """The decoder for this pipeline's EarlyTom parameters (with its inner merge, if any)."""
+        return self.backend.decoder(self.options.config)
 
     @property
     def config(self) -> EarlyTomConfig:
@@ -156,7 +157,8 @@ class Pipeline:
             pixels = preprocess(clip.frames, self.backend.text.preprocess)  # [B, 3, S, S]
         visual = self.backend.encode(pixels, self.options, timer)
         eos = self.tokenizer.eos_token_id
-        generated = self.decoder.greedy(
+        decoder = self.decoder
+        generated = decoder.greedy(
             before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
         )
         answer = generated[:-1] if generated[-1] == eos else generated
@@ -165,6 +167,7 @@ class Pipeline:
             **{f"frames_after_layer_{layer}": n for layer, n in visual.frames_after.items()},
             "frames_after_merge": int(visual.source.shape[0]),
             "visual_tokens": int(visual.embeds.shape[0] - 1),
+            **(decoder.inner_counts or {}),
         }
         return Result(
             text=self.tokenizer.decode(answer, skip_special_tokens=True),

@@ -4,8 +4,9 @@ A backend is opened from a model (eager) or a verified engine directory (onnxrun
 
     name                    "eager" | "onnxruntime" | "tensorrt"
     text                    Text: tokenizer, chat template, preprocessing, notes
-    decoder                 greedy(before [P], visual [K+1, D'], after [Q], *, max_new_tokens, eos, timer,
-                            on_token) -> ids;  context_length
+    decoder(config)         the decoder for these EarlyTom parameters (the inner merge's): greedy(before [P],
+                            visual [K+1, D'], after [Q], *, max_new_tokens, eos, timer, on_token) -> ids;
+                            context_length; inner_counts (None without an inner merge)
     defaults                RunOptions the backend was built or loaded with
     check(options)          -> options, or UnsupportedOption when the backend cannot run them (TensorRT engines
                             fix the method and the EarlyTom parameters at build time, ONNX graphs the merge
@@ -99,8 +100,9 @@ class Visual:
 class Backend(Protocol):
     name: str
     text: Text
-    decoder: object
     defaults: RunOptions
+
+    def decoder(self, config: EarlyTomConfig): ...
 
     def check(self, options: RunOptions) -> RunOptions: ...
 

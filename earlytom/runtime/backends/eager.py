@@ -10,7 +10,7 @@ from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
 from earlytom.models.registry import LoadedModel
 from earlytom.runtime.backends.base import RunOptions, Text, Visual
 from earlytom.runtime.chain import encode_chain
-from earlytom.runtime.decoder import Decoder
+from earlytom.runtime.decoder import decoder_for
 
 
 class EagerBackend:
@@ -21,9 +21,12 @@ class EagerBackend:
         self.text = Text(
             loaded.tokenizer, loaded.chat_template, loaded.preprocess, self.adapter.tokens_per_frame, loaded.notes
         )
-        self.decoder = Decoder(loaded.model)
+        self.lm = loaded.model
         self.num_decoder_layers = loaded.model.config.text_config.num_hidden_layers
         self.defaults = self.check(defaults)
+
+    def decoder(self, config):
+        return decoder_for(self.lm, config)
 
     def check(self, options: RunOptions) -> RunOptions:
         """`options` with the model-dependent EarlyTom defaults filled in (merge layers), checked against the

@@ -13,7 +13,7 @@ from earlytom.engine.layout import DECODER, IMAGE_NEWLINE, numpy_dtype
 from earlytom.engine.manifest import Manifest
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 from earlytom.runtime.chain import encode_chain
-from earlytom.runtime.decoder import Decoder
+from earlytom.runtime.decoder import decoder_for
 
 # The graphs are split at the merge layers: the rest of the EarlyTom parameters may change per run.
 FIXED = ("variant", "merge_layers")
@@ -39,9 +39,11 @@ class OnnxRuntimeBackend:
         self.sessions = [ort_session(directory / graph.file) for graph in manifest.graphs]
         self.np_dtype = numpy_dtype(manifest.dtype)
         self.image_newline = load_file(directory / IMAGE_NEWLINE)["image_newline"].float()
-        lm = AutoModelForCausalLM.from_pretrained(directory / DECODER, dtype=torch.float32).eval()
-        self.decoder = Decoder(lm)
+        self.lm = AutoModelForCausalLM.from_pretrained(directory / DECODER, dtype=torch.float32).eval()
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
+
+    def decoder(self, config):
+        return decoder_for(self.lm, config)
 
     def check(self, options: RunOptions) -> RunOptions:
         refuse_changes(self.name, self.defaults, options, FIXED, "rebuild the engine directory with build_engine")

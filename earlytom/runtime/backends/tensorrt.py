@@ -119,6 +119,7 @@ class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
 
         self.runner = ModelRunnerCpp.from_dir(engine_dir=str(engine_dir))
         self.vocab_size, self.context_length, self.dtype = vocab_size, context_length, dtype
+        self.inner_counts = None  # TensorRT-LLM runs no inner merge
 
     def greedy(self, before, visual, after, *, max_new_tokens: int, eos: int, timer, on_token=None) -> list[int]:
         ids = prompt_table_ids(before, visual.shape[0], after, self.vocab_size)
@@ -160,8 +161,11 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
         self.vision = TensorRTVision(directory, manifest, newline)
         lm = AutoConfig.from_pretrained(directory / DECODER)
         dtype = torch_dtype(manifest.dtype)
-        self.decoder = TensorRTLLMDecoder(directory / DECODER_TRTLLM, lm.vocab_size, lm.max_position_embeddings, dtype)
+        self.llm = TensorRTLLMDecoder(directory / DECODER_TRTLLM, lm.vocab_size, lm.max_position_embeddings, dtype)
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
+
+    def decoder(self, config):
+        return self.llm  # built without the inner merge (the manifest's config says inner_ratio 0)
 
     def check(self, options: RunOptions) -> RunOptions:
         return check_fixed(self.defaults, options)

@@ -153,6 +153,12 @@ def test_round_trip_through_json(variant, alpha, tau_seg, retain_ratio, inner_ra
         assert EarlyTomConfig.from_dict(json.loads(json.dumps(value.to_dict()))) == value
 
 
+def test_manifest_written_before_variants_reads_as_paper():
+    old = {"alpha": 0.6, "tau_seg": 0.75, "tau_merge": 0.8, "retain_ratio": 0.25}
+    config = EarlyTomConfig.from_dict(old)
+    assert (config.variant, config.tau_merge, config.retain_ratio) == ("paper", 0.8, 0.25)
+
+
 def test_from_dict_refuses_unknown_fields():
     with pytest.raises(ValueError, match=r"unknown EarlyTomConfig fields \['tau'\]; known fields"):
         EarlyTomConfig.from_dict({"tau": 0.5})

@@ -298,9 +298,10 @@ def stream(hidden, attention, **options):
 
 
 @settings(max_examples=200, deadline=None)
-@given(clip(), st.booleans())
-def test_streaming_makes_the_batch_decisions(case, final):
+@given(clip(), st.booleans(), st.sampled_from([torch.float32, torch.bfloat16]))
+def test_streaming_makes_the_batch_decisions(case, final, dtype):
     hidden, attention, options = case
+    hidden = hidden.to(dtype)
     batch = official_compress(hidden, attention, final=final, **options)
     chunks, last = stream(hidden, attention, final=final, **options)
     everything = [*chunks, last]

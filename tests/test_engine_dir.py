@@ -19,9 +19,9 @@ from earlytom.engine.staging import OutputError
 from earlytom.engine_builder import build as build_module
 from earlytom.engine_builder.build import build, main
 from earlytom.environment import missing_gpu_stack
-from earlytom.runtime.backends.base import UnsupportedOption
 from earlytom.export.lint import lint_for_tensorrt
 from earlytom.plugins.tensorrt import PLUGINS
+from earlytom.runtime.backends.base import UnsupportedOption
 from earlytom.runtime.pipeline import Pipeline
 
 

@@ -1,13 +1,10 @@
 """The TensorRT backend without TensorRT: plugin declarations against the validator's rules and the kernels,
-the network plans, buffer sizes, the decoder's prompt layout, compatibility checks, the C++ configure step.
+the network plans, buffer sizes, the decoder's prompt layout, compatibility checks (the C++ side: test_cpp.py).
 Tests that need TensorRT itself skip, saying so."""
 
 import ast
 import importlib.util
 import inspect
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +15,6 @@ from earlytom.plugins.triton import launch
 from earlytom.runtime.tensorrt_backend import buffer_specs, prompt_table_ids
 
 OV = {"alpha": 0.6, "tau_seg": 0.75, "tau_merge": 0.8, "retain_ratio": 0.15, "max_frames": 32, "tokens_per_frame": 196}
-ROOT = Path(__file__).parent.parent
 
 
 def kernel_io(kernel: str) -> tuple[list[str], list[str]]:
@@ -156,15 +152,6 @@ def test_plans_from_another_tensorrt_or_gpu_are_refused():
         trt_build.check_compatible(built, tensorrt_version="11.5.0", gpu_arch="sm_89")
     with pytest.raises(trt_build.IncompatibleEngine, match="built for sm_89, this GPU is sm_90"):
         trt_build.check_compatible(built, tensorrt_version="11.4.0", gpu_arch="sm_90")
-
-
-@pytest.mark.skipif(not shutil.which("cmake"), reason="cmake is not installed")
-def test_cmake_configure_without_tensorrt_skips_and_succeeds(tmp_path):
-    if importlib.util.find_spec("tensorrt"):
-        pytest.skip("TensorRT is installed here; this checks the configure step where it is not")
-    done = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "earlytom_vision: skipped" in done.stdout and "TensorRT" in done.stdout
 
 
 @pytest.mark.skipif(not importlib.util.find_spec("tensorrt"), reason="TensorRT is not installed (no GPU machine)")

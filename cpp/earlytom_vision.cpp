@@ -1,99 +1,211 @@
 #include "earlytom_vision.h"
 
+#include <cstdint>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <stdexcept>
+#include <utility>
 
 namespace earlytom {
 namespace {
+
+using nvinfer1::DataType;
+using nvinfer1::Dims;
+using nvinfer1::ICudaEngine;
 
 class Logger : public nvinfer1::ILogger {
   void log(Severity severity, const char* msg) noexcept override {
     if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << msg << "\n";
   }
-} logger;
+};
+Logger logger;  // TensorRT keeps a reference: it must outlive every runtime
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+[[noreturn]] void fail(const std::string& plan, const std::string& what) {
+  throw std::runtime_error(plan + ": " + what);
 }
 
-size_t element_size(nvinfer1::DataType type) {
+void check(cudaError_t status, const std::string& what) {
+  if (status != cudaSuccess) throw std::runtime_error(what + ": " + cudaGetErrorString(status));
+}
+
+std::size_t element_size(DataType type) {
   switch (type) {
-    case nvinfer1::DataType::kFLOAT: case nvinfer1::DataType::kINT32: return 4;
-    case nvinfer1::DataType::kHALF: case nvinfer1::DataType::kBF16: return 2;
-    case nvinfer1::DataType::kINT64: return 8;
-    default: return 1;
+    case DataType::kFLOAT: case DataType::kINT32: return 4;
+    case DataType::kHALF: case DataType::kBF16: return 2;
+    case DataType::kINT64: return 8;
+    case DataType::kINT8: case DataType::kUINT8: case DataType::kBOOL: case DataType::kFP8: return 1;
+    default: throw std::runtime_error("a plan has a sub-byte tensor (INT4/FP4/E8M0); earlytom_vision reads none");
   }
 }
 
-// The tail plan reads these head outputs in place.
-const std::map<std::string, std::string> kShared = {{"hidden", "merged"}, {"is_static", "is_static"}};
+// Bytes of a linear tensor of shape `dims` (every dimension known).
+std::size_t tensor_bytes(const Dims& dims, DataType type) {
+  std::size_t bytes = element_size(type);
+  for (int i = 0; i < dims.nbDims; ++i) {
+    if (dims.d[i] < 0) throw std::runtime_error("a tensor shape has an unknown (-1) dimension");
+    bytes *= static_cast<std::size_t>(dims.d[i]);
+  }
+  return bytes;
+}
+
+bool is_input(const ICudaEngine& engine, const char* name) {
+  return engine.getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT;
+}
+
+bool is_output(const ICudaEngine& engine, const char* name) {
+  return engine.getTensorIOMode(name) == nvinfer1::TensorIOMode::kOUTPUT;
+}
+
+// The largest shape of input `name` in profile 0 (the only profile the builder adds), frame axis first.
+Dims largest_shape(const ICudaEngine& engine, const char* name) {
+  return engine.getProfileShape(name, 0, nvinfer1::OptProfileSelector::kMAX);
+}
+
+// A later plan's input reads the latest earlier output of the same name; the encoder input "hidden" reads the
+// frames the previous FrameMerge wrote ("merged").
+std::string source_of(const std::string& input) { return input == "hidden" ? "merged" : input; }
+
+// Every tensor must be a plain row-major device buffer: that is what the sizes here assume.
+void check_layout(const ICudaEngine& engine, const std::string& plan, const char* name) {
+  if (engine.getTensorLocation(name) != nvinfer1::TensorLocation::kDEVICE || engine.getTensorVectorizedDim(name) != -1)
+    fail(plan, std::string("tensor ") + name + " is not a linear device tensor; rebuild the plan with earlytom");
+}
+
+// Frame axis set to `frames` on every input of `plan` ([F, 3, S, S] pixels, [N, L, D] hidden, [N] is_static).
+void set_input_shapes(nvinfer1::IExecutionContext& context, const ICudaEngine& engine, const std::string& plan,
+                      int frames) {
+  for (int i = 0; i < engine.getNbIOTensors(); ++i) {
+    const char* name = engine.getIOTensorName(i);
+    if (!is_input(engine, name)) continue;
+    Dims dims = largest_shape(engine, name);
+    dims.d[0] = frames;
+    if (!context.setInputShape(name, dims))
+      fail(plan, "TensorRT refused " + std::to_string(frames) + " frames for input " + name);
+  }
+}
+
+// An int32 [1] count the plan wrote on `stream`; synchronises the stream.
+int read_count(const void* device, const std::string& what, cudaStream_t stream) {
+  std::int32_t value = 0;
+  check(cudaMemcpyAsync(&value, device, sizeof value, cudaMemcpyDeviceToHost, stream), "read " + what);
+  check(cudaStreamSynchronize(stream), "run up to " + what);
+  return value;
+}
 
 }  // namespace
 
-Vision::Vision(const std::string& engine_dir, int max_frames)
-    : runtime_(nvinfer1::createInferRuntime(logger)), max_frames_(max_frames) {
-  head_ = load(engine_dir + "/vision_head.plan");
-  tail_ = load(engine_dir + "/vision_tail.plan");
-  bind(head_);
-  bind(tail_);
+Vision::Vision(const std::vector<std::string>& plans) : runtime_(nvinfer1::createInferRuntime(logger)) {
+  if (!runtime_) throw std::runtime_error("TensorRT could not create a runtime; see its message above");
+  if (plans.empty()) throw std::invalid_argument("no plan files; pass them in run order (vision_head.plan, ...)");
+  Buffers latest;  // the latest output of each name among the plans loaded so far
+  for (const std::string& path : plans) {
+    Plan plan = load(path);
+    bind(plan, latest);
+    allocate_outputs(plan);
+    for (const auto& [name, buffer] : plan.outputs) latest[name] = buffer;
+    plans_.push_back(std::move(plan));
+  }
+  const Plan& last = plans_.back();
+  for (const char* name : {"selected", "selected_count"})
+    if (!last.outputs.count(name)) fail(last.path, std::string("the last plan must write ") + name);
 }
 
-Vision::~Vision() {
-  for (auto& [name, ptr] : buffers_) cudaFree(ptr);
-}
-
-Vision::Plan Vision::load(const std::string& path) {
+Vision::Plan Vision::load(const std::string& path) const {
   std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot open " + path + "; build it with build_engine --backend tensorrt");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  Plan plan;
-  plan.engine.reset(runtime_->deserializeCudaEngine(bytes.data(), bytes.size()));
-  if (!plan.engine) throw std::runtime_error(path + " was built for another TensorRT version or GPU; rebuild it");
+  if (!file) fail(path, "cannot open it; build the engine directory with build_engine --backend tensorrt");
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (file.bad()) fail(path, "read error");
+  Plan plan{path, std::unique_ptr<ICudaEngine>(runtime_->deserializeCudaEngine(bytes.data(), bytes.size())), {}, {}};
+  if (!plan.engine)
+    fail(path, "TensorRT cannot load it (built with another TensorRT version or for another GPU? see its message "
+               "above); rebuild the engine directory on this machine");
   plan.context.reset(plan.engine->createExecutionContext());
+  if (!plan.context) fail(path, "TensorRT could not create an execution context (out of device memory?)");
   return plan;
 }
 
-void Vision::bind(Plan& plan) {
-  for (int i = 0; i < plan.engine->getNbIOTensors(); ++i) {
-    std::string name = plan.engine->getIOTensorName(i);
-    auto shared = kShared.find(name);
-    std::string buffer = shared != kShared.end() && buffers_.count(shared->second) ? shared->second : name;
-    if (!buffers_.count(buffer)) {
-      // Largest shape: profile 0's maximum for inputs, the engine's (upper-bound) shape for outputs.
-      nvinfer1::Dims dims = plan.engine->getTensorIOMode(name.c_str()) == nvinfer1::TensorIOMode::kINPUT
-          ? plan.engine->getProfileShape(name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX)
-          : plan.engine->getTensorShape(name.c_str());
-      size_t count = 1;
-      for (int d = 0; d < dims.nbDims; ++d) count *= dims.d[d] < 0 ? max_frames_ : dims.d[d];
-      void* ptr = nullptr;
-      check(cudaMalloc(&ptr, count * element_size(plan.engine->getTensorDataType(name.c_str()))), "cudaMalloc");
-      buffers_[buffer] = ptr;
+// Inputs at their largest shapes (so TensorRT can bound the outputs); a later plan's inputs point at the
+// earlier outputs they read; the first plan's "pixels" is bound to the caller's pointer in run().
+void Vision::bind(Plan& plan, const Buffers& earlier) {
+  const ICudaEngine& engine = *plan.engine;
+  const bool first = plans_.empty();
+  for (int i = 0; i < engine.getNbIOTensors(); ++i) {
+    const char* name = engine.getIOTensorName(i);
+    if (!is_input(engine, name)) continue;
+    check_layout(engine, plan.path, name);
+    const std::string tensor = name;
+    const Dims largest = largest_shape(engine, name);
+    if (!plan.context->setInputShape(name, largest)) fail(plan.path, "no valid shape for input " + tensor);
+    if (first) {
+      if (tensor != "pixels") fail(plan.path, "the first plan's input must be pixels, not " + tensor);
+      continue;
     }
-    plan.context->setTensorAddress(name.c_str(), buffers_[buffer]);
+    const auto source = earlier.find(source_of(tensor));
+    if (source == earlier.end()) fail(plan.path, "no earlier plan writes input " + tensor + "; check the plan order");
+    if (tensor_bytes(largest, engine.getTensorDataType(name)) > source->second.bytes)
+      fail(plan.path, "input " + tensor + " is larger than the " + source->first + " written before it");
+    if (!plan.context->setTensorAddress(name, source->second.ptr)) fail(plan.path, "cannot bind " + tensor);
   }
 }
 
+// One buffer per output at TensorRT's upper bound for the largest inputs (the data-dependent frame and token
+// counts included), allocated once.
+void Vision::allocate_outputs(Plan& plan) {
+  const ICudaEngine& engine = *plan.engine;
+  for (int i = 0; i < engine.getNbIOTensors(); ++i) {
+    const char* name = engine.getIOTensorName(i);
+    if (!is_output(engine, name)) continue;
+    check_layout(engine, plan.path, name);
+    const std::string tensor = name;
+    if ((tensor == "count" || tensor == "selected_count") && engine.getTensorDataType(name) != DataType::kINT32)
+      fail(plan.path, "output " + tensor + " must be int32");
+    // 0 or -1: no bound (a data-dependent size the plugin did not bound); that would need an IOutputAllocator.
+    const std::int64_t bound = plan.context->getMaxOutputSize(name);
+    if (bound <= 0) fail(plan.path, "TensorRT gives no upper bound for output " + tensor);
+    const std::size_t bytes = static_cast<std::size_t>(bound);
+    void* ptr = nullptr;
+    check(cudaMalloc(&ptr, bytes), "allocate " + tensor + " of " + plan.path);
+    std::unique_ptr<void, DeviceFree> owned(ptr);
+    allocations_.push_back(std::move(owned));
+    if (!plan.context->setTensorAddress(name, ptr)) fail(plan.path, "cannot bind " + tensor);
+    plan.outputs[tensor] = {ptr, bytes};
+  }
+}
+
+int Vision::max_frames() const {
+  return static_cast<int>(largest_shape(*plans_.front().engine, "pixels").d[0]);
+}
+
+std::size_t Vision::pixel_bytes(int frames) const {
+  const ICudaEngine& engine = *plans_.front().engine;
+  Dims dims = largest_shape(engine, "pixels");
+  dims.d[0] = frames;
+  return tensor_bytes(dims, engine.getTensorDataType("pixels"));
+}
+
 VisualTokens Vision::run(const void* pixels, int frames, cudaStream_t stream) {
-  nvinfer1::Dims in = head_.engine->getProfileShape("pixels", 0, nvinfer1::OptProfileSelector::kMAX);
-  in.d[0] = frames;
-  size_t bytes = element_size(head_.engine->getTensorDataType("pixels"));
-  for (int d = 0; d < in.nbDims; ++d) bytes *= in.d[d];
-  check(cudaMemcpyAsync(buffers_["pixels"], pixels, bytes, cudaMemcpyDeviceToDevice, stream), "copy pixels");
-  head_.context->setInputShape("pixels", in);
-  if (!head_.context->enqueueV3(stream)) throw std::runtime_error("vision_head.plan failed");
-  int merged = 0, selected = 0;
-  check(cudaMemcpyAsync(&merged, buffers_["count"], sizeof(int), cudaMemcpyDeviceToHost, stream), "count");
-  check(cudaStreamSynchronize(stream), "sync");
-  nvinfer1::Dims hidden = tail_.engine->getProfileShape("hidden", 0, nvinfer1::OptProfileSelector::kMAX);
-  hidden.d[0] = merged;
-  tail_.context->setInputShape("hidden", hidden);
-  tail_.context->setInputShape("is_static", nvinfer1::Dims{1, {merged}});
-  if (!tail_.context->enqueueV3(stream)) throw std::runtime_error("vision_tail.plan failed");
-  check(cudaMemcpyAsync(&selected, buffers_["selected_count"], sizeof(int), cudaMemcpyDeviceToHost, stream), "K");
-  check(cudaStreamSynchronize(stream), "sync");
-  return {buffers_["selected"], selected, merged};
+  if (frames < 1 || frames > max_frames())
+    throw std::invalid_argument("frames = " + std::to_string(frames) + "; pass 1 to " + std::to_string(max_frames()) +
+                                " (the plans' largest profile), or rebuild with more --frames");
+  Plan& head = plans_.front();
+  if (!head.context->setInputTensorAddress("pixels", pixels))
+    fail(head.path, "TensorRT refused the pixels pointer (it must be a 256-byte aligned device pointer)");
+  int rows = frames;  // the frame axis of the next plan's inputs: F, then N after each merge
+  for (Plan& plan : plans_) {
+    set_input_shapes(*plan.context, *plan.engine, plan.path, rows);
+    if (!plan.context->enqueueV3(stream)) fail(plan.path, "enqueueV3 failed; see TensorRT's message above");
+    const auto count = plan.outputs.find("count");
+    if (count == plan.outputs.end()) continue;
+    const int merged = read_count(count->second.ptr, plan.path + " count", stream);
+    if (merged < 1 || merged > rows)
+      fail(plan.path, "merged " + std::to_string(rows) + " frames into " + std::to_string(merged) + "; wrong plan");
+    rows = merged;
+  }
+  const Plan& tail = plans_.back();
+  const int selected = read_count(tail.outputs.at("selected_count").ptr, tail.path + " selected_count", stream);
+  if (selected < 0) fail(tail.path, "selected " + std::to_string(selected) + " tokens; the plan is wrong");
+  return {tail.outputs.at("selected").ptr, selected, rows};
 }
 
 }  // namespace earlytom

@@ -1,13 +1,10 @@
 """The TensorRT backend without TensorRT: plugin declarations against the validator's rules and the kernels,
-the network plans, buffer sizes, the decoder's prompt layout, compatibility checks, the C++ configure step.
+the network plans, buffer sizes, the decoder's prompt layout, compatibility checks (the C++ side: test_cpp.py).
 Tests that need TensorRT itself skip, saying so."""
 
 import ast
 import importlib.util
 import inspect
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +23,6 @@ OV_DIMS = VisionDims(
     image_size=384, patch_tokens=729, hidden=1152, llm_hidden=3584, tokens_per_frame=196, encoder_layers=26
 )
 CHAIN = vision_chain("paper", PAPER.merge_layers, 26)
-ROOT = Path(__file__).parent.parent
 
 
 def kernel_io(kernel: str) -> tuple[list[str], list[str]]:
@@ -203,15 +199,6 @@ def test_tensorrt_engines_fix_every_run_option_but_fewer_frames():
     ):
         with pytest.raises(UnsupportedOption):
             check_fixed(built, changed)
-
-
-@pytest.mark.skipif(not shutil.which("cmake"), reason="cmake is not installed")
-def test_cmake_configure_without_tensorrt_skips_and_succeeds(tmp_path):
-    if importlib.util.find_spec("tensorrt"):
-        pytest.skip("TensorRT is installed here; this checks the configure step where it is not")
-    done = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "earlytom_vision: skipped" in done.stdout and "TensorRT" in done.stdout
 
 
 @pytest.mark.skipif(not importlib.util.find_spec("tensorrt"), reason="TensorRT is not installed (no GPU machine)")

@@ -1,8 +1,9 @@
 """Analytic FLOPs of each TTFT stage of LLaVA-OneVision, from the shapes (a multiply-add counts 2).
 
-vision_head: patch embedding + k encoder layers over B frames
-vision_tail: n - k layers over N frames, the attention-score pass, projector (pooling is negligible)
-prefill:     the decoder over S = text + K + 1 tokens (causal attention), one logits row
+vision_<stretch>: each graph of the encoder chain over the frames it sees (the head adds the patch
+                  embedding, the tail the projector; pooling is negligible), plus the attention-score passes
+prefill:          the decoder over S = text + K + 1 tokens (causal attention), one logits row; with the inner
+                  merge, layers from k_in on see the S' tokens left
 """
 
 from transformers import LlavaOnevisionConfig
@@ -14,31 +15,39 @@ def encoder_layer(tokens: int, hidden: int, mlp: int) -> int:
 
 
 def vision_flops(
-    config: LlavaOnevisionConfig, *, frames_in: int, frames_after_merge: int, merge_layer: int, layers: int
+    config: LlavaOnevisionConfig, stretches: list[tuple[str, int, int]], *, score_frames: list[int]
 ) -> dict[str, int]:
+    """stretches: (graph name, frames it sees, encoder layers it runs) in chain order; score_frames: the frames
+    of each attention-received pass (q, k and QK^T once more) -> FLOPs per graph name (scores to the tail)."""
     v, text = config.vision_config, config.text_config
     L = (v.image_size // v.patch_size) ** 2
     per_layer = encoder_layer(L, v.hidden_size, v.intermediate_size)
     patch = 2 * L * 3 * v.patch_size**2 * v.hidden_size
-    scores = 2 * L * 2 * v.hidden_size**2 + 2 * L * L * v.hidden_size  # q, k and QK^T again
+    score = 2 * L * 2 * v.hidden_size**2 + 2 * L * L * v.hidden_size
     projector = 2 * L * (v.hidden_size * text.hidden_size + text.hidden_size**2)
-    return {
-        "vision_head": frames_in * (patch + merge_layer * per_layer),
-        "vision_tail": frames_after_merge * ((layers - merge_layer) * per_layer + scores + projector),
-    }
+    flops = {name: frames * layers * per_layer for name, frames, layers in stretches}
+    (head, first_frames, _), (tail, last_frames, _) = stretches[0], stretches[-1]
+    flops[head] += first_frames * patch
+    flops[tail] += last_frames * projector + sum(score_frames) * score
+    return flops
 
 
-def prefill_flops(config: LlavaOnevisionConfig, sequence: int) -> int:
+def prefill_flops(
+    config: LlavaOnevisionConfig, sequence: int, *, inner_layer: int | None = None, kept: int | None = None
+) -> int:
+    """The decoder over `sequence` tokens; with `inner_layer`, layers [inner_layer, n) see `kept` tokens."""
     t = config.text_config
     head_dim = t.hidden_size // t.num_attention_heads
     kv = t.num_key_value_heads * head_dim
-    per_token = (
-        2
-        * t.num_hidden_layers
-        * (
-            t.hidden_size * (2 * t.hidden_size + 2 * kv)  # q, o and k, v projections
-            + 3 * t.hidden_size * t.intermediate_size  # gated MLP
-        )
+    per_token_layer = 2 * (
+        t.hidden_size * (2 * t.hidden_size + 2 * kv)  # q, o and k, v projections
+        + 3 * t.hidden_size * t.intermediate_size  # gated MLP
     )
-    attention = 2 * t.num_hidden_layers * sequence * sequence * t.hidden_size  # causal QK^T + AV
-    return sequence * per_token + attention + 2 * t.hidden_size * t.vocab_size
+
+    def layers(count: int, tokens: int) -> int:
+        return count * (tokens * per_token_layer + 2 * tokens * tokens * t.hidden_size)  # causal QK^T + AV
+
+    n = t.num_hidden_layers
+    if inner_layer is None:
+        return layers(n, sequence) + 2 * t.hidden_size * t.vocab_size
+    return layers(inner_layer, sequence) + layers(n - inner_layer, kept) + 2 * t.hidden_size * t.vocab_size

@@ -22,11 +22,18 @@ def test_encoder_layer_flops_match_the_parameter_count():
 
 def test_merging_and_selection_reduce_flops_as_the_shapes_say():
     config = packaged_config("llava-ov-0.5b")
-    full = vision_flops(config, frames_in=32, frames_after_merge=32, merge_layer=6, layers=26)
-    merged = vision_flops(config, frames_in=32, frames_after_merge=20, merge_layer=6, layers=26)
+    full = vision_flops(config, [("vision_head", 32, 6), ("vision_tail", 32, 20)], score_frames=[32])
+    merged = vision_flops(config, [("vision_head", 32, 6), ("vision_tail", 20, 20)], score_frames=[20])
     assert merged["vision_head"] == full["vision_head"]
     assert merged["vision_tail"] == pytest.approx(full["vision_tail"] * 20 / 32)
+    chain = vision_flops(
+        config, [("vision_head", 32, 9), ("vision_mid1", 20, 13), ("vision_tail", 12, 4)], score_frames=[32, 20]
+    )
+    v = config.vision_config
+    assert chain["vision_mid1"] == 20 * 13 * encoder_layer(729, v.hidden_size, v.intermediate_size)  # layers only
     assert prefill_flops(config, 6300) > 6 * prefill_flops(config, 1000)  # linear terms plus quadratic attention
+    half = prefill_flops(config, 1000, inner_layer=12, kept=500)
+    assert prefill_flops(config, 500) < half < prefill_flops(config, 1000)
 
 
 def test_summary_statistics():

@@ -8,8 +8,6 @@ the EarlyTom thresholds), never on data, so one compiled kernel serves every req
 
 from dataclasses import dataclass
 
-from earlytom.compress import EarlyTomConfig
-
 COPY_BLOCK = 1024  # elements per program of the two copy kernels
 
 
@@ -46,13 +44,9 @@ def token_cosine(B: int, L: int, D: int) -> Launch:
     return Launch("token_cosine", (L, 1, 1), warps_for(block_d), {"BLOCK_D": block_d}, (B, L, D))
 
 
-def merge_plan(B: int, L: int, config: EarlyTomConfig) -> Launch:
-    constexprs = {
-        "ALPHA": config.alpha,
-        "TAU_SEG": config.tau_seg,
-        "TAU_MERGE": config.tau_merge,
-        "BLOCK_L": min(1024, next_pow2(L)),
-    }
+def merge_plan(B: int, L: int, *, alpha: float, tau_seg: float, tau_merge: float) -> Launch:
+    """The thresholds become compile-time constants (checked by the caller: EarlyTomConfig or check_thresholds)."""
+    constexprs = {"ALPHA": alpha, "TAU_SEG": tau_seg, "TAU_MERGE": tau_merge, "BLOCK_L": min(1024, next_pow2(L))}
     return Launch("merge_plan", (1, 1, 1), 4, constexprs, (B, L))
 
 
@@ -136,3 +130,14 @@ SIGNATURES = {
         ("selected", "*x"),
     ],
 }
+
+
+def ordered_args(spec: Launch, tensors: tuple) -> list:
+    """The kernel's arguments in signature order: `tensors` (one per pointer parameter, in order) with the
+    spec's int32 scalars put in their places. Raises ValueError on a wrong number of tensors."""
+    kinds = [kind for _, kind in SIGNATURES[spec.kernel]]
+    pointers = sum(kind != "i32" for kind in kinds)
+    if len(tensors) != pointers:
+        raise ValueError(f"{spec.kernel} takes {pointers} tensors (pointer parameters), got {len(tensors)}")
+    scalars, pointer_args = iter(spec.scalars), iter(tensors)
+    return [next(scalars) if kind == "i32" else next(pointer_args) for kind in kinds]

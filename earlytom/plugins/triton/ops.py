@@ -6,18 +6,16 @@ how the kernels are tested here.
 
 import torch
 
-from earlytom.compress import EarlyTomConfig, MergeResult, SelectResult, selection_budget, visual_budget
+from earlytom.compress import MergeResult, SelectResult, selection_budget, visual_budget
 from earlytom.compress.config import DEFAULT_ALPHA, DEFAULT_TAU_MERGE, DEFAULT_TAU_SEG
-from earlytom.compress.merge import check_hidden
+from earlytom.compress.merge import check_hidden, check_thresholds
 from earlytom.compress.select import check_tokens_scores
 from earlytom.plugins.triton import kernels, launch
 
 
 def run(spec: launch.Launch, *args) -> None:
-    """Launch `spec.kernel` with pointer/tensor args and the spec's scalars in signature order."""
-    scalars, tensors = iter(spec.scalars), iter(args)
-    ordered = [next(scalars) if kind == "i32" else next(tensors) for _, kind in launch.SIGNATURES[spec.kernel]]
-    assert next(tensors, None) is None and next(scalars, None) is None, f"{spec.kernel}: wrong argument count"
+    """Launch `spec.kernel` with its tensors (pointer parameters, in order) and the spec's scalars."""
+    ordered = launch.ordered_args(spec, args)
     getattr(kernels, spec.kernel)[spec.grid](*ordered, **spec.constexprs, num_warps=spec.num_warps)
 
 
@@ -30,7 +28,7 @@ def frame_merge(
 ) -> MergeResult:
     """hidden [B, L, D] -> MergeResult, as earlytom.compress.frame_merge."""
     check_hidden(hidden)
-    config = EarlyTomConfig(alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
+    check_thresholds(alpha, tau_seg, tau_merge)
     hidden = hidden.contiguous()
     B, L, D = hidden.shape
     i32 = {"dtype": torch.int32, "device": hidden.device}
@@ -41,7 +39,8 @@ def frame_merge(
     count = torch.zeros(1, **i32)
     merged = torch.empty_like(hidden)
     run(launch.token_cosine(B, L, D), hidden, cos)
-    run(launch.merge_plan(B, L, config), cos, s, first, last, weight, segment, is_static, count)
+    plan = launch.merge_plan(B, L, alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
+    run(plan, cos, s, first, last, weight, segment, is_static, count)
     run(launch.weighted_merge(B, L, D), hidden, first, last, weight, count, merged)
     similarity = s[: B - 1]
     if not bool(torch.isfinite(similarity).all()):
@@ -73,7 +72,9 @@ def token_select(
     k_target = visual_budget(
         retain_ratio=retain_ratio, num_frames=num_frames, tokens_per_frame=T, available=num_frames * T
     )  # round(r * B * T); the kernels cap it at N * T
-    max_frames = max_frames or N
+    max_frames = N if max_frames is None else max_frames
+    if max_frames < N:
+        raise ValueError(f"max_frames = {max_frames} is below the {N} frames given; pass at least N (or None)")
     i32 = {"dtype": torch.int32, "device": tokens.device}
     flags = is_static.to(**i32).contiguous()
     keep = torch.empty(N * T, **i32)

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from earlytom.compress import EarlyTomConfig, StreamingFrameMerge, adjacent_similarity, frame_merge, plan_merge
+from earlytom.compress import StreamingFrameMerge, adjacent_similarity, frame_merge, plan_merge
 
 torch.manual_seed(0)
 
@@ -184,15 +184,6 @@ def test_bad_thresholds(kw, match):
         frame_merge(torch.randn(3, 2, 2), **kw)
     with pytest.raises(ValueError, match=match):
         StreamingFrameMerge(**kw)
-
-
-def test_config_validates_and_serialises():
-    config = EarlyTomConfig(retain_ratio=0.25)
-    assert config.to_dict() == {"alpha": 0.6, "tau_seg": 0.75, "tau_merge": 0.8, "retain_ratio": 0.25}
-    with pytest.raises(ValueError, match=r"retain_ratio = 1.5 is outside the valid range \(0.0, 1.0\]"):
-        EarlyTomConfig(retain_ratio=1.5)
-    with pytest.raises(AttributeError):
-        config.alpha = 0.5
 
 
 def test_streaming_rejects_non_finite_first_frame():

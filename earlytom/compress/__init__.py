@@ -1,6 +1,6 @@
 """The EarlyTom algorithm in plain PyTorch: the reference every other backend is checked against."""
 
-from earlytom.compress.config import EarlyTomConfig
+from earlytom.compress.config import EarlyTomConfig, default_inner_layer, default_merge_layers
 from earlytom.compress.merge import (
     MergePlan,
     MergeResult,
@@ -10,9 +10,27 @@ from earlytom.compress.merge import (
     frame_merge,
     plan_merge,
 )
+from earlytom.compress.official import (
+    CompressPlan,
+    CompressResult,
+    StreamingOfficialCompress,
+    official_compress,
+    plan_compress,
+    plan_middles,
+    plan_segments,
+    segment_frames,
+    window_similarity,
+)
+from earlytom.compress.presets import preset_config, with_preset
 from earlytom.compress.select import (
+    OfficialBudget,
     SelectResult,
+    argmax_per_window,
     global_topk,
+    official_budget,
+    official_select,
+    official_windows,
+    segment_labels,
     selection_budget,
     token_select,
     uniform,
@@ -20,18 +38,37 @@ from earlytom.compress.select import (
 )
 
 __all__ = [
+    "CompressPlan",
+    "CompressResult",
     "EarlyTomConfig",
     "MergePlan",
     "MergeResult",
+    "OfficialBudget",
     "SelectResult",
     "StreamingFrameMerge",
+    "StreamingOfficialCompress",
     "adjacent_similarity",
     "apply_merge",
+    "argmax_per_window",
+    "default_inner_layer",
+    "default_merge_layers",
     "frame_merge",
     "global_topk",
+    "official_budget",
+    "official_compress",
+    "official_select",
+    "official_windows",
+    "plan_compress",
     "plan_merge",
+    "plan_middles",
+    "plan_segments",
+    "preset_config",
+    "segment_frames",
+    "segment_labels",
     "selection_budget",
     "token_select",
     "uniform",
     "visual_budget",
+    "window_similarity",
+    "with_preset",
 ]

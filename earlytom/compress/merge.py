@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from earlytom.compress.checks import check_range, check_rank
-from earlytom.compress.config import DEFAULT_ALPHA, DEFAULT_TAU_MERGE, DEFAULT_TAU_SEG
+from earlytom.compress.checks import check_rank
+from earlytom.compress.config import DEFAULT_ALPHA, DEFAULT_TAU_MERGE, DEFAULT_TAU_SEG, check_value
 
 # A merged pair is weighted by its similarities; clamping them at this floor keeps a negative
 # similarity from contributing negative weight and the two weights from summing to zero.
@@ -57,9 +57,8 @@ def float32(x: float) -> float:
 
 
 def check_thresholds(alpha: float, tau_seg: float, tau_merge: float) -> None:
-    check_range("alpha", alpha, 0.0, 1.0, low_open=True)
-    check_range("tau_seg", tau_seg, -1.0, 1.0)
-    check_range("tau_merge", tau_merge, -1.0, 1.0)
+    for name, value in (("alpha", alpha), ("tau_seg", tau_seg), ("tau_merge", tau_merge)):
+        check_value(name, value)
 
 
 def pair_weights(s_first: float, s_second: float) -> tuple[float, float]:
@@ -137,14 +136,16 @@ def plan_merge(
 
 
 def apply_merge(hidden: torch.Tensor, plan: MergePlan) -> torch.Tensor:
-    """hidden: [B, L, D] -> [N, L, D], row n = w[n,0] * H[first[n]] + w[n,1] * H[last[n]].
+    """hidden: [B, L, D] -> [N, L, D], row n = w[n,0] * H[first[n]] + w[n,1] * H[last[n]] (any trailing shape:
+    [B, L] attention rows combine the same way). Uses only plan.source [N, 2] and plan.weight [N, 2].
 
     One gather of the N output frames, then the weighted sum on the merged pairs only (in float32, stored
     in hidden's dtype).
     """
     first, last = plan.source.to(hidden.device).unbind(1)  # [N], [N]
     merged = (first != last).nonzero().flatten()  # [P]
-    weight = plan.weight[merged.cpu()].to(hidden.device)[:, :, None, None]  # [P, 2, 1, 1]
+    weight = plan.weight[merged.cpu()].to(hidden.device)  # [P, 2]
+    weight = weight.view(*weight.shape, *[1] * (hidden.dim() - 1))  # [P, 2, 1, ...]
     out = hidden.index_select(0, first)
     pair_sum = hidden[first[merged]].float() * weight[:, 0] + hidden[last[merged]].float() * weight[:, 1]
     out[merged] = pair_sum.to(hidden.dtype)

@@ -21,17 +21,34 @@ STATIC_SHARED_LIMIT = 48 * 1024  # launchable without opting in to more dynamic 
 COMPILER_ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
-@pytest.fixture(scope="module", params=["sm_89", "sm_90"])
+OFFICIAL_KERNELS = {
+    "attention_row_stats",
+    "attention_received",
+    "window_cosine",
+    "official_plan",
+    "weighted_merge",
+    "official_keep",
+    "compact_keep",
+    "gather_tokens",
+}
+PAPER_KERNELS = {"token_cosine", "merge_plan", "weighted_merge", "window_select", "dynamic_topk", "gather_tokens"}
+TINY = aot.Shapes(hidden=32, tokens=81, tokens_per_frame=25, max_frames=4, lm_hidden=48, heads=2)
+
+
+@pytest.fixture(scope="module", params=[("sm_90", "official"), ("sm_86", "paper")])
 def compiled(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(request.param)
+    arch, variant = request.param
+    out = tmp_path_factory.mktemp(arch)
     done = subprocess.run(
-        [sys.executable, "-m", "earlytom.plugins.aot", "--arch", request.param, "--out", str(out)],
+        [sys.executable, "-m", "earlytom.plugins.aot", "--arch", arch, "--variant", variant, "--out", str(out)],
         env=COMPILER_ENV,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return request.param, out, json.loads((out / "kernels.json").read_text())
+    meta = json.loads((out / "kernels.json").read_text())
+    assert {k["kernel"] for k in meta["kernels"]} == (OFFICIAL_KERNELS if variant == "official" else PAPER_KERNELS)
+    return arch, out, meta
 
 
 def test_every_kernel_and_dtype_is_written(compiled):
@@ -43,8 +60,9 @@ def test_every_kernel_and_dtype_is_written(compiled):
         "tokens_per_frame": 196,
         "max_frames": 32,
         "lm_hidden": 3584,
+        "heads": 16,
     }
-    expected = {(k, d) for k in aot.launch.SIGNATURES for d in aot.DTYPES}
+    expected = {(k["kernel"], d) for k in meta["kernels"] for d in aot.DTYPES}
     assert {(k["kernel"], k["dtype"]) for k in meta["kernels"]} == expected
     for suffix in ("ptx", "trt.ptx", "cubin"):
         assert {p.name for p in out.glob(f"*.{suffix}")} >= {aot.file_names(*key)[suffix] for key in expected}
@@ -149,20 +167,24 @@ def test_an_entry_that_differs_from_the_contract_is_refused():
 
 def test_budget_is_visual_budget_and_gather_uses_the_language_width():
     """K comes from compress.visual_budget (which refuses 0 tokens); gather_tokens copies rows of width D'."""
-    shapes = aot.Shapes(hidden=32, tokens=81, tokens_per_frame=25, max_frames=4, lm_hidden=48)
-    specs = {s.kernel: s for s in aot.launches(shapes, EarlyTomConfig(retain_ratio=0.15))}
+    specs = {s.kernel: s for s in aot.launches(TINY, EarlyTomConfig(variant="paper", retain_ratio=0.15))}
     assert specs["gather_tokens"].scalars == (25, 48) and specs["gather_tokens"].grid[0] == 15  # round(.15*4*25)
     with pytest.raises(ValueError, match="keeps round"):
-        aot.launches(shapes, EarlyTomConfig(retain_ratio=0.001))
+        aot.launches(TINY, EarlyTomConfig(variant="paper", retain_ratio=0.001))
+
+
+def test_official_build_compiles_the_official_kernels_for_the_config():
+    specs = {s.kernel: s for s in aot.launches(TINY, EarlyTomConfig(tau_seg=0.3, max_window=4))}
+    assert set(specs) == OFFICIAL_KERNELS
+    assert specs["official_plan"].constexprs["TAU_SEG"] == 0.3 and specs["official_plan"].scalars == (4, 81, 3)
+    assert specs["attention_received"].constexprs["SCALE"] == 16**-0.5  # head width 32 // 2
 
 
 def test_compiling_under_the_interpreter_is_refused():
-    shapes = aot.Shapes(hidden=32, tokens=81, tokens_per_frame=25, max_frames=4, lm_hidden=48)
     with pytest.raises(RuntimeError, match="needs TRITON_INTERPRET unset"):
-        aot.compile_all("sm_89", shapes, EarlyTomConfig())
+        aot.compile_all("sm_89", TINY, EarlyTomConfig())
 
 
 def test_unknown_arch_is_refused():
-    shapes = aot.Shapes(hidden=32, tokens=81, tokens_per_frame=25, max_frames=4, lm_hidden=48)
     with pytest.raises(ValueError, match="arch = 'sm_75'; choose one of sm_80, sm_86, sm_89, sm_90"):
-        aot.compile_all("sm_75", shapes, EarlyTomConfig())
+        aot.compile_all("sm_75", TINY, EarlyTomConfig())

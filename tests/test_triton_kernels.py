@@ -39,7 +39,7 @@ def drifting(levels: list[float], L: int, D: int, seed: int, dtype=torch.float32
 )
 def test_frame_merge_kernels_match_reference(levels, L, D, seed, tau_seg, tau_merge):
     hidden = drifting(levels, L, D, seed)
-    config = EarlyTomConfig(tau_seg=tau_seg, tau_merge=tau_merge)
+    config = EarlyTomConfig(variant="paper", tau_seg=tau_seg, tau_merge=tau_merge)
     ours = ops.frame_merge(hidden, tau_seg=tau_seg, tau_merge=tau_merge)
     ref = frame_merge(hidden, alpha=config.alpha, tau_seg=tau_seg, tau_merge=tau_merge)
     torch.testing.assert_close(ours.similarity, ref.similarity, rtol=0, atol=2e-6)
@@ -162,6 +162,12 @@ def test_kernel_parameters_follow_the_aot_order():
             "window_select": launch.window_select(3, 7, 5, 4),
             "dynamic_topk": launch.dynamic_topk(3, 7, 5, 4),
             "gather_tokens": launch.gather_tokens(5, 7, 6),
+            "attention_row_stats": launch.attention_row_stats(2, 3, 9, 8, 0.5),
+            "attention_received": launch.attention_received(2, 3, 9, 8, 0.5),
+            "window_cosine": launch.window_cosine(4, 5, 6, 3),
+            "official_plan": launch.official_plan(4, 5, 3, alpha=0.9, tau_seg=0.5, max_window=6),
+            "official_keep": launch.official_keep(3, 7, 2, 2),
+            "compact_keep": launch.compact_keep(3, 7, 4),
         }[name]
         assert fn.arg_names == [n for n, _ in signature] + list(spec.constexprs), name
         assert len(spec.scalars) == kinds.count("scalar"), name
@@ -193,8 +199,11 @@ def test_pipeline_runs_the_kernels_when_asked(tiny, clips):
     """The eager pipeline with kernels="triton" (interpreted here, on CUDA for real) == the reference."""
     from earlytom.runtime.pipeline import Pipeline
 
-    kernels = Pipeline.from_model(tiny, num_frames=10, kernels="triton").generate(clips["cut"], "x", 3)
-    reference = Pipeline.from_model(tiny, num_frames=10, kernels="reference").generate(clips["cut"], "x", 3)
+    paper = EarlyTomConfig(variant="paper")  # the pipeline runs the paper variant until the official one is wired
+    kernels = Pipeline.from_model(tiny, num_frames=10, kernels="triton", config=paper).generate(clips["cut"], "x", 3)
+    reference = Pipeline.from_model(tiny, num_frames=10, kernels="reference", config=paper).generate(
+        clips["cut"], "x", 3
+    )
     assert kernels.counts == reference.counts
     assert torch.equal(kernels.visual.source, reference.visual.source)
     assert torch.equal(kernels.visual.frame, reference.visual.frame)
@@ -207,4 +216,5 @@ def test_forcing_triton_on_cpu_without_the_interpreter_is_a_clear_error(tiny, cl
 
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="needs a CUDA device, or TRITON_INTERPRET=1"):
-        Pipeline.from_model(tiny, num_frames=4, kernels="triton").generate(clips["moving"], "x", 1)
+        config = EarlyTomConfig(variant="paper")
+        Pipeline.from_model(tiny, num_frames=4, kernels="triton", config=config).generate(clips["moving"], "x", 1)

@@ -133,7 +133,14 @@ def build(
         save_decoder(loaded, staging)
         save_text_side(loaded, staging)
         steps.update()
-        shapes = aot.Shapes(vision.hidden_size, dims["tokens"], adapter.tokens_per_frame, frames, dims["llm_hidden"])
+        shapes = aot.Shapes(
+            vision.hidden_size,
+            dims["tokens"],
+            adapter.tokens_per_frame,
+            frames,
+            dims["llm_hidden"],
+            vision.num_attention_heads,
+        )
         for arch in gpu_archs:
             steps.set_postfix_str(f"compile plugin kernels for {arch}")
             kernels = aot.compile_all(arch, shapes, config, dtypes=(dtype,))  # the graphs' dtype only

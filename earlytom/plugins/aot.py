@@ -48,6 +48,7 @@ class Shapes:
     tokens_per_frame: int  # T, after pooling
     max_frames: int  # B at most
     lm_hidden: int  # D', the language model's width (the selected tokens')
+    heads: int  # H, the vision encoder's attention heads (head width D // H)
 
     @classmethod
     def of_model(cls, name: str, max_frames: int) -> "Shapes":
@@ -56,7 +57,15 @@ class Shapes:
         config = packaged_config(name)
         v = config.vision_config
         grid = v.image_size // v.patch_size
-        return cls(v.hidden_size, grid * grid, ((grid + 1) // 2) ** 2, max_frames, config.text_config.hidden_size)
+        tokens_per_frame = ((grid + 1) // 2) ** 2
+        return cls(
+            v.hidden_size,
+            grid * grid,
+            tokens_per_frame,
+            max_frames,
+            config.text_config.hidden_size,
+            v.num_attention_heads,
+        )
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,11 @@ class Compiled:
 
 
 def launches(shapes: Shapes, config: EarlyTomConfig) -> list[launch.Launch]:
-    """One launch spec per kernel at the largest shapes (constants depend only on build-time facts)."""
+    """One launch spec per kernel of `config.variant` at the largest shapes (constants depend only on build-time
+    facts: dims, the most frames, the thresholds)."""
     B, L, D, T = shapes.max_frames, shapes.tokens, shapes.hidden, shapes.tokens_per_frame
+    if config.variant == "official":
+        return official_launches(shapes, config)
     k_target = visual_budget(retain_ratio=config.retain_ratio, num_frames=B, tokens_per_frame=T, available=B * T)
     return [
         launch.token_cosine(B, L, D),
@@ -98,6 +110,24 @@ def launches(shapes: Shapes, config: EarlyTomConfig) -> list[launch.Launch]:
         launch.window_select(B, T, k_target, B),
         launch.dynamic_topk(B, T, k_target, B),
         launch.gather_tokens(k_target, T, shapes.lm_hidden),
+    ]
+
+
+def official_launches(shapes: Shapes, config: EarlyTomConfig) -> list[launch.Launch]:
+    """The official variant's kernels; weighted_merge serves hidden rows and (fp32) attention rows alike, and the
+    selection counts (per frame, from r_hat) are int32 arguments, so any N <= B runs on these."""
+    B, L, D, T, H = shapes.max_frames, shapes.tokens, shapes.hidden, shapes.tokens_per_frame, shapes.heads
+    head_dim = D // H
+    W = launch.similarity_width(B, config.max_window)
+    return [
+        launch.attention_row_stats(B, H, L, head_dim, head_dim**-0.5),
+        launch.attention_received(B, H, L, head_dim, head_dim**-0.5),
+        launch.window_cosine(B, L, D, W),
+        launch.official_plan(B, L, W, alpha=config.alpha, tau_seg=config.tau_seg, max_window=config.max_window),
+        launch.weighted_merge(B, L, D),
+        launch.official_keep(B, T, T, T),
+        launch.compact_keep(B, T, B),
+        launch.gather_tokens(B * T, T, shapes.lm_hidden),
     ]
 
 
@@ -180,7 +210,9 @@ def compile_kernel(spec: launch.Launch, dtype: str, arch: str) -> Compiled:
     """Compile one kernel; refuses a non-zero scratch size (the launchers pass null scratch pointers) and, in
     drop_hidden_params, a PTX entry that differs from `expected_params`."""
     source = ASTSource(fn=getattr(kernels, spec.kernel), signature=signature(spec, dtype), constexprs=spec.constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", ARCHS[arch], 32), options={"num_warps": spec.num_warps})
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", ARCHS[arch], 32), options={"num_warps": spec.num_warps, **spec.options}
+    )
     md = compiled.metadata
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     params = expected_params(spec.kernel)
@@ -251,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="llava-ov-7b", help="whose vision dims to compile for")
     parser.add_argument("--frames", type=int, default=32, help="most frames a request may have")
-    parser.add_argument("--retain-ratio", type=float, default=EarlyTomConfig().retain_ratio)
+    parser.add_argument("--variant", choices=["official", "paper"], default="official")
+    parser.add_argument("--retain-ratio", type=float, help="paper variant: sizes the selection kernels")
     args = parser.parse_args(argv)
     shapes = Shapes.of_model(args.model, args.frames)
-    compiled = compile_all(args.arch, shapes, EarlyTomConfig(retain_ratio=args.retain_ratio))
+    compiled = compile_all(args.arch, shapes, EarlyTomConfig(variant=args.variant, retain_ratio=args.retain_ratio))
     write(compiled, args.out, shapes)
     for c in compiled:
         print(

@@ -247,7 +247,7 @@ def attention_row_stats(
         kb = tl.load(
             k + base + cols[:, None] * HD + d[None, :], mask=(cols[:, None] < L) & (d[None, :] < HD), other=0.0
         )
-        s = tl.dot(qb, tl.trans(kb), out_dtype=tl.float32) * SCALE
+        s = tl.dot(qb, tl.trans(kb), input_precision="ieee", out_dtype=tl.float32) * SCALE
         s = tl.where(cols[None, :] < L, s, float("-inf"))
         new_m = tl.maximum(m, tl.max(s, axis=1))
         total = total * tl.exp(m - new_m) + tl.sum(tl.exp(s - new_m[:, None]), axis=1)
@@ -289,7 +289,7 @@ def attention_received(
             qb = tl.load(q + base + rows[:, None] * HD + d[None, :], mask=live[:, None] & (d[None, :] < HD), other=0.0)
             m = tl.load(row_max + (f * H + h) * L + rows, mask=live, other=0.0)
             total = tl.load(row_sum + (f * H + h) * L + rows, mask=live, other=1.0)
-            s = tl.dot(qb, tl.trans(kb), out_dtype=tl.float32) * SCALE
+            s = tl.dot(qb, tl.trans(kb), input_precision="ieee", out_dtype=tl.float32) * SCALE
             p = tl.exp(s - m[:, None]) / total[:, None]
             acc += tl.sum(tl.where(live[:, None], p, 0.0), axis=0)
     tl.store(attention + f * L + cols, acc / (H * L), mask=cols < L)

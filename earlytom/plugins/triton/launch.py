@@ -9,7 +9,8 @@ the EarlyTom thresholds), never on data, so one compiled kernel serves every req
 from dataclasses import dataclass, field
 
 COPY_BLOCK = 1024  # elements per program of the two copy kernels
-ATTENTION_BLOCK = 64  # query and key rows per block of the attention-received kernels
+ATTENTION_BLOCK = 32  # query and key rows per block of the attention-received kernels
+SINGLE_STAGE = {"num_stages": 1}  # no software pipelining: each block is used once per loop step
 EXACT_FP32 = {"enable_fp_fusion": False}  # no a*b + c -> fma: every product and sum rounds to float32 as in PyTorch
 
 
@@ -88,7 +89,7 @@ def attention_row_stats(F: int, H: int, L: int, HD: int, scale: float) -> Launch
         "BLOCK_N": ATTENTION_BLOCK,
         "BLOCK_D": max(16, next_pow2(HD)),
     }
-    return Launch("attention_row_stats", (F * H, cdiv(L, ATTENTION_BLOCK), 1), 4, constexprs, (H, L, HD))
+    return Launch("attention_row_stats", (F * H, cdiv(L, ATTENTION_BLOCK), 1), 4, constexprs, (H, L, HD), SINGLE_STAGE)
 
 
 def attention_received(F: int, H: int, L: int, HD: int, scale: float) -> Launch:
@@ -99,7 +100,7 @@ def attention_received(F: int, H: int, L: int, HD: int, scale: float) -> Launch:
         "BLOCK_N": ATTENTION_BLOCK,
         "BLOCK_D": max(16, next_pow2(HD)),
     }
-    return Launch("attention_received", (F, cdiv(L, ATTENTION_BLOCK), 1), 4, constexprs, (H, L, HD))
+    return Launch("attention_received", (F, cdiv(L, ATTENTION_BLOCK), 1), 4, constexprs, (H, L, HD), SINGLE_STAGE)
 
 
 def similarity_width(F: int, max_window: int) -> int:

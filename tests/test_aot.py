@@ -97,6 +97,15 @@ def test_every_ptx_entry_is_the_recorded_parameter_list(compiled):
         assert k["global_scratch_bytes"] == 0 and k["profile_scratch_bytes"] == 0, k
 
 
+def test_the_official_scan_rounds_every_operation_like_the_reference(compiled):
+    """official_plan is compiled without FMA contraction (launch.EXACT_FP32): its EMA and weights round each product
+    and sum to float32 as the PyTorch reference does, so equal similarities give equal decisions on the GPU too."""
+    arch, out, meta = compiled
+    for k in meta["kernels"]:
+        if k["kernel"] == "official_plan":
+            assert "fma" not in (out / k["files"]["ptx"]).read_text()
+
+
 def cubin_param_count(ptx_path, tmp_path) -> int:
     """Assemble a PTX file with ptxas for its own .target and count the kernel parameters the cubin declares."""
     cubin = tmp_path / (ptx_path.name + ".cubin")

@@ -157,6 +157,14 @@ def test_attention_received_streams_to_the_reference(F, H, L, d):
     torch.testing.assert_close(ours.sum(1), torch.ones(F), rtol=1e-5, atol=0)  # each softmax row sums to 1
 
 
+def test_attention_received_of_half_inputs_is_float32():
+    g = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(1, 2, 33, 16, generator=g).to(torch.float16) for _ in range(2))
+    ours = ops.attention_received(q, k, scale=0.25)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, attention_reference(q.float(), k.float(), 0.25), rtol=1e-3, atol=1e-6)
+
+
 def test_attention_received_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match=r"must both be \[F, H, L, d\]"):
         ops.attention_received(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 4, 4), scale=0.5)

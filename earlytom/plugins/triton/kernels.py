@@ -1,15 +1,16 @@
-"""Triton kernels computing FrameMerge and TokenSelect exactly as earlytom.compress does.
+"""Triton kernels making earlytom.compress's decisions exactly: the paper variant's FrameMerge and TokenSelect
+(here), the official variant's compression, selection and attention received (further down).
 
 Parameter order is the one TensorRT's AOT plugins require: input pointers, then int32 scalars, then output
 pointers; float hyper-parameters and block sizes are compile-time constants. No output shape depends on
 data: merged frames go to a [B, L, D] buffer (the first N valid) with an int32 count, selected tokens to
 [K, D'] with their count.
 
-FrameMerge, three launches:
+Paper FrameMerge, three launches:
     token_cosine    hidden [B, L, D] -> cos [B-1, L]            grid (L,)    reads hidden once
     merge_plan      cos [B-1, L] -> s [B-1], plan [B], count    grid (1,)    the EMA and pair scan
     weighted_merge  hidden, plan -> merged [B, L, D]            grid (B, cdiv(L*D, BLOCK))
-TokenSelect, three launches:
+Paper TokenSelect, three launches:
     window_select   scores [N, T], is_static [N] -> keep [N*T]  grid (N,)    one argmax per window
     dynamic_topk    scores, is_static, keep -> frame [K], index [K], count   grid (1,)  sort + compaction
     gather_tokens   tokens [N, T, D'], frame, index -> [K, D']  grid (K, cdiv(D', BLOCK))
@@ -163,14 +164,21 @@ def window_select(scores, is_static, N, T, K_TARGET, keep, BLOCK_T: tl.constexpr
     tok = tl.arange(0, BLOCK_T)
     valid = tok < T
     row = tl.load(scores + f.to(tl.int64) * T + tok, mask=valid, other=0.0).to(tl.float32)
-    window = tok * m_f // T
-    picked = tl.zeros([BLOCK_T], dtype=tl.int32)
-    for w in range(0, m_f):
-        candidates = tl.where(valid & (window == w), row, float("-inf"))
-        best = tl.max(candidates, axis=0)
-        first_best = tl.min(tl.where(candidates == best, tok, BLOCK_T), axis=0)
-        picked = tl.where(tok == first_best, 1, picked)
+    picked = _window_argmax(row, valid, tok * m_f // T, m_f, tok, BLOCK_T)
     tl.store(keep + f.to(tl.int64) * T + tok, picked, mask=valid)
+
+
+@triton.jit
+def _window_argmax(row, valid, window, count, tok, BLOCK_T: tl.constexpr):
+    """[BLOCK_T] int32, 1 at the best token of each window 0 .. count - 1 (lowest index on ties) of `row`."""
+    picked = tl.zeros([BLOCK_T], dtype=tl.int32)
+    for w in range(0, count):
+        inside = valid & (window == w)
+        candidates = tl.where(inside, row, float("-inf"))
+        best = tl.max(candidates, axis=0)
+        first_best = tl.min(tl.where(inside & (candidates == best), tok, BLOCK_T), axis=0)
+        picked = tl.where(tok == first_best, 1, picked)
+    return picked
 
 
 @triton.jit
@@ -189,7 +197,14 @@ def dynamic_topk(
     threshold = _kth_largest(key, dynamic, k_d)  # the k_d-th largest dynamic key
     chosen = dynamic & (key >= threshold) & (k_d > 0)
     chosen = chosen | (tl.load(keep + offs, mask=valid, other=0) == 1)
+    _compact(chosen, offs, T, frame, index, count)
+
+
+@triton.jit
+def _compact(chosen, offs, T, frame, index, count):
+    """The chosen flat positions offs (frame-major, T per frame), in order -> frame [K], index [K], count = K."""
     position = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+    f = offs // T
     tl.store(frame + position, f, mask=chosen)
     tl.store(index + position, offs - f * T, mask=chosen)
     tl.store(count, tl.sum(chosen.to(tl.int32), axis=0))
@@ -434,14 +449,9 @@ def official_keep(scores, label, N, T, K_DYNAMIC, WINDOWS, keep, BLOCK_T: tl.con
         picked = (valid & (key >= _kth_largest(key, valid, K_DYNAMIC)) & (K_DYNAMIC > 0)).to(tl.int32)
     else:
         size = T // WINDOWS
-        split = (T % WINDOWS) * (size + 1)
+        split = (T % WINDOWS) * (size + 1)  # tokens in the larger windows
         window = tl.where(tok < split, tok // (size + 1), T % WINDOWS + (tok - split) // tl.maximum(size, 1))
-        picked = tl.zeros([BLOCK_T], dtype=tl.int32)
-        for w in range(0, WINDOWS):
-            candidates = tl.where(valid & (window == w), row, float("-inf"))
-            best = tl.max(candidates, axis=0)
-            first_best = tl.min(tl.where(valid & (window == w) & (candidates == best), tok, BLOCK_T), axis=0)
-            picked = tl.where(tok == first_best, 1, picked)
+        picked = _window_argmax(row, valid, window, WINDOWS, tok, BLOCK_T)
     tl.store(keep + f.to(tl.int64) * T + tok, picked, mask=valid)
 
 
@@ -449,9 +459,4 @@ def official_keep(scores, label, N, T, K_DYNAMIC, WINDOWS, keep, BLOCK_T: tl.con
 def compact_keep(keep, N, T, frame, index, count, BLOCK: tl.constexpr):
     """One program: the kept tokens of keep [N, T] in temporal, then raster order -> frame [K], index [K], count."""
     offs = tl.arange(0, BLOCK)
-    chosen = tl.load(keep + offs, mask=offs < N * T, other=0) == 1
-    position = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
-    f = offs // T
-    tl.store(frame + position, f, mask=chosen)
-    tl.store(index + position, offs - f * T, mask=chosen)
-    tl.store(count, tl.sum(chosen.to(tl.int32), axis=0))
+    _compact(tl.load(keep + offs, mask=offs < N * T, other=0) == 1, offs, T, frame, index, count)

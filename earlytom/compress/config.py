@@ -211,9 +211,10 @@ class EarlyTomConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EarlyTomConfig":
-        """Inverse of to_dict; unknown keys are refused with the known ones."""
+        """Inverse of to_dict; unknown keys are refused with the known ones. A dict without "variant" was written
+        before variants existed (alpha, tau_seg, tau_merge, retain_ratio): it is read as variant "paper"."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown EarlyTomConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return cls(**({"variant": "paper"} | data))

@@ -83,6 +83,11 @@ def frame_cosine(a: torch.Tensor, b: torch.Tensor, norm_a: torch.Tensor, norm_b:
     return ((a * b).sum(-1) / (norm_a * norm_b).clamp_min(NORM_EPS)).mean(-1)
 
 
+def band_width(max_window: int, num_frames: int) -> int:
+    """W = min(M - 1, F - 1): the farthest pair of frames section 4b compares lies within one segment."""
+    return min(max_window - 1, num_frames - 1)
+
+
 def window_similarity(hidden: torch.Tensor, width: int) -> torch.Tensor:
     """similarity[i, d - 1] = mean_l cos(H[i - d][l], H[i][l]) for d = 1 .. width, NaN where i < d.
 
@@ -118,7 +123,7 @@ class Segmenter:
 
 
 def plan_segments(similarity: torch.Tensor, *, alpha: float, tau_seg: float, max_window: int) -> torch.Tensor:
-    """similarity: [F, W] from window_similarity with W >= min(max_window - 1, F - 1) -> segments [S, 2] int64."""
+    """similarity: [F, W] from window_similarity with W >= band_width(max_window, F) -> segments [S, 2] int64."""
     check_options(alpha, tau_seg, max_window)
     num_frames, sims = similarity.shape[0], similarity.tolist()
     segmenter = Segmenter(alpha=alpha, tau_seg=tau_seg, max_window=max_window)
@@ -191,8 +196,8 @@ def plan_compress(similarity: torch.Tensor, segments: torch.Tensor) -> CompressP
 
 def segment_frames(hidden: torch.Tensor, *, alpha: float, tau_seg: float, max_window: int) -> torch.Tensor:
     """Segments [S, 2] of hidden [F, L, D] by section 4b's rule (used again on the output after the last merge)."""
-    width = min(max_window - 1, hidden.shape[0] - 1)
-    return plan_segments(window_similarity(hidden, width), alpha=alpha, tau_seg=tau_seg, max_window=max_window)
+    similarity = window_similarity(hidden, band_width(max_window, hidden.shape[0]))
+    return plan_segments(similarity, alpha=alpha, tau_seg=tau_seg, max_window=max_window)
 
 
 def check_inputs(hidden: torch.Tensor, attention: torch.Tensor) -> None:
@@ -221,7 +226,7 @@ def official_compress(
     layer) also re-segments the N output frames for official_select."""
     check_inputs(hidden, attention)
     check_options(alpha, tau_seg, max_window)
-    similarity = window_similarity(hidden, min(max_window - 1, hidden.shape[0] - 1))
+    similarity = window_similarity(hidden, band_width(max_window, hidden.shape[0]))
     segments = plan_segments(similarity, alpha=alpha, tau_seg=tau_seg, max_window=max_window)
     plan = plan_compress(similarity, segments)
     merged = apply_merge(hidden, plan)

@@ -8,6 +8,8 @@ the EarlyTom thresholds), never on data, so one compiled kernel serves every req
 
 from dataclasses import dataclass, field
 
+from earlytom.compress.official import band_width
+
 COPY_BLOCK = 1024  # elements per program of the two copy kernels
 ATTENTION_BLOCK = 32  # query and key rows per block of the attention-received kernels
 SINGLE_STAGE = {"num_stages": 1}  # no software pipelining: each block is used once per loop step
@@ -104,8 +106,9 @@ def attention_received(F: int, H: int, L: int, HD: int, scale: float) -> Launch:
 
 
 def similarity_width(F: int, max_window: int) -> int:
-    """W: the frame distances the official plan reads, min(M - 1, F - 1), at least 1 (buffers need a column)."""
-    return max(1, min(max_window - 1, F - 1))
+    """W: the frame distances the official plan reads (compress.official.band_width), at least 1 (the kernels'
+    buffers need a column even for one frame)."""
+    return max(1, band_width(max_window, F))
 
 
 def window_cosine(F: int, L: int, D: int, W: int) -> Launch:

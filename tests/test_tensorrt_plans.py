@@ -20,7 +20,7 @@ from earlytom.runtime.backends.tensorrt import buffer_specs, check_fixed, prompt
 
 PAPER = EarlyTomConfig(variant="paper").for_model(26, 28)  # LLaVA-OV-7B: merge after layer 5 (k = 6)
 OV_DIMS = VisionDims(
-    image_size=384, patch_tokens=729, hidden=1152, llm_hidden=3584, tokens_per_frame=196, encoder_layers=26
+    image_size=384, patch_tokens=729, hidden=1152, llm_hidden=3584, tokens_per_frame=196, encoder_layers=26, heads=16
 )
 CHAIN = vision_chain("paper", PAPER.merge_layers, 26)
 
@@ -95,7 +95,7 @@ class Symbol:
     "make",
     [
         lambda B: launch.token_cosine(B, 729, 1152),
-        lambda B: launch.merge_plan(B, 729, plugins.merge_config(0.6, 0.75, 0.8)),
+        lambda B: launch.merge_plan(B, 729, alpha=0.6, tau_seg=0.75, tau_merge=0.8),
         lambda B: launch.weighted_merge(B, 729, 1152),
         lambda B: launch.window_select(B, 196, 941, 32),
         lambda B: launch.dynamic_topk(B, 196, 941, 32),

@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 from earlytom.compress import EarlyTomConfig, frame_merge, plan_merge, token_select
 from earlytom.plugins.triton import kernels, launch, ops
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason=f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r} in the environment (conftest sets 1 only when "
+    "unset): tests/test_triton_interpreted.py runs this module in a child process with TRITON_INTERPRET=1",
+)
 
 
 def drifting(levels: list[float], L: int, D: int, seed: int, dtype=torch.float32) -> torch.Tensor:
@@ -63,12 +67,12 @@ def test_merge_plan_kernel_makes_the_reference_decisions(s, alpha, tau_seg, tau_
     """The scan alone, fed the reference's similarities (L = 1): ties between neighbours included."""
     similarity = torch.tensor(s, dtype=torch.float32)
     B = len(s) + 1
-    config = EarlyTomConfig(variant="paper", alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
     i32 = {"dtype": torch.int32}
     first, last, segment, is_static = (torch.empty(B, **i32) for _ in range(4))
     weight, count, s_out = torch.empty(B, 2), torch.zeros(1, **i32), torch.empty(max(B - 1, 1))
     cos = similarity[:, None].contiguous() if s else torch.zeros(1, 1)
-    ops.run(launch.merge_plan(B, 1, config), cos, s_out, first, last, weight, segment, is_static, count)
+    spec = launch.merge_plan(B, 1, alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
+    ops.run(spec, cos, s_out, first, last, weight, segment, is_static, count)
     ref = plan_merge(similarity, alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
     N = int(count)
     ema_margin = min((abs(e - tau_seg) for e in ema_values(s, alpha)), default=1.0)
@@ -153,11 +157,17 @@ def test_kernel_parameters_follow_the_aot_order():
         fn = getattr(kernels, name)
         spec = {
             "token_cosine": launch.token_cosine(4, 5, 6),
-            "merge_plan": launch.merge_plan(4, 5, EarlyTomConfig(variant="paper")),
+            "merge_plan": launch.merge_plan(4, 5, alpha=0.6, tau_seg=0.75, tau_merge=0.8),
             "weighted_merge": launch.weighted_merge(4, 5, 6),
             "window_select": launch.window_select(3, 7, 5, 4),
             "dynamic_topk": launch.dynamic_topk(3, 7, 5, 4),
             "gather_tokens": launch.gather_tokens(5, 7, 6),
+            "attention_row_stats": launch.attention_row_stats(2, 3, 9, 8, 0.5),
+            "attention_received": launch.attention_received(2, 3, 9, 8, 0.5),
+            "window_cosine": launch.window_cosine(4, 5, 6, 3),
+            "official_plan": launch.official_plan(4, 5, 3, alpha=0.9, tau_seg=0.5, max_window=6),
+            "official_keep": launch.official_keep(3, 7, 2, 2),
+            "compact_keep": launch.compact_keep(3, 7, 4),
         }[name]
         assert fn.arg_names == [n for n, _ in signature] + list(spec.constexprs), name
         assert len(spec.scalars) == kinds.count("scalar"), name
@@ -172,7 +182,7 @@ def test_launch_parameters_for_llava_ov():
         (32, 729, 1152),
         256,
     )
-    plan = launch.merge_plan(B, L, EarlyTomConfig(variant="paper"))
+    plan = launch.merge_plan(B, L, alpha=0.6, tau_seg=0.75, tau_merge=0.8)
     assert plan.grid == (1, 1, 1) and plan.constexprs["BLOCK_L"] == 1024 and plan.scalars == (32, 729)
     merge = launch.weighted_merge(B, L, D)
     assert merge.grid == (32, 821, 1) and merge.scalars == (729 * 1152,)  # cdiv(839808, 1024) = 821
@@ -189,9 +199,9 @@ def test_pipeline_runs_the_kernels_when_asked(tiny, clips):
     """The eager pipeline with kernels="triton" (interpreted here, on CUDA for real) == the reference."""
     from earlytom.runtime.pipeline import Pipeline
 
-    paper = EarlyTomConfig(variant="paper")
-    kernels = Pipeline.from_model(tiny, num_frames=10, config=paper, kernels="triton").generate(clips["cut"], "x", 3)
-    reference = Pipeline.from_model(tiny, num_frames=10, config=paper, kernels="reference").generate(
+    paper = EarlyTomConfig(variant="paper")  # the pipeline runs the paper variant until the official one is wired
+    kernels = Pipeline.from_model(tiny, num_frames=10, kernels="triton", config=paper).generate(clips["cut"], "x", 3)
+    reference = Pipeline.from_model(tiny, num_frames=10, kernels="reference", config=paper).generate(
         clips["cut"], "x", 3
     )
     assert kernels.counts == reference.counts
@@ -206,4 +216,5 @@ def test_forcing_triton_on_cpu_without_the_interpreter_is_a_clear_error(tiny, cl
 
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="needs a CUDA device, or TRITON_INTERPRET=1"):
-        Pipeline.from_model(tiny, num_frames=4, kernels="triton").generate(clips["moving"], "x", 1)
+        config = EarlyTomConfig(variant="paper")
+        Pipeline.from_model(tiny, num_frames=4, kernels="triton", config=config).generate(clips["moving"], "x", 1)

@@ -41,6 +41,7 @@ class VisionDims:
     llm_hidden: int  # D'
     tokens_per_frame: int  # T
     encoder_layers: int  # n, layers used
+    heads: int  # H, attention heads of the vision encoder
 
 
 @dataclass(frozen=True)

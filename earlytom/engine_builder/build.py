@@ -79,6 +79,7 @@ def vision_dims(loaded: LoadedModel, adapter: LlavaOnevisionAdapter) -> VisionDi
         llm_hidden=loaded.model.config.text_config.hidden_size,
         tokens_per_frame=adapter.tokens_per_frame,
         encoder_layers=adapter.num_layers,
+        heads=vision.num_attention_heads,
     )
 
 
@@ -114,7 +115,7 @@ def save_text_side(loaded: LoadedModel, directory: Path) -> None:
 
 def compile_plugins(staging: Path, dims: VisionDims, config: EarlyTomConfig, frames: int, dtype: str, archs, steps):
     """The AOT plugin kernels for each GPU architecture, in the graphs' dtype only."""
-    shapes = aot.Shapes(dims.hidden, dims.patch_tokens, dims.tokens_per_frame, frames)
+    shapes = aot.Shapes(dims.hidden, dims.patch_tokens, dims.tokens_per_frame, frames, dims.llm_hidden, dims.heads)
     for arch in archs:
         steps.set_postfix_str(f"compile plugin kernels for {arch}")
         aot.write(aot.compile_all(arch, shapes, config, dtypes=(dtype,)), staging / PLUGINS / arch, shapes)

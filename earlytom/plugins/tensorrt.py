@@ -20,7 +20,6 @@ constants of the kernel.
 
 from dataclasses import dataclass
 
-from earlytom.compress import EarlyTomConfig
 from earlytom.plugins.triton import launch
 
 NAMESPACE = "earlytom"
@@ -63,10 +62,6 @@ PLUGINS = {
 }
 
 
-def merge_config(alpha: float, tau_seg: float, tau_merge: float) -> EarlyTomConfig:
-    return EarlyTomConfig(variant="paper", alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge)
-
-
 def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
     """Declare the six plugins to TensorRT (import this before parsing or deserialising a network)."""
     from typing import Tuple, Union  # QDP's validator expects the typing forms its samples use
@@ -89,7 +84,7 @@ def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
         params.block_x = spec.block_threads
         params.shared_mem = compiled.shared_bytes
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(x) for x in spec.scalars])
-        return compiled.entry, compiled.ptx, params, extra
+        return compiled.entry, compiled.ptx_tensorrt, params, extra  # the PTX without Triton's scratch params
 
     def const(expr) -> int:
         return expr.constant_value()
@@ -141,7 +136,7 @@ def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
         tactic: int,
     ) -> AotResult:
         B, L = cos.shape_expr
-        return kernel(launch.merge_plan(B, const(L), merge_config(alpha, tau_seg, tau_merge)), "fp32")
+        return kernel(launch.merge_plan(B, const(L), alpha=alpha, tau_seg=tau_seg, tau_merge=tau_merge), "fp32")
 
     @trtp.register("earlytom::weighted_merge")
     def weighted_merge_desc(

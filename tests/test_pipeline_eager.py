@@ -254,3 +254,11 @@ def test_packaged_architectures_match_published_numbers():
     ov05 = packaged_config("llava-ov-0.5b")
     assert (ov05.text_config.hidden_size, ov05.text_config.num_hidden_layers) == (896, 24)
     assert ov05.vision_feature_layer == -1 and ov05.vision_feature_select_strategy == "full"
+
+
+def test_full_tokens_run_no_inner_merge(tiny, clips):
+    """Full tokens and top-K compress nothing: the decoder's inner merge runs with method earlytom only."""
+    pipe = Pipeline.from_model(tiny, num_frames=6)  # official: inner merge at decoder layer 1 of 2
+    assert pipe.generate(clips["cut"], "x", 1).counts["visual_embeds_after_inner"] < 6 * 25
+    for method in ("full", "global_topk"):
+        assert "visual_embeds_after_inner" not in pipe.with_options(method=method).generate(clips["cut"], "x", 1).counts

@@ -6,7 +6,7 @@ of its requests; `with_options` gives another pipeline over the same loaded back
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -107,8 +107,12 @@ class Pipeline:
 
     @property
     def decoder(self):
-        """The decoder for this pipeline's EarlyTom parameters (with its inner merge, if any)."""
-        return self.backend.decoder(self.options.config)
+        """The decoder for this pipeline's EarlyTom parameters: with its inner merge for method "earlytom", without
+        for full tokens and top-K (they compress nothing inside the model)."""
+        config = self.options.config
+        if self.options.method != "earlytom":
+            config = replace(config, inner_layer=None, inner_ratio=0.0)
+        return self.backend.decoder(config)
 
     @property
     def config(self) -> EarlyTomConfig:

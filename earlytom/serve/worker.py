@@ -28,7 +28,7 @@ class Worker:
     def submit(self, job: Callable[[], T]) -> "asyncio.Future[T]":
         """Run `job` on the model thread after the requests before it; QueueFull if the queue is full."""
         if self.pending > self.max_queue:
-            raise QueueFull(f"{self.waiting} requests are waiting for the model (--max-queue {self.max_queue})")
+            raise QueueFull(f"the model is busy and {self.waiting} requests wait for it (--max-queue {self.max_queue})")
         self.pending += 1
         future = asyncio.get_running_loop().run_in_executor(self.executor, job)
         future.add_done_callback(self.done)

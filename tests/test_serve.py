@@ -3,6 +3,7 @@ answers and streams, raw httpx for every error, concurrency against sequential r
 
 import base64
 import concurrent.futures
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -259,6 +260,20 @@ def test_model_failure_is_a_500_and_the_next_request_is_served(server, pipeline,
         "code": "model_error",
     }
     assert post(server, body).status_code == 200
+
+
+def test_failure_after_the_first_token_ends_the_stream_with_an_error_event(server, pipeline, media, monkeypatch):
+    def step(token, cache):
+        raise RuntimeError("injected fault in a decoding step")
+
+    monkeypatch.setattr(pipeline.decoder, "step", step)
+    response = post(server, chat_body(data_url(media["clips"]["moving"]), stream=True))
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line]
+    assert response.status_code == 200
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"  # the first token went out
+    assert json.loads(events[-1])["error"]["code"] == "model_error" and "[DONE]" not in events
+    monkeypatch.undo()
+    assert post(server, chat_body(data_url(media["clips"]["moving"]))).status_code == 200
 
 
 def test_concurrent_requests_equal_sequential_runs(client, media):

@@ -84,6 +84,7 @@ def test_serve_subcommand_registers_its_flags_and_handler():
     ],
 )
 def test_bad_serve_flags_are_one_error_line(argv, message, capsys):
+    pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
     from earlytom.serve.__main__ import main
 
     assert main(argv) == 2

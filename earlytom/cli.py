@@ -17,6 +17,7 @@ from earlytom.models.registry import known_names
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
+from earlytom.serve.cli import add_parser as add_serve_parser
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     add_pipeline_args(demo_parser)
     demo_parser.add_argument("--prompt", default="What moves in this video?")
     demo_parser.set_defaults(func=demo)
+    add_serve_parser(sub)
     return p
 
 

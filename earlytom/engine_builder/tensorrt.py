@@ -193,14 +193,13 @@ def segmentation_layers(config: EarlyTomConfig, hidden: str, count: str, max_fra
     )
 
 
-def compression_layers(config: EarlyTomConfig, outputs: tuple[str, ...], max_frames: int) -> tuple[PluginLayer, ...]:
-    """official_compress after a merge layer: the graph's hidden_<l> and attention_<l> (renamed unmerged) ->
-    their merged rows under the same names, and count, first, last."""
-    hidden = outputs[0]
-    merge = tuple(
-        PluginLayer("weighted_merge", (unmerged(name), "first", "last", "weight", "count"), (name,)) for name in outputs
+def compression_layers(config: EarlyTomConfig, merged: tuple[str, ...], max_frames: int) -> tuple[PluginLayer, ...]:
+    """official_compress after a merge layer, planned on hidden_<l> = merged[0]: the graph outputs in `merged`
+    (renamed unmerged) -> their merged rows under the same names, and count, first, last."""
+    rows = tuple(
+        PluginLayer("weighted_merge", (unmerged(name), "first", "last", "weight", "count"), (name,)) for name in merged
     )
-    return (*segmentation_layers(config, unmerged(hidden), "count", max_frames), *merge)
+    return (*segmentation_layers(config, unmerged(merged[0]), "count", max_frames), *rows)
 
 
 def selection_layers(config: EarlyTomConfig, dims: VisionDims, hidden: str, max_frames: int) -> tuple[PluginLayer, ...]:
@@ -219,13 +218,16 @@ def selection_layers(config: EarlyTomConfig, dims: VisionDims, hidden: str, max_
 def official_network(
     config: EarlyTomConfig, dims: VisionDims, chain: tuple[GraphSpec, ...], i: int, max_frames: int
 ) -> NetworkPlan:
-    """Graph i of an official chain with its plugin layers (compression, or selection for the last)."""
+    """Graph i of an official chain with its plugin layers (compression, or selection for the last). Only what the
+    next graph reads is merged: hidden_<l>, and attention_<l> at the last merge layer (the scores); an earlier
+    layer's attention, unmarked and unread, is pruned by TensorRT with the ops computing it."""
     graph = chain[i]
     if graph.final:
         layers, outputs, renamed = selection_layers(config, dims, graph.inputs[0], max_frames), SELECTED, {}
     else:
-        layers = compression_layers(config, graph.outputs, max_frames)
-        outputs, renamed = (*graph.outputs, "count", "first", "last"), {name: unmerged(name) for name in graph.outputs}
+        merged = tuple(name for name in graph.outputs if name in chain[i + 1].inputs)
+        layers = compression_layers(config, merged, max_frames)
+        outputs, renamed = (*merged, "count", "first", "last"), {name: unmerged(name) for name in merged}
     return NetworkPlan(
         name=graph.name,
         onnx=graph.file,

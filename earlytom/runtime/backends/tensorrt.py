@@ -36,10 +36,11 @@ def buffer_specs(manifest: Manifest) -> dict[str, BufferSpec]:
     v, B, dtype, config = manifest.vision, manifest.max_frames, torch_dtype(manifest.dtype), manifest.config
     K = selected_bound(config, v, B)
     i32 = torch.int32
-    frames = {"pixels": BufferSpec((B, *row_shape("pixels", v)), dtype)}
-    for graph in manifest.graphs[:-1]:  # what each merge writes for the next graph: hidden (attention fp32)
-        for name in graph.outputs:
-            frames[name] = BufferSpec((B, *row_shape(name, v)), dtype if name.startswith("hidden_") else torch.float32)
+    frames = {  # every graph input: pixels, then what each merge writes for the next graph (attention in fp32)
+        name: BufferSpec((B, *row_shape(name, v)), torch.float32 if name.startswith("attention_") else dtype)
+        for graph in manifest.graphs
+        for name in graph.inputs
+    }
     labels = {"segment": i32, "is_static": i32, "s": torch.float32} if config.variant == "paper" else {}
     return {
         **frames,

@@ -29,14 +29,16 @@ TINY_DIMS = VisionDims(
 )
 OV = EarlyTomConfig().for_model(26, 28)  # official, (8, 21, 23), r = 0.2, tau_seg 0.5, M 6
 TINY = EarlyTomConfig().for_model(4, 2)  # official, (0, 2, 3)
+PAPER = EarlyTomConfig(variant="paper").for_model(26, 28)
 CASES = {
     "llava-ov-7b": (OV, OV_DIMS, vision_chain("official", OV.merge_layers, 26)),
     "tiny": (TINY, TINY_DIMS, vision_chain("official", TINY.merge_layers, 4)),
 }
+WITH_PAPER = {**CASES, "paper llava-ov-7b": (PAPER, OV_DIMS, vision_chain("paper", PAPER.merge_layers, 26))}
 
 
 def plans_of(case: str, max_frames: int = 32) -> list[trt_build.NetworkPlan]:
-    config, dims, chain = CASES[case]
+    config, dims, chain = WITH_PAPER[case]
     return trt_build.network_plans(config, dims, chain, max_frames)
 
 
@@ -69,9 +71,9 @@ def test_llava_ov_chain_has_four_plans_with_compression_then_selection():
     assert tail.layers[3].attributes == {"k_bound": trt_build.selected_bound(OV, OV_DIMS, 32), "max_frames": 32}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(WITH_PAPER))
 def test_every_plugin_input_is_produced_before_use(case):
-    config, dims, chain = CASES[case]
+    config, dims, chain = WITH_PAPER[case]
     for plan, graph in zip(plans_of(case), chain, strict=True):
         assert set(plan.renamed) <= set(graph.outputs)
         available = {plan.renamed.get(n, n) for n in graph.outputs} | set(graph.inputs) | set(plan.extra_inputs)
@@ -85,11 +87,11 @@ def test_every_plugin_input_is_produced_before_use(case):
         assert set(plan.outputs) <= available
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(WITH_PAPER))
 def test_each_plan_reads_what_an_earlier_plan_wrote_under_the_same_name(case):
     """earlytom_vision's convention (cpp/earlytom_vision.h): a later input reads the latest earlier output of
     its name, a plan that merges writes "count", the last plan writes selected and selected_count."""
-    config, dims, chain = CASES[case]
+    config, dims, chain = WITH_PAPER[case]
     plans = plans_of(case)
     written: set[str] = set()
     for plan, graph in zip(plans, chain, strict=True):

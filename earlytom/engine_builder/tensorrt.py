@@ -132,7 +132,11 @@ def network_plans(
 ) -> list[NetworkPlan]:
     """The networks of a vision chain for the EarlyTom parameters, the vision dims (image size S, patch tokens L,
     width D) and B = max_frames: paper (head + FrameMerge plugins, tail + TokenSelect plugins) or official
-    (every graph but the last + compression plugins, the last + selection plugins)."""
+    (every graph but the last + compression plugins, the last + selection plugins).
+
+    The selection is sized for B = max_frames frames in (paper: K = round(r * B * T); official: the counts for
+    r_hat = min(r / (N / B), 1)): a clip with fewer frames keeps more tokens than the eager pipeline would, as
+    no plan after the first sees the frame count B (see selection_tables)."""
     if config.variant == "paper":
         return paper_plans(config, dims, chain, max_frames)
     if len(chain) < 2:

@@ -102,7 +102,7 @@ def table_lookup(n, table: Sequence[int]):
 
 
 def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
-    """Declare the six plugins to TensorRT (import this before parsing or deserialising a network)."""
+    """Declare the plugins of `PLUGINS` to TensorRT (import this before parsing or deserialising a network)."""
     from typing import Tuple, Union  # QDP's validator expects the typing forms its samples use
 
     import numpy as np

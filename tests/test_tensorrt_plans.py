@@ -16,7 +16,7 @@ from earlytom.engine_builder import tensorrt as trt_build
 from earlytom.plugins import tensorrt as plugins
 from earlytom.plugins.triton import launch
 from earlytom.runtime.backends.base import RunOptions, UnsupportedOption
-from earlytom.runtime.backends.tensorrt import buffer_specs, check_fixed, prompt_table_ids, shared_buffers
+from earlytom.runtime.backends.tensorrt import buffer_specs, check_fixed, prompt_table_ids
 
 PAPER = EarlyTomConfig(variant="paper").for_model(26, 28)  # LLaVA-OV-7B: merge after layer 5 (k = 6)
 OV_DIMS = VisionDims(
@@ -65,7 +65,7 @@ def test_qdp_declarations_follow_the_validator_rules(name):
     assert not args.defaults and not args.kw_defaults and register.returns is not None
     assert all(a.annotation is not None for a in args.args)
     for arg, (_, kind) in zip(args.args[len(spec.inputs) :], spec.attributes, strict=True):
-        assert ast.unparse(arg.annotation) == kind.__name__
+        assert ast.unparse(arg.annotation) == kind
     for arg in args.args[: len(spec.inputs)]:
         assert ast.unparse(arg.annotation) == "trtp.TensorDesc"
     # aot_impl: every attribute in registration order, then outputs and tactic (the 11.x validator needs
@@ -87,8 +87,20 @@ def test_extra_kernel_arguments_are_int32_symbols_only():
     assert all(kind in ("i32", "*x", "*fp32", "*i32") for sig in launch.SIGNATURES.values() for _, kind in sig)
 
 
+def test_attributes_are_types_the_validator_accepts():
+    """QDP attributes: int, float, str, bool, bytes or numpy arrays (the official_keep count tables)."""
+    kinds = {kind for spec in plugins.PLUGINS.values() for _, kind in spec.attributes}
+    assert kinds <= {"int", "float", "npt.NDArray[np.int32]"}
+
+
 class Symbol:
-    """Stands for a TensorRT shape expression: launch functions must pass dynamic dims through untouched."""
+    """Stands for a TensorRT shape expression: launch functions must pass dynamic dims through untouched; it has
+    the operations trtp.ShapeExpr has (+, *, < with the expression on the left), each giving an expression."""
+
+    def __add__(self, other):
+        return Symbol()
+
+    __mul__ = __lt__ = __add__
 
 
 @pytest.mark.parametrize(
@@ -99,14 +111,19 @@ class Symbol:
         lambda B: launch.weighted_merge(B, 729, 1152),
         lambda B: launch.window_select(B, 196, 941, 32),
         lambda B: launch.dynamic_topk(B, 196, 941, 32),
+        lambda B: launch.window_cosine(B, 729, 1152, 5),
+        lambda B: launch.official_plan(B, 729, 5, alpha=0.9, tau_seg=0.5, max_window=6),
+        lambda B: launch.weighted_merge(B, 1, 729),  # attention rows
+        lambda B: launch.official_keep(B, 196, plugins.table_lookup(B, (40, 20)), plugins.table_lookup(B, (39, 20))),
+        lambda B: launch.compact_keep(B, 196, 32),
     ],
 )
 def test_launch_parameters_take_symbolic_frame_counts(make):
     B = Symbol()
     spec = make(B)
-    used = [x for x in (*spec.grid, *spec.scalars) if x is B]
+    used = [x for x in (*spec.grid, *spec.scalars) if isinstance(x, Symbol)]
     assert used, "the dynamic frame count reaches the grid or the scalar arguments"
-    assert all(isinstance(x, int) or x is B for x in (*spec.grid, *spec.scalars))
+    assert all(isinstance(x, int | Symbol) for x in (*spec.grid, *spec.scalars))
     assert all(not isinstance(v, Symbol) for v in spec.constexprs.values())  # compile-time constants are data-free
 
 
@@ -116,7 +133,8 @@ def test_network_plans_for_llava_ov():
     assert [layer.plugin for layer in tail.layers] == ["window_select", "dynamic_topk", "gather_tokens"]
     assert head.layers[1].attributes == {"alpha": 0.6, "tau_seg": 0.75, "tau_merge": 0.8}
     assert tail.layers[1].attributes == {"k_target": 941, "max_frames": 32}  # round(0.15 * 32 * 196)
-    graph_outputs = {"vision_head": {"hidden_5"}, "vision_tail": {"tokens", "scores"}}
+    assert head.renamed == {"hidden_5": "hidden_5_unmerged"}  # the merged frames take the name the tail reads
+    graph_outputs = {"vision_head": {"hidden_5_unmerged", "pixels"}, "vision_tail": {"tokens", "scores", "hidden_5"}}
     for plan in (head, tail):
         available = graph_outputs[plan.name] | set(plan.extra_inputs)
         for layer in plan.layers:
@@ -133,20 +151,14 @@ def test_network_plans_for_llava_ov():
     )
 
 
-def test_official_variant_is_refused_by_the_tensorrt_plans():
-    official = EarlyTomConfig().for_model(26, 28)
-    with pytest.raises(ValueError, match="runs on --backend onnxruntime"):
-        trt_build.network_plans(official, OV_DIMS, vision_chain("official", official.merge_layers, 26), 32)
-
-
-def manifest_for(config: EarlyTomConfig) -> Manifest:
+def manifest_for(config: EarlyTomConfig, chain=CHAIN, vision: VisionDims = OV_DIMS) -> Manifest:
     return Manifest(
         format="x",
         model=None,
         earlytom=config.to_dict(),
         max_frames=32,
-        vision=OV_DIMS,
-        graphs=CHAIN,
+        vision=vision,
+        graphs=chain,
         backend="tensorrt",
         dtype="fp16",
         plugin_archs=(),
@@ -160,13 +172,12 @@ def manifest_for(config: EarlyTomConfig) -> Manifest:
 
 def test_buffers_hold_the_largest_request():
     specs = buffer_specs(manifest_for(PAPER))
-    assert specs["pixels"].shape == (32, 3, 384, 384) and specs["merged"].shape == (32, 729, 1152)
+    assert specs["pixels"].shape == (32, 3, 384, 384) and specs["hidden_5"].shape == (32, 729, 1152)
     assert specs["selected"].shape == (941, 3584) and specs["selected"].dtype == torch.float16
     assert specs["count"].dtype == torch.int32
     head, tail = trt_build.network_plans(PAPER, OV_DIMS, CHAIN, 32)
     named = {"pixels", "hidden_5", "is_static", *head.outputs, *tail.outputs}
-    shared = shared_buffers(manifest_for(PAPER))
-    assert {shared.get(n, n) for n in named} == set(specs)  # every I/O tensor has a buffer
+    assert named == set(specs)  # every I/O tensor has a buffer, the tail's inputs the head's outputs
 
 
 def test_decoder_prompt_table_layout():

@@ -2,22 +2,31 @@
 
 TensorRT's AOT plugins launch exactly one kernel each, and FrameMerge / TokenSelect each need three launches
 with a grid-wide dependency between them (every similarity before the scan, the scan before the merge).
-So each op is three plugin layers in the network, one per kernel:
+So each op is a few plugin layers in the network, one per kernel:
 
-    earlytom::frame_merge    = token_cosine -> merge_plan -> weighted_merge      (vision_head.plan)
-    earlytom::token_select   = window_select -> dynamic_topk -> gather_tokens    (vision_tail.plan)
+    paper    FrameMerge      token_cosine -> merge_plan -> weighted_merge                 (vision_head.plan)
+             TokenSelect     window_select -> dynamic_topk -> gather_tokens               (vision_tail.plan)
+    official compression     window_cosine -> official_plan -> weighted_merge (hidden rows)
+                                                            -> weighted_merge (attention rows) (every plan but the last)
+             selection       window_cosine -> official_plan (re-segmentation: labels)
+                             -> official_keep -> compact_keep -> gather_tokens           (the last plan)
 
-No output shape depends on data: merged frames fill a [B, L, D] buffer (count says how many are valid) and
-selected tokens a [K, D'] one with K = round(r * B * T) fixed at build time.
+No output shape depends on data: merged frames fill an [F, ...] buffer (count says how many are valid) and
+selected tokens a [K, D'] one with K fixed at build time (paper: round(r * B * T); official: a bound).
+The official selection's per-frame counts depend on N, the frames after the last merge: official_keep takes
+them as int32 arguments looked up in tables over N = 1 .. max_frames (`table_lookup`), so the kernel gets
+exactly what `official_budget` computes on the host, as a TensorRT shape expression of the input's frame axis.
 
 `PLUGINS` says what each plugin takes and gives; `register()` declares them to TensorRT (it needs the
 `tensorrt` package and a GPU; tests check the declarations against `PLUGINS` and the kernels statically).
 Rules of the TensorRT 11.x validator followed here: tensors first, then attributes, all annotated, none
 defaulted; every aot_impl declares all attributes in registration order, then `outputs` and `tactic`, and a
 return annotation; extra kernel arguments are SymInt32 only; float hyper-parameters are compile-time
-constants of the kernel.
+constants of the kernel; integer tables are `npt.NDArray[np.int32]` attributes.
 """
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from earlytom.plugins.triton import launch
@@ -27,11 +36,12 @@ NAMESPACE = "earlytom"
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """A plugin: its kernel, input and output tensors (names = the kernel's pointer parameters), attributes."""
+    """A plugin: its kernel, input and output tensors (names = the kernel's pointer parameters), attributes
+    as (name, annotation) with the annotation as the register function spells it."""
 
     kernel: str
     inputs: tuple[str, ...]
-    attributes: tuple[tuple[str, type], ...]
+    attributes: tuple[tuple[str, str], ...]
     outputs: tuple[str, ...]
 
     @property
@@ -46,26 +56,57 @@ PLUGINS = {
         PluginSpec(
             "merge_plan",
             ("cos",),
-            (("alpha", float), ("tau_seg", float), ("tau_merge", float)),
+            (("alpha", "float"), ("tau_seg", "float"), ("tau_merge", "float")),
             ("s", "first", "last", "weight", "segment", "is_static", "count"),
         ),
         PluginSpec("weighted_merge", ("hidden", "first", "last", "weight", "count"), (), ("merged",)),
-        PluginSpec("window_select", ("scores", "is_static"), (("k_target", int), ("max_frames", int)), ("keep",)),
+        PluginSpec("window_select", ("scores", "is_static"), (("k_target", "int"), ("max_frames", "int")), ("keep",)),
         PluginSpec(
             "dynamic_topk",
             ("scores", "is_static", "keep"),
-            (("k_target", int), ("max_frames", int)),
+            (("k_target", "int"), ("max_frames", "int")),
             ("frame", "index", "count"),
         ),
         PluginSpec("gather_tokens", ("tokens", "frame", "index", "count"), (), ("selected",)),
+        PluginSpec("window_cosine", ("hidden",), (("width", "int"),), ("cos",)),
+        PluginSpec(
+            "official_plan",
+            ("cos",),
+            (("alpha", "float"), ("tau_seg", "float"), ("max_window", "int")),
+            ("similarity", "first", "last", "weight", "segments", "label", "counts"),
+        ),
+        PluginSpec(
+            "official_keep",
+            ("scores", "label"),
+            (("k_dynamic", "npt.NDArray[np.int32]"), ("windows", "npt.NDArray[np.int32]")),
+            ("keep",),
+        ),
+        PluginSpec("compact_keep", ("keep",), (("k_bound", "int"), ("max_frames", "int")), ("frame", "index", "count")),
     )
 }
 
 
+def table_lookup(n, table: Sequence[int]):
+    """table[n - 1] for a frame count n in 1 .. len(table), as arithmetic TensorRT shape expressions support
+    (+, *, <; comparisons give 0 or 1): the last entry plus the steps down to it. n: an int or a trtp.ShapeExpr
+    (on the left of every operation, as ShapeExpr has no reflected operators)."""
+    values = [int(v) for v in table]
+    if not values:
+        raise ValueError("an empty table; give one value per frame count 1 .. max_frames")
+    result = n * 0 + values[-1]
+    for i in range(len(values) - 1):  # n < i + 2 holds for n <= i + 1: entries 0 .. i carry this step
+        step = values[i] - values[i + 1]
+        if step:
+            result = result + (n < i + 2) * step
+    return result
+
+
 def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
-    """Declare the six plugins to TensorRT (import this before parsing or deserialising a network)."""
+    """Declare the plugins of `PLUGINS` to TensorRT (import this before parsing or deserialising a network)."""
     from typing import Tuple, Union  # QDP's validator expects the typing forms its samples use
 
+    import numpy as np
+    import numpy.typing as npt
     import tensorrt as trt
     import tensorrt.plugin as trtp
     import triton
@@ -158,8 +199,9 @@ def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
         outputs: Tuple[trtp.TensorDesc],
         tactic: int,
     ) -> AotResult:
-        B, L, D = hidden.shape_expr
-        return kernel(launch.weighted_merge(B, const(L), const(D)), dtype_name(hidden))
+        F, *row = hidden.shape_expr  # hidden [F, L, D] or attention [F, L]: rows of `width` elements
+        width = math.prod(const(d) for d in row)
+        return kernel(launch.weighted_merge(F, 1, width), dtype_name(hidden))
 
     @trtp.register("earlytom::window_select")
     def window_select_desc(
@@ -220,3 +262,91 @@ def register() -> None:  # pragma: no cover - needs TensorRT and a GPU
         _, T, DM = tokens.shape_expr
         K = frame.shape_expr[0]
         return kernel(launch.gather_tokens(const(K), const(T), const(DM)), dtype_name(tokens))
+
+    @trtp.register("earlytom::window_cosine")
+    def window_cosine_desc(hidden: trtp.TensorDesc, width: int) -> trtp.TensorDesc:
+        F, L, _ = hidden.shape_expr
+        return trtp.from_shape_expr((F, width, L), f32)  # [i, d - 1, l] written for d <= i
+
+    @trtp.aot_impl("earlytom::window_cosine")
+    def window_cosine_aot(
+        hidden: trtp.TensorDesc, width: int, outputs: Tuple[trtp.TensorDesc], tactic: int
+    ) -> AotResult:
+        F, L, D = hidden.shape_expr
+        return kernel(launch.window_cosine(F, const(L), const(D), width), dtype_name(hidden))
+
+    @trtp.register("earlytom::official_plan")
+    def official_plan_desc(
+        cos: trtp.TensorDesc, alpha: float, tau_seg: float, max_window: int
+    ) -> Tuple[
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+        trtp.TensorDesc,
+    ]:
+        F, W, _ = cos.shape_expr
+        row = lambda dtype: trtp.from_shape_expr((F,), dtype)  # noqa: E731
+        return (
+            trtp.from_shape_expr((F, W), f32),
+            row(i32),
+            row(i32),
+            trtp.from_shape_expr((F, 2), f32),
+            trtp.from_shape_expr((F, 2), i32),
+            row(i32),
+            trtp.from_shape_expr((2,), i32),  # (N, S)
+        )
+
+    @trtp.aot_impl("earlytom::official_plan")
+    def official_plan_aot(
+        cos: trtp.TensorDesc,
+        alpha: float,
+        tau_seg: float,
+        max_window: int,
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> AotResult:
+        F, W, L = cos.shape_expr
+        spec = launch.official_plan(F, const(L), const(W), alpha=alpha, tau_seg=tau_seg, max_window=max_window)
+        return kernel(spec, "fp32")
+
+    @trtp.register("earlytom::official_keep")
+    def official_keep_desc(
+        scores: trtp.TensorDesc,
+        label: trtp.TensorDesc,
+        k_dynamic: npt.NDArray[np.int32],
+        windows: npt.NDArray[np.int32],
+    ) -> trtp.TensorDesc:
+        return trtp.from_shape_expr(scores.shape_expr, i32)
+
+    @trtp.aot_impl("earlytom::official_keep")
+    def official_keep_aot(
+        scores: trtp.TensorDesc,
+        label: trtp.TensorDesc,
+        k_dynamic: npt.NDArray[np.int32],
+        windows: npt.NDArray[np.int32],
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> AotResult:
+        N, T = scores.shape_expr  # the counts for N frames: table lookups, evaluated by TensorRT at run time
+        spec = launch.official_keep(N, const(T), table_lookup(N, k_dynamic), table_lookup(N, windows))
+        return kernel(spec, dtype_name(scores))
+
+    @trtp.register("earlytom::compact_keep")
+    def compact_keep_desc(
+        keep: trtp.TensorDesc, k_bound: int, max_frames: int
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
+        return (
+            trtp.from_shape_expr((k_bound,), i32),
+            trtp.from_shape_expr((k_bound,), i32),
+            trtp.from_shape_expr((1,), i32),
+        )
+
+    @trtp.aot_impl("earlytom::compact_keep")
+    def compact_keep_aot(
+        keep: trtp.TensorDesc, k_bound: int, max_frames: int, outputs: Tuple[trtp.TensorDesc], tactic: int
+    ) -> AotResult:
+        N, T = keep.shape_expr
+        return kernel(launch.compact_keep(N, const(T), max_frames), "fp32")  # int32 tensors only

@@ -1,8 +1,10 @@
-"""The TensorRT backend at run time: the two vision plans on one CUDA stream with buffers allocated once at the
-largest shapes, and the TensorRT-LLM decoder fed the visual tokens as a prompt table.
+"""The TensorRT backend at run time: the vision plans (one per graph of the chain) on one CUDA stream with
+buffers allocated once at the largest shapes, and the TensorRT-LLM decoder fed the visual tokens as a prompt
+table.
 
-The head plan writes merged frames, their count and labels into buffers the tail plan reads in place (no
-copy); the only host round trip is the 4-byte frame count that sets the tail's input shape. The selected
+Each plan that merges writes the merged frames under the names the next plan reads, so the next plan reads
+them in place (no copy); the host round trips are the 4-byte frame count after each merge (it sets the next
+plan's input shapes) and K at the end. The selected
 tokens stay on the GPU until the decoder takes them. Buffer sizes and the prompt layout are plain functions,
 tested without a GPU; the classes follow the TensorRT / TensorRT-LLM documented APIs and have not run on
 this project's machines.
@@ -15,15 +17,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from earlytom.compress import visual_budget
 from earlytom.engine.layout import DECODER, DECODER_TRTLLM, IMAGE_NEWLINE, torch_dtype
 from earlytom.engine.manifest import Manifest, check_compatible
+from earlytom.engine_builder.tensorrt import row_shape, selected_bound
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
-
-
-def shared_buffers(manifest: Manifest) -> dict[str, str]:
-    """Tail-plan inputs -> the head-plan buffers they read in place (the merged frames, their labels)."""
-    return {manifest.graphs[1].inputs[0]: "merged", "is_static": "is_static"}
+from earlytom.runtime.chain import compose_source
 
 
 @dataclass(frozen=True)
@@ -33,20 +31,23 @@ class BufferSpec:
 
 
 def buffer_specs(manifest: Manifest) -> dict[str, BufferSpec]:
-    """Every I/O tensor of both plans at its largest shape (B = max_frames, K = round(r * B * T))."""
-    v, B, dtype = manifest.vision, manifest.max_frames, torch_dtype(manifest.dtype)
-    T = v.tokens_per_frame
-    K = visual_budget(retain_ratio=manifest.config.retain_ratio, num_frames=B, tokens_per_frame=T, available=B * T)
+    """Every I/O tensor of every plan at its largest shape (B = max_frames frames, K = selected_bound), one buffer
+    per name: a plan's input is the buffer the earlier plan of the same output name wrote (read in place)."""
+    v, B, dtype, config = manifest.vision, manifest.max_frames, torch_dtype(manifest.dtype), manifest.config
+    K = selected_bound(config, v, B)
     i32 = torch.int32
+    frames = {  # every graph input: pixels, then what each merge writes for the next graph (attention in fp32)
+        name: BufferSpec((B, *row_shape(name, v)), torch.float32 if name.startswith("attention_") else dtype)
+        for graph in manifest.graphs
+        for name in graph.inputs
+    }
+    labels = {"segment": i32, "is_static": i32, "s": torch.float32} if config.variant == "paper" else {}
     return {
-        "pixels": BufferSpec((B, 3, v.image_size, v.image_size), dtype),
-        "merged": BufferSpec((B, v.patch_tokens, v.hidden), dtype),
-        "count": BufferSpec((1,), i32),
+        **frames,
+        "count": BufferSpec((1 if config.variant == "paper" else 2,), i32),  # official: (N, segments)
         "first": BufferSpec((B,), i32),
         "last": BufferSpec((B,), i32),
-        "segment": BufferSpec((B,), i32),
-        "is_static": BufferSpec((B,), i32),
-        "s": BufferSpec((B,), torch.float32),
+        **{name: BufferSpec((B,), t) for name, t in labels.items()},
         "selected": BufferSpec((K, v.llm_hidden), dtype),
         "frame": BufferSpec((K,), i32),
         "index": BufferSpec((K,), i32),
@@ -62,8 +63,8 @@ def prompt_table_ids(before: torch.Tensor, visual_tokens: int, after: torch.Tens
 
 
 class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
-    """Runs vision_head.plan (encoder head + FrameMerge plugins) and vision_tail.plan (encoder tail +
-    TokenSelect plugins) of an engine directory."""
+    """Runs the vision plans of an engine directory in chain order (paper: vision_head + FrameMerge,
+    vision_tail + TokenSelect; official: each stretch + its compression, the tail + selection)."""
 
     def __init__(self, directory: Path, manifest: Manifest, image_newline: torch.Tensor):
         import tensorrt as trt
@@ -71,43 +72,52 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
         major, minor = torch.cuda.get_device_capability()
         check_compatible(manifest.tensorrt, tensorrt_version=trt.__version__, gpu_arch=f"sm_{major}{minor}")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engines = {
-            graph.name: runtime.deserialize_cuda_engine((directory / f"{graph.name}.plan").read_bytes())
-            for graph in manifest.graphs
+        self.graphs = manifest.graphs
+        self.engines = [
+            runtime.deserialize_cuda_engine((directory / f"{graph.name}.plan").read_bytes()) for graph in self.graphs
+        ]
+        self.contexts = [engine.create_execution_context() for engine in self.engines]
+        self.buffers = {
+            name: torch.empty(s.shape, dtype=s.dtype, device="cuda") for name, s in buffer_specs(manifest).items()
         }
-        self.contexts = {name: engine.create_execution_context() for name, engine in self.engines.items()}
-        specs, shared = buffer_specs(manifest), shared_buffers(manifest)
-        self.tail_input = manifest.graphs[1].inputs[0]
-        self.buffers = {name: torch.empty(s.shape, dtype=s.dtype, device="cuda") for name, s in specs.items()}
-        for name, context in self.contexts.items():
-            engine = self.engines[name]
-            for i in range(engine.num_io_tensors):
-                tensor = engine.get_tensor_name(i)
-                context.set_tensor_address(tensor, self.buffers[shared.get(tensor, tensor)].data_ptr())
+        self.inputs = []  # per plan: its input names (dimension 0 is the frame axis)
+        for engine, context in zip(self.engines, self.contexts, strict=True):
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            for tensor in names:
+                context.set_tensor_address(tensor, self.buffers[tensor].data_ptr())
+            self.inputs.append([n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT])
         self.stream = torch.cuda.Stream()
         self.image_newline = image_newline.cuda()
 
+    def run_plan(self, i: int, rows: int) -> None:
+        """Plan i on `rows` frames (every input's dimension 0), enqueued on the stream."""
+        for name in self.inputs[i]:
+            self.contexts[i].set_input_shape(name, (rows, *self.buffers[name].shape[1:]))
+        if not self.contexts[i].execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"{self.graphs[i].name}.plan failed to run")
+
     def encode_video(self, pixels: torch.Tensor, timer) -> Visual:
-        B = pixels.shape[0]
-        head, tail = self.contexts["vision_head"], self.contexts["vision_tail"]
-        with timer.stage("vision_head"), torch.cuda.stream(self.stream):  # includes the FrameMerge plugins
-            self.buffers["pixels"][:B].copy_(pixels)  # host -> device on this stream
-            head.set_input_shape("pixels", tuple(pixels.shape))
-            if not head.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("vision_head.plan failed to run")
-            N = int(self.buffers["count"].item())  # the one host round trip: it sets the tail's shape
-        with timer.stage("vision_tail"), torch.cuda.stream(self.stream):  # includes the TokenSelect plugins
-            L, D = self.buffers["merged"].shape[1:]
-            tail.set_input_shape(self.tail_input, (N, L, D))
-            tail.set_input_shape("is_static", (N,))
-            if not tail.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("vision_tail.plan failed to run")
-            K = int(self.buffers["selected_count"].item())
-            b = self.buffers
+        B, b = pixels.shape[0], self.buffers
+        rows, frames_after = B, {}
+        with torch.cuda.stream(self.stream):
+            source = torch.arange(B, device="cuda")[:, None].expand(B, 2)  # original frames of each row
+            b["pixels"][:B].copy_(pixels)  # host -> device on this stream
+            for i, graph in enumerate(self.graphs):
+                with timer.stage(graph.name):  # the stretch and its plugins (compression, or selection)
+                    self.run_plan(i, rows)
+                    count = int(b["selected_count" if graph.final else "count"][0].item())  # the host round trip
+                if not graph.final:  # count = N frames after this merge: the next plan's frame axis
+                    merged = torch.stack([b["first"][:count], b["last"][:count]], 1).long()
+                    source = compose_source(source, merged)  # before the next merge overwrites first / last
+                    frames_after[graph.stop - 1] = rows = count
+            K = count
             embeds = torch.cat([b["selected"][:K], self.image_newline[None].to(b["selected"].dtype)])
-        source = torch.stack([b["first"][:N], b["last"][:N]], 1).long().cpu()
         return Visual(
-            embeds=embeds, frame=b["frame"][:K].long().cpu(), index=b["index"][:K].long().cpu(), source=source
+            embeds=embeds,
+            frame=b["frame"][:K].long().cpu(),
+            index=b["index"][:K].long().cpu(),
+            source=source.cpu(),
+            frames_after=frames_after,
         )
 
 
@@ -150,7 +160,7 @@ class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
 
 
 class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
-    """FrameMerge and TokenSelect run inside the vision plans, so the vision stage is one call and every
+    """The compression and selection run inside the vision plans, so the vision stage is one call and every
     EarlyTom parameter, the method and the kernels are fixed at build time."""
 
     name = "tensorrt"

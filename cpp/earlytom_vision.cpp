@@ -62,10 +62,6 @@ Dims largest_shape(const ICudaEngine& engine, const char* name) {
   return engine.getProfileShape(name, 0, nvinfer1::OptProfileSelector::kMAX);
 }
 
-// A later plan's input reads the latest earlier output of the same name; the encoder input "hidden" reads the
-// frames the previous FrameMerge wrote ("merged").
-std::string source_of(const std::string& input) { return input == "hidden" ? "merged" : input; }
-
 // Every tensor must be a plain row-major device buffer: that is what the sizes here assume.
 void check_layout(const ICudaEngine& engine, const std::string& plan, const char* name) {
   if (engine.getTensorLocation(name) != nvinfer1::TensorLocation::kDEVICE || engine.getTensorVectorizedDim(name) != -1)
@@ -141,7 +137,8 @@ void Vision::bind(Plan& plan, const Buffers& earlier) {
       if (tensor != "pixels") fail(plan.path, "the first plan's input must be pixels, not " + tensor);
       continue;
     }
-    const auto source = earlier.find(source_of(tensor));
+    // a later plan's input reads the latest earlier output of its name
+    const auto source = earlier.find(tensor);
     if (source == earlier.end()) fail(plan.path, "no earlier plan writes input " + tensor + "; check the plan order");
     if (tensor_bytes(largest, engine.getTensorDataType(name)) > source->second.bytes)
       fail(plan.path, "input " + tensor + " is larger than the " + source->first + " written before it");

@@ -8,9 +8,10 @@
 // (FrameMerge after a stretch, TokenSelect after the last). The plugins are compiled ahead of time into the
 // plans, so no Python and no plugin library are needed at run time. What the plans must look like:
 //   - the first plan's one input is "pixels" [F, 3, S, S];
-//   - every later input reads the latest earlier output of the same name, "hidden" reads "merged";
+//   - every later input reads the latest earlier output of the same name (hidden_<l>: the merged frames);
 //   - dimension 0 of every input is the frame axis (F at first, N after a plan that writes "count");
-//   - "count" (the frames after a merge) and "selected_count" (K) are int32 [1];
+//   - "count" (the frames after a merge; an official plan writes [N, segments], only N is read) and
+//     "selected_count" (K) are int32;
 //   - the last plan writes "selected" [K, llm_hidden] and "selected_count".
 // Output buffers are allocated once at TensorRT's upper bound (getMaxOutputSize at the profiles' largest
 // input shapes) and bound with setTensorAddress; a later plan reads an earlier plan's output in place. The

@@ -36,7 +36,8 @@ def kernel_ops(kernels: str, device: torch.device):
 
 def compose_source(source: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
     """source [F, 2] (first, last original frame of each input row), merged [N, 2] (first, last input row of
-    each output row) -> [N, 2] in original frames."""
+    each output row; the reference merge plans on the host) -> [N, 2] in original frames, on source's device."""
+    merged = merged.to(source.device)
     return torch.stack([source[merged[:, 0], 0], source[merged[:, 1], 1]], 1)
 
 

@@ -22,8 +22,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def eager_device(name: str) -> torch.device:
     """ "cpu", "cuda" or "cuda:N" -> the device, refused when this machine's PyTorch cannot use it."""
-    kind, _, index = name.partition(":")
-    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICES or (colon and (kind != "cuda" or not index.isdigit())):
         raise ValueError(f"device = {name!r}; choose cpu, cuda or cuda:N (N: a GPU index)")
     if kind == "cpu":
         return torch.device("cpu")

@@ -1,9 +1,14 @@
 """--device / --dtype for the eager backend: everything a CPU can check (parsing and validation, SDPA attention,
 the dtype through the eager pipeline with decisions close to fp32, clear errors for devices this machine lacks)."""
 
+from dataclasses import replace
+
+import onnxruntime as ort
 import pytest
 import torch
 
+from benchmarks.gpu_validate import MAKERS, Installed, agreement, plan, probe, settings
+from benchmarks.gpu_validate import main as gpu_validate_main
 from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig
 from earlytom.runtime.backends.eager import eager_device, eager_dtype, load_eager
@@ -96,3 +101,60 @@ def test_cli_dtype_reaches_the_eager_model(clips, capsys):
     args = ["run", "--video", str(clips["cut"]), "--prompt", PROMPT, "--frames", "6", "--max-new-tokens", "2"]
     assert earlytom_main([*args, "--dtype", "bf16", "--device", "cpu", "--json"]) == 0
     assert '"visual_tokens"' in capsys.readouterr().out
+
+
+# --- benchmarks/gpu_validate: which paths run, and why the others do not ----------------------------------------
+
+EVERYTHING = Installed(
+    cuda_gpu=True,
+    triton=True,
+    aot_launcher=True,
+    aot_kernels_option=True,
+    ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    tensorrt_missing=(),
+)
+
+
+def test_gpu_validate_runs_every_path_when_everything_is_installed():
+    assert [(p.name, p.runs, p.reason) for p in plan(EVERYTHING)] == [(name, True, "") for name in MAKERS]
+
+
+def test_gpu_validate_says_why_each_path_is_skipped():
+    bare = Installed(False, False, False, False, ("CPUExecutionProvider",), ("the tensorrt Python package",))
+    why = {p.name: p.reason for p in plan(bare) if not p.runs}
+    assert set(why) == set(MAKERS)
+    assert "sees no CUDA GPU" in why["eager cuda + triton"] and "triton package" in why["eager cuda + triton"]
+    assert "earlytom.plugins.launcher" in why["eager cuda + aot"] and "kernels='aot'" in why["eager cuda + aot"]
+    assert "no CUDAExecutionProvider" in why["onnxruntime cuda"] and "onnxruntime-gpu" in why["onnxruntime cuda"]
+    assert "no TensorrtExecutionProvider" in why["onnxruntime tensorrt"]
+    assert why["tensorrt engines"] == "the tensorrt Python package is missing"
+    only_ort = plan(replace(bare, ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+    assert [p.name for p in only_ort if p.runs] == ["onnxruntime cuda"]
+
+
+def test_gpu_validate_on_this_machine_prints_the_skip_table(capsys):
+    have = probe()
+    assert have.cuda_gpu == torch.cuda.is_available()
+    assert have.ort_providers == tuple(ort.get_available_providers())
+    assert gpu_validate_main(["--plan"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in MAKERS)
+    if not any(p.runs for p in plan(have)):
+        assert gpu_validate_main([]) == 2  # nothing to run: says so, runs nothing
+
+
+def test_gpu_validate_times_full_earlytom_and_topk_at_each_ratio():
+    assert settings((0.1, 0.25)) == [
+        ("full", "full", 0.15),
+        ("earlytom r=0.10", "earlytom", 0.1),
+        ("earlytom r=0.25", "earlytom", 0.25),
+        ("global top-K r=0.10", "global_topk", 0.1),
+        ("global top-K r=0.25", "global_topk", 0.25),
+    ]
+
+
+def test_gpu_validate_agreement_of_a_run_with_itself_and_with_another_method(runs):
+    ref = runs["paper", "fp32"]
+    assert agreement(ref, ref) == [True, True, True, "0.0e+00", True]
+    same_counts, _, selected, err, _ = agreement(runs["official", "fp32"], ref)
+    assert not same_counts and not selected and err == "nan"

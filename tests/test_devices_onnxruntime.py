@@ -18,6 +18,7 @@ from earlytom.runtime.backends.onnxruntime import (
     ProviderUnavailable,
     check_available,
     check_loaded,
+    decoder_placement,
     profile_shapes,
     provider_list,
     trt_cache_dir,
@@ -78,6 +79,19 @@ def test_missing_provider_names_what_is_installed_and_the_fix():
     with pytest.raises(ProviderUnavailable, match="could not load CUDAExecutionProvider"):
         check_loaded("cuda", ["CPUExecutionProvider"])
     check_loaded("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_decoder_runs_where_the_graphs_run():
+    assert decoder_placement(Providers(), "fp16") == (torch.device("cpu"), torch.float32, None)
+    if torch.cuda.is_available():
+        assert decoder_placement(Providers("cuda", device_id=0), "fp16") == (
+            torch.device("cuda", 0),
+            torch.float16,
+            None,
+        )
+    else:
+        device, dtype, note = decoder_placement(Providers("cuda"), "fp16")
+        assert (device, dtype) == (torch.device("cpu"), torch.float32) and "PyTorch sees no GPU" in note
 
 
 def test_trt_cache_lies_outside_the_engine_directory_keyed_by_its_manifest(tmp_path, monkeypatch):

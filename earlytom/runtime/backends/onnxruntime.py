@@ -7,7 +7,8 @@ TensorRT execution provider builds its engines on first use with one optimisatio
 the directory's maximum) and caches them OUTSIDE the engine directory, whose files must stay exactly its
 manifest's: in `<cache>/<SHA-256 of manifest.json>/`, `<cache>` = `Providers.trt_cache` or
 `$XDG_CACHE_HOME/earlytom/trt-ep` (`~/.cache/earlytom/trt-ep`). A rebuilt directory has a new manifest, hence
-a new cache. Between graphs the tensors pass through host memory (compression runs in PyTorch on the CPU).
+a new cache. Between graphs the tensors pass through host memory (compression runs in PyTorch on the CPU); with a
+GPU provider the decoder runs on that GPU (decoder_placement).
 """
 
 import os
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from earlytom.engine.layout import DECODER, IMAGE_NEWLINE, MANIFEST, numpy_dtype
+from earlytom.engine.layout import DECODER, IMAGE_NEWLINE, MANIFEST, numpy_dtype, torch_dtype
 from earlytom.engine.manifest import Manifest, sha256
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 from earlytom.runtime.chain import encode_chain
@@ -161,6 +162,20 @@ def ort_session(
     return ort.InferenceSession(str(path), options, providers=chosen)
 
 
+def decoder_placement(providers: Providers, graphs_dtype: str) -> tuple[torch.device, torch.dtype, str | None]:
+    """Where the PyTorch decoder runs: with the CPU provider on the CPU in float32; with a GPU provider on that
+    GPU in the graphs' precision, or, when this PyTorch sees no GPU, on the CPU in float32 with a note saying so."""
+    if providers.kind == "cpu":
+        return torch.device("cpu"), torch.float32, None
+    if not torch.cuda.is_available():
+        note = (
+            f"the vision graphs run on ONNX Runtime's {providers.kind} provider, but this PyTorch sees no GPU: "
+            "the decoder runs on the CPU in float32 (install a CUDA build of torch to run it on the GPU)"
+        )
+        return torch.device("cpu"), torch.float32, note
+    return torch.device("cuda", providers.device_id), torch_dtype(graphs_dtype), None
+
+
 def graph_sessions(directory: Path, manifest: Manifest, providers: Providers) -> list[ort.InferenceSession]:
     """One session per vision graph of `directory` on `providers`, refused before any is made if this ONNX
     Runtime lacks them, and after if one fell back to another provider."""
@@ -191,7 +206,9 @@ class OnnxRuntimeBackend:
         self.sessions = graph_sessions(directory, manifest, self.providers)
         self.np_dtype = numpy_dtype(manifest.dtype)
         self.image_newline = load_file(directory / IMAGE_NEWLINE)["image_newline"].float()
-        self.lm = AutoModelForCausalLM.from_pretrained(directory / DECODER, dtype=torch.float32).eval()
+        device, dtype, note = decoder_placement(self.providers, manifest.dtype)
+        self.lm = AutoModelForCausalLM.from_pretrained(directory / DECODER, dtype=dtype).to(device).eval()
+        self.text.notes.extend([note] if note else [])
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
 
     def decoder(self, config):
@@ -213,5 +230,11 @@ class OnnxRuntimeBackend:
         return tuple(torch.from_numpy(y).float() for y in self.sessions[index].run(list(graph.outputs), feed))
 
     def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual:
+        """pixels [B, 3, S, S] -> Visual, its embeddings on the decoder's device in its dtype."""
         stretches = [lambda *x, i=i: self.run(i, *x) for i in range(len(self.sessions))]
-        return encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.image_newline)
+        visual = encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.image_newline)
+        if visual.embeds.device != self.lm.device:
+            with timer.stage("to_device"):
+                visual.embeds = visual.embeds.to(self.lm.device)
+        visual.embeds = visual.embeds.to(self.lm.dtype)
+        return visual

@@ -12,6 +12,7 @@ from benchmarks.gpu_validate import main as gpu_validate_main
 from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig
 from earlytom.runtime.backends.eager import eager_device, eager_dtype, load_eager
+from earlytom.runtime.chain import kernel_ops
 from earlytom.runtime.pipeline import Pipeline
 
 NO_CUDA = not torch.cuda.is_available()
@@ -158,3 +159,19 @@ def test_gpu_validate_agreement_of_a_run_with_itself_and_with_another_method(run
     assert agreement(ref, ref) == [True, True, True, "0.0e+00", True]
     same_counts, _, selected, err, _ = agreement(runs["official", "fp32"], ref)
     assert not same_counts and not selected and err == "nan"
+
+
+def test_cuda_picks_triton_kernels_only_for_a_variant_they_implement():
+    """`auto` on CUDA falls back to the reference where the Triton kernels lack a variant; `triton` says so."""
+    from earlytom import compress
+    from earlytom.plugins.triton import ops
+
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert kernel_ops("auto", cuda, "paper") is ops
+    assert kernel_ops("auto", torch.device("cpu"), "official") is compress
+    if hasattr(ops, "official_compress") and hasattr(ops, "official_select"):
+        assert kernel_ops("auto", cuda, "official") is ops
+    else:
+        assert kernel_ops("auto", cuda, "official") is compress
+        with pytest.raises(ValueError, match="do not implement the official variant"):
+            kernel_ops("triton", cuda, "official")

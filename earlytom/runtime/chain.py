@@ -18,10 +18,14 @@ from earlytom import compress
 from earlytom.engine.layout import GraphSpec
 from earlytom.runtime.backends.base import RunOptions, Visual
 
+# The operations merge_step and select_step take from the kernel module, per variant.
+VARIANT_OPS = {"paper": ("frame_merge", "token_select"), "official": ("official_compress", "official_select")}
 
-def kernel_ops(kernels: str, device: torch.device):
-    """The FrameMerge / TokenSelect implementation: the Triton kernels on CUDA (or when forced), the PyTorch
-    reference otherwise. Triton is imported only then: its interpreter mode is read at import."""
+
+def kernel_ops(kernels: str, device: torch.device, variant: str = "paper"):
+    """The FrameMerge / TokenSelect implementation: the Triton kernels on CUDA (or when forced) where they exist
+    for `variant`, the PyTorch reference otherwise. Triton is imported only then: its interpreter mode is read
+    at import."""
     if not (kernels == "triton" or (kernels == "auto" and device.type == "cuda")):
         return compress
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -31,7 +35,14 @@ def kernel_ops(kernels: str, device: torch.device):
         )
     from earlytom.plugins.triton import ops
 
-    return ops
+    if all(hasattr(ops, name) for name in VARIANT_OPS[variant]):
+        return ops
+    if kernels == "auto":
+        return compress
+    raise ValueError(
+        f"kernels = 'triton': the Triton kernels do not implement the {variant} variant yet; use kernels = 'auto' "
+        "(the PyTorch reference for it) or 'reference'"
+    )
 
 
 def compose_source(source: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
@@ -80,7 +91,7 @@ def encode_chain(
     """pixels [B, 3, S, S] through `stretches` (one per spec, taking the spec's inputs and returning its outputs
     in order) with the compression of `options` between them -> Visual (K selected tokens + image_newline)."""
     B = pixels.shape[0]
-    ops = kernel_ops(options.kernels, pixels.device)
+    ops = kernel_ops(options.kernels, pixels.device, options.config.variant)
     source = torch.arange(B, device=pixels.device)[:, None].expand(B, 2)
     frames_after, labels, values = {}, None, {"pixels": pixels}
     for i, (stretch, spec) in enumerate(zip(stretches, specs, strict=True)):

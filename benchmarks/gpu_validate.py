@@ -31,8 +31,10 @@ import torch
 
 from benchmarks.common import print_table, summary
 from earlytom.compress import EarlyTomConfig
+from earlytom.compress.config import VARIANTS
 from earlytom.environment import missing_gpu_stack
 from earlytom.runtime.backends.base import KERNELS
+from earlytom.runtime.chain import VARIANT_OPS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
@@ -50,6 +52,7 @@ class Installed:
     triton: bool  # the triton package imports
     aot_launcher: bool  # earlytom.plugins.launcher (the driver-API launcher, cuda-python) exists
     aot_kernels_option: bool  # RunOptions accepts kernels = "aot"
+    kernel_variants: tuple[str, ...]  # the EarlyTom variants the Triton kernels implement
     ort_providers: tuple[str, ...]  # onnxruntime.get_available_providers()
     tensorrt_missing: tuple[str, ...]  # environment.missing_gpu_stack()
 
@@ -61,6 +64,15 @@ class GpuPath:
     reason: str  # why it is skipped ("" when it runs)
 
 
+def kernel_variants() -> tuple[str, ...]:
+    """The variants whose operations earlytom.plugins.triton.ops has (empty without triton)."""
+    if importlib.util.find_spec("triton") is None:
+        return ()
+    from earlytom.plugins.triton import ops
+
+    return tuple(v for v, names in VARIANT_OPS.items() if all(hasattr(ops, name) for name in names))
+
+
 def probe() -> Installed:
     import onnxruntime as ort
 
@@ -69,14 +81,17 @@ def probe() -> Installed:
         triton=importlib.util.find_spec("triton") is not None,
         aot_launcher=importlib.util.find_spec(LAUNCHER) is not None,
         aot_kernels_option="aot" in KERNELS,
+        kernel_variants=kernel_variants(),
         ort_providers=tuple(ort.get_available_providers()),
         tensorrt_missing=tuple(missing_gpu_stack()),
     )
 
 
-def plan(have: Installed) -> list[GpuPath]:
-    """Each GPU path, whether it runs with what `have` holds, and if not, what is missing."""
+def plan(have: Installed, variant: str) -> list[GpuPath]:
+    """Each GPU path for the EarlyTom `variant`, whether it runs with what `have` holds, and if not, what is
+    missing."""
     no_gpu = "PyTorch sees no CUDA GPU (a CPU-only torch build, or no NVIDIA driver/GPU)"
+    no_kernels = "" if variant in have.kernel_variants else f"the Triton kernels do not implement the {variant} variant"
 
     def needs(*missing: str) -> str:
         return "; ".join(m for m in missing if m)
@@ -91,12 +106,13 @@ def plan(have: Installed) -> list[GpuPath]:
 
     reasons = {
         "eager cuda + triton": needs(
-            "" if have.cuda_gpu else no_gpu, "" if have.triton else "the triton package is not installed"
+            "" if have.cuda_gpu else no_gpu, "" if have.triton else "the triton package is not installed", no_kernels
         ),
         "eager cuda + aot": needs(
             "" if have.cuda_gpu else no_gpu,
             "" if have.aot_launcher else f"{LAUNCHER} (the driver-API launcher, branch kernels) is not installed",
             "" if have.aot_kernels_option else f"RunOptions does not accept kernels='aot' (it takes {KERNELS})",
+            no_kernels,
         ),
         "onnxruntime cuda": provider("CUDAExecutionProvider"),
         "onnxruntime tensorrt": provider("TensorrtExecutionProvider"),
@@ -128,36 +144,36 @@ def time_stages(pipe: Pipeline, clip: Path, repeats: int) -> dict[str, dict[str,
     return {stage: summary([run[stage] for run in runs]) for stage in runs[0]}
 
 
-# The GPU paths: (work directory, model, frames, dtype, ratio) -> a Pipeline. Only called when planned to run.
+# The GPU paths: (work directory, model, frames, dtype, EarlyTom config) -> a Pipeline; called only for paths
+# planned to run. Engine directories are built once per what they fix and reused.
 def eager_cuda(kernels: str) -> Callable[..., Pipeline]:
-    def make(work, model, frames, dtype, ratio):
+    def make(work, model, frames, dtype, config):
         return Pipeline.from_pretrained(
-            model, random_init=True, device="cuda", dtype=dtype, num_frames=frames, kernels=kernels
+            model, random_init=True, device="cuda", dtype=dtype, config=config, num_frames=frames, kernels=kernels
         )
 
     return make
 
 
 def onnxruntime_on(kind: str) -> Callable[..., Pipeline]:
-    def make(work, model, frames, dtype, ratio):
+    def make(work, model, frames, dtype, config):
         from earlytom.engine_builder.build import build
         from earlytom.runtime.backends.onnxruntime import Providers
 
-        out = work / f"{model}-onnxruntime-{dtype}-{frames}"
+        out = work / f"{model}-onnxruntime-{config.variant}-{dtype}-{frames}"
         if not out.exists():
-            build(model, out, backend="onnxruntime", frames=frames, dtype=dtype, random_init=True, progress=False)
+            build(model, out, backend="onnxruntime", config=config, frames=frames, dtype=dtype, random_init=True)
         providers = Providers(kind, trt_cache=work / "trt-ep" if kind == "tensorrt" else None)
-        return Pipeline.from_engine_dir(out, providers=providers)
+        return Pipeline.from_engine_dir(out, providers=providers, retain_ratio=config.retain_ratio)
 
     return make
 
 
-def tensorrt_engines(work, model, frames, dtype, ratio):
+def tensorrt_engines(work, model, frames, dtype, config):
     from earlytom.engine_builder.build import build
 
-    out = work / f"{model}-tensorrt-{dtype}-{frames}-r{ratio}"
+    out = work / f"{model}-tensorrt-{config.variant}-{dtype}-{frames}-r{config.retain_ratio}"
     if not out.exists():
-        config = EarlyTomConfig(retain_ratio=ratio)
         build(model, out, backend="tensorrt", config=config, frames=frames, dtype=dtype, random_init=True)
     return Pipeline.from_engine_dir(out)
 
@@ -172,43 +188,49 @@ MAKERS = {
 FIXED_SETTINGS = {"tensorrt engines"}  # engines built per ratio, EarlyTom only
 
 
-def compare(paths: list[GpuPath], work: Path, clip: Path, frames: int) -> list[list]:
+def path_runs(path: GpuPath, work: Path, model: str, frames: int, dtype: str, variant: str, ratios):
+    """(setting label, pipeline) for each setting `path` can run: one load (build) for all of them, except
+    TensorRT engines (one build per ratio, EarlyTom only)."""
+    loaded = None
+    for label, method, r in settings(tuple(ratios)):
+        config = EarlyTomConfig(variant=variant, retain_ratio=r)
+        if path.name in FIXED_SETTINGS:
+            if method == "earlytom":
+                yield label, MAKERS[path.name](work, model, frames, dtype, config)
+            continue
+        if loaded is None:
+            loaded = MAKERS[path.name](work, model, frames, dtype, config)
+        yield label, loaded.with_options(method=method, retain_ratio=r, num_frames=frames)
+
+
+def compare(paths: list[GpuPath], work: Path, clip: Path, frames: int, variant: str) -> list[list]:
     """Part 1: each running path vs the CPU eager oracle on the tiny model, fp32, with the path's EarlyTom
     parameters (TensorRT engines are built without the inner merge)."""
     rows = []
     oracle = Pipeline.from_pretrained("tiny", num_frames=frames, kernels="reference")
     for path in paths:
-        for label, method, r in settings((0.15,)):
-            if path.name in FIXED_SETTINGS and method != "earlytom":
-                continue
-            pipe = MAKERS[path.name](work, "tiny", frames, "fp32", r)
-            if path.name not in FIXED_SETTINGS:
-                pipe = pipe.with_options(method=method, retain_ratio=r)
-            reference = oracle.with_options(method=method, config=pipe.config).generate(clip, PROMPT, 8)
-            rows.append([path.name, label, *agreement(pipe.generate(clip, PROMPT, max_new_tokens=8), reference)])
+        for label, pipe in path_runs(path, work, "tiny", frames, "fp32", variant, (0.15,)):
+            reference = oracle.with_options(method=pipe.options.method, config=pipe.config)
+            expected = reference.generate(clip, PROMPT, max_new_tokens=8)
+            rows.append([path.name, label, *agreement(pipe.generate(clip, PROMPT, max_new_tokens=8), expected)])
     return rows
 
 
 def ttft_rows(paths: list[GpuPath], work: Path, clip: Path, args) -> list[list]:
-    """Part 2: TTFT per model, path and setting, with the vision stages' medians."""
+    """Part 2: TTFT per model, path and setting, with every stage's median."""
     rows = []
     for model in args.models:
         for path in paths:
-            loaded = None
-            for label, method, r in settings(tuple(args.ratios)):
-                if path.name in FIXED_SETTINGS:
-                    if method != "earlytom":
-                        continue
-                    pipe = MAKERS[path.name](work, model, args.frames, "fp16", r)
-                else:
-                    if loaded is None:
-                        loaded = MAKERS[path.name](work, model, args.frames, "fp16", r)
-                    pipe = loaded.with_options(method=method, retain_ratio=r, num_frames=args.frames)
+            for label, pipe in path_runs(path, work, model, args.frames, "fp16", args.variant, args.ratios):
                 stages = time_stages(pipe, clip, args.repeats)
                 ttft = stages.pop("ttft")
                 detail = ", ".join(f"{s} {t['median']:.1f}" for s, t in stages.items())
                 rows.append([model, path.name, label, ttft["min"], ttft["median"], ttft["p90"], detail])
     return rows
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "a GPU PyTorch does not see"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -217,15 +239,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--variant", choices=VARIANTS, default=EarlyTomConfig().variant, help="EarlyTom variant")
     p.add_argument("--plan", action="store_true", help="print which paths run here and why the others do not")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    paths = plan(probe())
-    print("GPU paths on this machine\n")
-    print_table(["path", "runs", "why not"], [[p.name, "yes" if p.runs else "skipped", p.reason] for p in paths])
+    paths = plan(probe(), args.variant)
+    print(f"GPU paths on this machine ({args.variant} variant)\n")
+    width = max(len(p.name) for p in paths)
+    for p in paths:
+        print(f"{p.name:<{width}}  {'runs' if p.runs else 'skipped: ' + p.reason}")
     running = [p for p in paths if p.runs]
     if args.plan:
         return 0
@@ -237,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         clip = write_clip(work / "clip.mp4", moving_square_frames(4 * args.frames, size=192, cut_at=2 * args.frames))
         print("\n1. agreement with eager PyTorch on the CPU (tiny model, fp32)\n")
         header = ["path", "setting", "counts", "merged frames", "selected", "max rel err", "greedy tokens"]
-        print_table(header, compare(running, work, clip, min(args.frames, 16)))
-        print(f"\n2. TTFT (ms), {args.frames} frames, random weights, fp16, {torch.cuda.get_device_name()}\n")
+        print_table(header, compare(running, work, clip, min(args.frames, 16), args.variant))
+        print(f"\n2. TTFT (ms), {args.frames} frames, random weights, fp16, {gpu_name()}\n")
         header = ["model", "path", "setting", "min", "median", "p90", "stage medians (ms)"]
         print_table(header, ttft_rows(running, work, clip, args))
     return 0

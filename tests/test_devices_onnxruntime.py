@@ -159,3 +159,22 @@ def test_cli_refuses_options_that_do_not_apply(engine, clips, capsys, extra, mes
     assert earlytom_main(["run", "--video", str(clips["cut"]), "--prompt", PROMPT, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_gpu_validate_compares_a_path_with_the_cpu_oracle(engine, clips, tmp_path, monkeypatch):
+    """gpu_validate's comparison and timing, run through ONNX Runtime's CPU provider (the one path a CPU has):
+    every setting agrees with the eager oracle."""
+    import shutil
+
+    from benchmarks import gpu_validate
+
+    shutil.copytree(engine, tmp_path / "tiny-onnxruntime-paper-fp32-8")  # what onnxruntime_on would build
+    monkeypatch.setitem(gpu_validate.MAKERS, "onnxruntime cpu", gpu_validate.onnxruntime_on("cpu"))
+    path = gpu_validate.GpuPath("onnxruntime cpu", True, "")
+    rows = gpu_validate.compare([path], tmp_path, clips["cut"], 8, "paper")
+    assert [row[1] for row in rows] == ["full", "earlytom r=0.15", "global top-K r=0.15"]
+    for row in rows:
+        assert row[2:5] == [True, True, True] and float(row[5]) < 1e-4 and row[6] is True, row
+    (label, pipe), *_ = gpu_validate.path_runs(path, tmp_path, "tiny", 8, "fp32", "paper", (0.1,))
+    stages = gpu_validate.time_stages(pipe, clips["cut"], repeats=2)
+    assert label == "full" and stages["ttft"]["min"] <= stages["ttft"]["median"] <= stages["ttft"]["p90"]

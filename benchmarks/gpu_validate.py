@@ -1,91 +1,271 @@
-"""What a user with an NVIDIA GPU runs first: build the tiny model's TensorRT engines, compare every stage with
-the eager backend, then measure time to first token on a real-size architecture.
+"""Every GPU path this machine has, checked against the CPU eager oracle and timed; the ones it lacks are
+skipped with the reason. One command, one table per part:
 
-    python -m benchmarks.gpu_validate [--model llava-ov-0.5b] [--frames 32] [--repeats 20]
+    python -m benchmarks.gpu_validate [--models llava-ov-0.5b llava-ov-7b] [--frames 32] [--repeats 20]
+    python -m benchmarks.gpu_validate --plan     # only which paths would run here, and why the others would not
 
-Without TensorRT, TensorRT-LLM or a GPU it says what is missing and exits with status 2.
+Paths: eager CUDA with the Triton JIT kernels, eager CUDA with the AOT kernels through the driver-API launcher
+(`kernels="aot"`), ONNX Runtime's CUDA and TensorRT execution providers (onnxruntime-gpu), and the TensorRT
+engines (TensorRT + TensorRT-LLM).
+
+1. Agreement, tiny model, fp32: each path vs eager PyTorch on the CPU (reference kernels) on a clip with a scene
+   cut: same merges (frame counts and merged frames), same selected tokens, max relative error of the visual
+   embeddings, same greedy tokens; for full tokens, EarlyTom and global top-K.
+2. Time to first token (min / median / p90 over --repeats requests after a warm-up, per stage and in all), on the
+   real architectures with random weights (--random-init), --frames frames, fp16: full tokens, EarlyTom and
+   global top-K at each --ratios. ONNX Runtime directories fix the merge layers (one build per model); TensorRT
+   engines fix everything (one build per ratio, EarlyTom only).
+
+Exit status 2 when no GPU path is installed (the skip table says why).
 """
 
 import argparse
+import importlib.util
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import print_table, summary
-from earlytom.engine_builder.build import build, missing_gpu_stack
-from earlytom.models.registry import load_model
-from earlytom.runtime.pipeline import Pipeline
+from earlytom.compress import EarlyTomConfig
+from earlytom.compress.config import VARIANTS
+from earlytom.environment import missing_gpu_stack
+from earlytom.runtime.backends.base import KERNELS
+from earlytom.runtime.chain import VARIANT_OPS
+from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
 PROMPT = "Describe what happens in this video."
+MODELS = ("llava-ov-0.5b", "llava-ov-7b")
+RATIOS = (0.10, 0.15, 0.25)
+LAUNCHER = "earlytom.plugins.launcher"
 
 
-def compare_stages(work: Path, clip: Path) -> list[list]:
-    """TensorRT engines vs the eager model on CUDA (Triton kernels) vs the eager reference on CPU."""
-    build("tiny", work / "tiny-trt", backend="tensorrt", frames=16, progress=False)
-    trt = Pipeline.from_engine_dir(work / "tiny-trt", num_frames=16).generate(clip, PROMPT, max_new_tokens=8)
-    tiny = load_model("tiny")
-    reference = Pipeline.from_model(tiny, num_frames=16, merge_layer=1, kernels="reference")
-    ref = reference.generate(clip, PROMPT, max_new_tokens=8)
-    tiny.model.cuda()
-    triton = Pipeline.from_model(tiny, num_frames=16, merge_layer=1, kernels="triton").generate(clip, PROMPT, 8)
+@dataclass(frozen=True)
+class Installed:
+    """What the GPU paths need, as found on this machine."""
+
+    cuda_gpu: bool  # PyTorch sees an NVIDIA GPU
+    triton: bool  # the triton package imports
+    aot_launcher: bool  # earlytom.plugins.launcher (the driver-API launcher, cuda-python) exists
+    aot_kernels_option: bool  # RunOptions accepts kernels = "aot"
+    kernel_variants: tuple[str, ...]  # the EarlyTom variants the Triton kernels implement
+    ort_providers: tuple[str, ...]  # onnxruntime.get_available_providers()
+    tensorrt_missing: tuple[str, ...]  # environment.missing_gpu_stack()
+
+
+@dataclass(frozen=True)
+class GpuPath:
+    name: str
+    runs: bool
+    reason: str  # why it is skipped ("" when it runs)
+
+
+def kernel_variants() -> tuple[str, ...]:
+    """The variants whose operations earlytom.plugins.triton.ops has (empty without triton)."""
+    if importlib.util.find_spec("triton") is None:
+        return ()
+    from earlytom.plugins.triton import ops
+
+    return tuple(v for v, names in VARIANT_OPS.items() if all(hasattr(ops, name) for name in names))
+
+
+def probe() -> Installed:
+    import onnxruntime as ort
+
+    return Installed(
+        cuda_gpu=torch.cuda.is_available(),
+        triton=importlib.util.find_spec("triton") is not None,
+        aot_launcher=importlib.util.find_spec(LAUNCHER) is not None,
+        aot_kernels_option="aot" in KERNELS,
+        kernel_variants=kernel_variants(),
+        ort_providers=tuple(ort.get_available_providers()),
+        tensorrt_missing=tuple(missing_gpu_stack()),
+    )
+
+
+def plan(have: Installed, variant: str) -> list[GpuPath]:
+    """Each GPU path for the EarlyTom `variant`, whether it runs with what `have` holds, and if not, what is
+    missing."""
+    no_gpu = "PyTorch sees no CUDA GPU (a CPU-only torch build, or no NVIDIA driver/GPU)"
+    no_kernels = "" if variant in have.kernel_variants else f"the Triton kernels do not implement the {variant} variant"
+
+    def needs(*missing: str) -> str:
+        return "; ".join(m for m in missing if m)
+
+    def provider(name: str) -> str:
+        if name in have.ort_providers:
+            return ""
+        return (
+            f"onnxruntime has no {name} (it has {', '.join(have.ort_providers)}): pip uninstall -y onnxruntime "
+            "&& pip install -c constraints.txt onnxruntime-gpu"
+        )
+
+    reasons = {
+        "eager cuda + triton": needs(
+            "" if have.cuda_gpu else no_gpu, "" if have.triton else "the triton package is not installed", no_kernels
+        ),
+        "eager cuda + aot": needs(
+            "" if have.cuda_gpu else no_gpu,
+            "" if have.aot_launcher else f"{LAUNCHER} (the driver-API launcher, branch kernels) is not installed",
+            "" if have.aot_kernels_option else f"RunOptions does not accept kernels='aot' (it takes {KERNELS})",
+            no_kernels,
+        ),
+        "onnxruntime cuda": provider("CUDAExecutionProvider"),
+        "onnxruntime tensorrt": provider("TensorrtExecutionProvider"),
+        "tensorrt engines": needs(*(f"{m} is missing" for m in have.tensorrt_missing)),
+    }
+    return [GpuPath(name, not why, why) for name, why in reasons.items()]
+
+
+def settings(ratios: tuple[float, ...]) -> list[tuple[str, str, float]]:
+    """(label, method, retain ratio) of every setting timed: full tokens, then EarlyTom and global top-K per r."""
+    rows = [("full", "full", 0.15)]
+    rows += [(f"earlytom r={r:.2f}", "earlytom", r) for r in ratios]
+    return rows + [(f"global top-K r={r:.2f}", "global_topk", r) for r in ratios]
+
+
+def agreement(result: Result, oracle: Result) -> list:
+    """[same counts, same merged frames, same selected tokens, max rel. error of the embeddings, same tokens]."""
+    v, o = result.visual, oracle.visual
+    selected = torch.equal(v.frame.cpu(), o.frame) and torch.equal(v.index.cpu(), o.index)
+    err = float((v.embeds.float().cpu() - o.embeds).abs().max() / o.embeds.abs().max()) if selected else float("nan")
+    same_source = torch.equal(v.source.cpu(), o.source)
+    return [result.counts == oracle.counts, same_source, selected, f"{err:.1e}", result.token_ids == oracle.token_ids]
+
+
+def time_stages(pipe: Pipeline, clip: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Stage (and ttft) -> min/median/p90 ms over `repeats` one-token requests after one warm-up."""
+    pipe.generate(clip, PROMPT, max_new_tokens=1)
+    runs = [pipe.generate(clip, PROMPT, max_new_tokens=1).timings_ms for _ in range(repeats)]
+    return {stage: summary([run[stage] for run in runs]) for stage in runs[0]}
+
+
+# The GPU paths: (work directory, model, frames, dtype, EarlyTom config) -> a Pipeline; called only for paths
+# planned to run. Engine directories are built once per what they fix and reused.
+def eager_cuda(kernels: str) -> Callable[..., Pipeline]:
+    def make(work, model, frames, dtype, config):
+        return Pipeline.from_pretrained(
+            model, random_init=True, device="cuda", dtype=dtype, config=config, num_frames=frames, kernels=kernels
+        )
+
+    return make
+
+
+def onnxruntime_on(kind: str) -> Callable[..., Pipeline]:
+    def make(work, model, frames, dtype, config):
+        from earlytom.engine_builder.build import build
+        from earlytom.runtime.backends.onnxruntime import Providers
+
+        out = work / f"{model}-onnxruntime-{config.variant}-{dtype}-{frames}"
+        if not out.exists():
+            build(model, out, backend="onnxruntime", config=config, frames=frames, dtype=dtype, random_init=True)
+        providers = Providers(kind, trt_cache=work / "trt-ep" if kind == "tensorrt" else None)
+        return Pipeline.from_engine_dir(out, providers=providers, retain_ratio=config.retain_ratio)
+
+    return make
+
+
+def tensorrt_engines(work, model, frames, dtype, config):
+    from earlytom.engine_builder.build import build
+
+    out = work / f"{model}-tensorrt-{config.variant}-{dtype}-{frames}-r{config.retain_ratio}"
+    if not out.exists():
+        build(model, out, backend="tensorrt", config=config, frames=frames, dtype=dtype, random_init=True)
+    return Pipeline.from_engine_dir(out)
+
+
+MAKERS = {
+    "eager cuda + triton": eager_cuda("triton"),
+    "eager cuda + aot": eager_cuda("aot"),
+    "onnxruntime cuda": onnxruntime_on("cuda"),
+    "onnxruntime tensorrt": onnxruntime_on("tensorrt"),
+    "tensorrt engines": tensorrt_engines,
+}
+FIXED_SETTINGS = {"tensorrt engines"}  # engines built per ratio, EarlyTom only
+
+
+def path_runs(path: GpuPath, work: Path, model: str, frames: int, dtype: str, variant: str, ratios):
+    """(setting label, pipeline) for each setting `path` can run: one load (build) for all of them, except
+    TensorRT engines (one build per ratio, EarlyTom only)."""
+    loaded = None
+    for label, method, r in settings(tuple(ratios)):
+        config = EarlyTomConfig(variant=variant, retain_ratio=r)
+        if path.name in FIXED_SETTINGS:
+            if method == "earlytom":
+                yield label, MAKERS[path.name](work, model, frames, dtype, config)
+            continue
+        if loaded is None:
+            loaded = MAKERS[path.name](work, model, frames, dtype, config)
+        yield label, loaded.with_options(method=method, retain_ratio=r, num_frames=frames)
+
+
+def compare(paths: list[GpuPath], work: Path, clip: Path, frames: int, variant: str) -> list[list]:
+    """Part 1: each running path vs the CPU eager oracle on the tiny model, fp32, with the path's EarlyTom
+    parameters (TensorRT engines are built without the inner merge)."""
     rows = []
-    for name, result in (("tensorrt", trt), ("eager cuda + triton", triton)):
-        err = float(
-            (result.visual.embeds.float().cpu() - ref.visual.embeds).abs().max() / ref.visual.embeds.abs().max()
-        )
-        rows.append(
-            [
-                name,
-                result.counts == ref.counts,
-                torch.equal(result.visual.source.cpu(), ref.visual.source),
-                torch.equal(result.visual.frame.cpu(), ref.visual.frame),
-                f"{err:.1e}",
-                result.token_ids == ref.token_ids,
-            ]
-        )
+    oracle = Pipeline.from_pretrained("tiny", num_frames=frames, kernels="reference")
+    for path in paths:
+        for label, pipe in path_runs(path, work, "tiny", frames, "fp32", variant, (0.15,)):
+            reference = oracle.with_options(method=pipe.options.method, config=pipe.config)
+            expected = reference.generate(clip, PROMPT, max_new_tokens=8)
+            rows.append([path.name, label, *agreement(pipe.generate(clip, PROMPT, max_new_tokens=8), expected)])
     return rows
 
 
-def time_ttft(pipe: Pipeline, clip: Path, repeats: int) -> dict[str, float]:
-    pipe.generate(clip, PROMPT, max_new_tokens=1)  # warm up
-    return summary([pipe.generate(clip, PROMPT, max_new_tokens=1).timings_ms["ttft"] for _ in range(repeats)])
+def ttft_rows(paths: list[GpuPath], work: Path, clip: Path, args) -> list[list]:
+    """Part 2: TTFT per model, path and setting, with every stage's median."""
+    rows = []
+    for model in args.models:
+        for path in paths:
+            for label, pipe in path_runs(path, work, model, args.frames, "fp16", args.variant, args.ratios):
+                stages = time_stages(pipe, clip, args.repeats)
+                ttft = stages.pop("ttft")
+                detail = ", ".join(f"{s} {t['median']:.1f}" for s, t in stages.items())
+                rows.append([model, path.name, label, ttft["min"], ttft["median"], ttft["p90"], detail])
+    return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="llava-ov-0.5b")
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
-    missing = missing_gpu_stack()
-    if missing:
-        print(f"gpu_validate needs {', '.join(missing)}; nothing was run.", file=sys.stderr)
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "a GPU PyTorch does not see"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="architectures timed (random weights)")
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--variant", choices=VARIANTS, default=EarlyTomConfig().variant, help="EarlyTom variant")
+    p.add_argument("--plan", action="store_true", help="print which paths run here and why the others do not")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    paths = plan(probe(), args.variant)
+    print(f"GPU paths on this machine ({args.variant} variant)\n")
+    width = max(len(p.name) for p in paths)
+    for p in paths:
+        print(f"{p.name:<{width}}  {'runs' if p.runs else 'skipped: ' + p.reason}")
+    running = [p for p in paths if p.runs]
+    if args.plan:
+        return 0
+    if not running:
+        print("\nno GPU path is installed; nothing was run.", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         clip = write_clip(work / "clip.mp4", moving_square_frames(4 * args.frames, size=192, cut_at=2 * args.frames))
-        print("stage comparison, tiny model (reference: eager PyTorch on CPU)\n")
-        print_table(
-            ["backend", "counts", "merge sources", "selected", "max rel err", "greedy tokens"],
-            compare_stages(work, clip),
-        )
-        build(args.model, work / "real", backend="tensorrt", frames=args.frames, random_init=True, progress=False)
-        loaded = load_model(args.model, random_init=True, dtype=torch.float16)
-        loaded.model.cuda()
-        runs = {
-            "full tokens, eager fp16": Pipeline.from_model(loaded, num_frames=args.frames, method="full"),
-            "EarlyTom, eager fp16 + Triton": Pipeline.from_model(loaded, num_frames=args.frames),
-            "EarlyTom, TensorRT": Pipeline.from_engine_dir(work / "real"),
-        }
-        rows = [[name, *time_ttft(pipe, clip, args.repeats).values()] for name, pipe in runs.items()]
-    print(
-        f"\nTTFT (ms) over {args.repeats} requests, {args.model} (random weights), {args.frames} frames, "
-        f"{torch.cuda.get_device_name()}\n"
-    )
-    print_table(["method", "min", "mean", "median", "p90", "p99", "max"], rows)
+        print("\n1. agreement with eager PyTorch on the CPU (tiny model, fp32)\n")
+        header = ["path", "setting", "counts", "merged frames", "selected", "max rel err", "greedy tokens"]
+        print_table(header, compare(running, work, clip, min(args.frames, 16), args.variant))
+        print(f"\n2. TTFT (ms), {args.frames} frames, random weights, fp16, {gpu_name()}\n")
+        header = ["model", "path", "setting", "min", "median", "p90", "stage medians (ms)"]
+        print_table(header, ttft_rows(running, work, clip, args))
     return 0
 
 

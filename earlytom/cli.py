@@ -15,6 +15,8 @@ from pathlib import Path
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
 from earlytom.models.registry import known_names
 from earlytom.runtime.backends.base import KERNELS, METHODS
+from earlytom.runtime.backends.eager import DTYPES
+from earlytom.runtime.backends.onnxruntime import PROVIDERS, Providers
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.serve.cli import add_parser as add_serve_parser
@@ -39,6 +41,23 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         "otherwise)",
     )
     parser.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
+    parser.add_argument(
+        "--device", default=None, help="eager model: cpu (default), cuda or cuda:N; model and every tensor live there"
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="eager model: its precision (default fp32)")
+    parser.add_argument(
+        "--providers",
+        choices=PROVIDERS,
+        default=None,
+        help="onnxruntime engine directory: ONNX Runtime execution providers (default cpu; cuda and tensorrt "
+        "need onnxruntime-gpu)",
+    )
+    parser.add_argument(
+        "--trt-cache",
+        type=Path,
+        default=None,
+        help="--providers tensorrt: engine cache root, outside the engine directory (default ~/.cache/earlytom/trt-ep)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="at most this many new tokens (>= 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     add_debug_arg(parser)
@@ -56,12 +75,25 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     what it was built with)."""
     options = {"method": method_of(args), "num_frames": args.frames, "kernels": args.kernels}
     if args.engine is None:
-        given = {k: v for k, v in options.items() if v is not None}
+        if args.providers is not None or args.trt_cache is not None:
+            raise ValueError(
+                "--providers and --trt-cache apply to an --engine directory; the eager model takes --device"
+            )
+        loading = {"device": args.device, "dtype": args.dtype}
+        given = {k: v for k, v in (options | loading).items() if v is not None}
         name = "tiny" if args.model is None else args.model
         return Pipeline.from_pretrained(name, random_init=args.random_init, config=config_from_args(args), **given)
     if args.random_init:
         raise ValueError("--random-init is fixed when the engine is built; pass it to build_engine")
-    pipe = Pipeline.from_engine_dir(args.engine, model=args.model, **options)
+    if args.device is not None or args.dtype is not None:
+        raise ValueError(
+            "--device and --dtype apply to the eager model (--model); an engine directory's precision is fixed by "
+            "build_engine --dtype, and --providers chooses where an onnxruntime directory runs"
+        )
+    providers = None
+    if args.providers is not None or args.trt_cache is not None:
+        providers = Providers("cpu" if args.providers is None else args.providers, trt_cache=args.trt_cache)
+    pipe = Pipeline.from_engine_dir(args.engine, model=args.model, providers=providers, **options)
     fields = config_fields(args)
     return pipe.with_options(config=dataclasses.replace(pipe.config, **fields)) if fields else pipe
 

@@ -161,7 +161,9 @@ def load_model(
             model = LlavaOnevisionForConditionalGeneration(config)
             notes.append(f"{name}: random weights (--random-init): timings are real, answers are noise")
         else:
-            model = LlavaOnevisionForConditionalGeneration.from_pretrained(source, dtype=dtype)
+            model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+                source, dtype=dtype, attn_implementation="sdpa"
+            )
     except OSError as error:
         raise ModelNotFound(
             f"cannot load {name!r} ({source}): not a checkpoint directory and not in the Hugging Face cache, "

@@ -19,8 +19,9 @@ from earlytom.engine.layout import GraphSpec
 from earlytom.runtime.backends.base import RunOptions, Visual
 
 
+# The operations merge_step and select_step take from the kernel module, per variant.
 def kernel_ops(kernels: str, device: torch.device):
-    """The FrameMerge / TokenSelect implementation: the Triton kernels on CUDA (or when forced), the PyTorch
+    """The compression implementation (both variants): the Triton kernels on CUDA (or when forced), the PyTorch
     reference otherwise. Triton is imported only then: its interpreter mode is read at import."""
     if not (kernels == "triton" or (kernels == "auto" and device.type == "cuda")):
         return compress
@@ -36,7 +37,8 @@ def kernel_ops(kernels: str, device: torch.device):
 
 def compose_source(source: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
     """source [F, 2] (first, last original frame of each input row), merged [N, 2] (first, last input row of
-    each output row) -> [N, 2] in original frames."""
+    each output row; the reference merge plans on the host) -> [N, 2] in original frames, on source's device."""
+    merged = merged.to(source.device)
     return torch.stack([source[merged[:, 0], 0], source[merged[:, 1], 1]], 1)
 
 

@@ -8,16 +8,20 @@ of its requests; `with_options` gives another pipeline over the same loaded back
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from earlytom.compress import EarlyTomConfig, visual_budget
-from earlytom.models.registry import LoadedModel, load_model
+from earlytom.models.registry import LoadedModel
 from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
-from earlytom.runtime.backends.eager import EagerBackend
+from earlytom.runtime.backends.eager import EagerBackend, load_eager
 from earlytom.runtime.timing import StageTimer
 from earlytom.runtime.video import load_video, preprocess
+
+if TYPE_CHECKING:
+    from earlytom.runtime.backends.onnxruntime import Providers
 
 PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
 
@@ -76,15 +80,21 @@ class Pipeline:
         return cls(EagerBackend(loaded, options))
 
     @classmethod
-    def from_pretrained(cls, name: str, *, random_init: bool = False, **options) -> "Pipeline":
-        """The eager backend for a model name (alias, `tiny`, HF id or local directory)."""
-        return cls.from_model(load_model(name, random_init=random_init), **options)
+    def from_pretrained(
+        cls, name: str, *, random_init: bool = False, device: str = "cpu", dtype: str = "fp32", **options
+    ) -> "Pipeline":
+        """The eager backend for a model name (alias, `tiny`, HF id or local directory) on `device` (cpu, cuda,
+        cuda:N) in `dtype` (fp32, fp16, bf16)."""
+        return cls.from_model(load_eager(name, random_init=random_init, device=device, dtype=dtype), **options)
 
     @classmethod
-    def from_engine_dir(cls, directory: str | Path, *, model: str | None = None, **changes) -> "Pipeline":
+    def from_engine_dir(
+        cls, directory: str | Path, *, model: str | None = None, providers: "Providers | None" = None, **changes
+    ) -> "Pipeline":
         """The backend an engine directory was built for, after verifying it (refused if tampered, incomplete, or
-        built for another `model`). Options left None keep the build's (frames: its maximum); see with_options."""
-        backend = open_engine_dir(directory, model=model)
+        built for another `model`); an onnxruntime directory runs on `providers` (None: CPU). Options left None
+        keep the build's (frames: its maximum); see with_options."""
+        backend = open_engine_dir(directory, model=model, providers=providers)
         return cls(backend, with_changes(backend.defaults, **changes))
 
     def with_options(

@@ -19,14 +19,20 @@ def engine_text(directory: Path, manifest: Manifest) -> Text:
     return Text(tokenizer, tokenizer.chat_template, preprocess, manifest.vision.tokens_per_frame, list(manifest.notes))
 
 
-def open_engine_dir(directory: str | Path, *, model: str | None = None):
+def open_engine_dir(directory: str | Path, *, model: str | None = None, providers=None):
     """The backend of an engine directory, after finishing any interrupted replacement of it and verifying its
-    manifest (refused if tampered, incomplete, or built for another `model`)."""
+    manifest (refused if tampered, incomplete, or built for another `model`). `providers` (onnxruntime.Providers,
+    None: CPU) choose where an onnxruntime directory's graphs run; TensorRT engines refuse them."""
     directory = Path(directory)
     recover(directory)
     manifest = read_manifest(directory, expect_model=model)
     text = engine_text(directory, manifest)
     if manifest.backend == "tensorrt":
+        if providers is not None:
+            raise EngineDirError(
+                f"{directory} holds TensorRT engines, which always run on the GPU; drop --providers (it chooses "
+                "where an onnxruntime directory runs)"
+            )
         missing = missing_gpu_stack()
         if missing:
             raise EngineDirError(
@@ -38,4 +44,4 @@ def open_engine_dir(directory: str | Path, *, model: str | None = None):
         return TensorRTBackend(directory, manifest, text)  # pragma: no cover - GPU only
     from earlytom.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(directory, manifest, text)
+    return OnnxRuntimeBackend(directory, manifest, text, providers)

@@ -1,5 +1,9 @@
 """The eager backend: the transformers model itself, its encoder run as `Stretch` modules split wherever the
-run options put the merge layers (nothing is fixed at load time). The oracle for every other backend."""
+run options put the merge layers (nothing is fixed at load time). The oracle for every other backend.
+
+Device and precision are load-time choices (`load_eager`): the model, the pixels, and every tensor of the
+vision chain live on the model's device in its dtype (attention received and merge similarities in float32).
+"""
 
 from dataclasses import replace
 
@@ -7,10 +11,47 @@ import torch
 
 from earlytom.engine.layout import vision_chain
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
-from earlytom.models.registry import LoadedModel
+from earlytom.models.registry import LoadedModel, load_model
 from earlytom.runtime.backends.base import RunOptions, Text, Visual
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
+
+DEVICES = ("cpu", "cuda")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def eager_device(name: str) -> torch.device:
+    """ "cpu", "cuda" or "cuda:N" -> the device, refused when this machine's PyTorch cannot use it."""
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICES or (colon and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device = {name!r}; choose cpu, cuda or cuda:N (N: a GPU index)")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ValueError(
+            f"device = {name!r}, but PyTorch {torch.__version__} ({build}) sees no CUDA GPU; use --device cpu, "
+            "or install a CUDA build of torch on a machine with an NVIDIA GPU"
+        )
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ValueError(f"device = {name!r}, but this machine has {count} CUDA GPU(s): use cuda:0..cuda:{count - 1}")
+    return torch.device(name)
+
+
+def eager_dtype(name: str) -> torch.dtype:
+    """ "fp32" / "fp16" / "bf16" -> the torch dtype the eager model runs in."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype = {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_eager(name: str, *, random_init: bool = False, device: str = "cpu", dtype: str = "fp32") -> LoadedModel:
+    """`name` loaded (registry.load_model) in `dtype` and moved to `device`; both are checked before loading."""
+    where, precision = eager_device(device), eager_dtype(dtype)
+    loaded = load_model(name, random_init=random_init, dtype=precision)
+    loaded.model.to(where)
+    return loaded
 
 
 class EagerBackend:
@@ -25,6 +66,14 @@ class EagerBackend:
         self.num_decoder_layers = loaded.model.config.text_config.num_hidden_layers
         self.defaults = self.check(defaults)
 
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.dtype
+
     def decoder(self, config):
         return decoder_for(self.lm, config)
 
@@ -36,7 +85,12 @@ class EagerBackend:
         return replace(options, config=config)
 
     def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual:
+        """pixels [B, 3, S, S] (float32, any device; copied to the model's device in the timed stage "to_device",
+        cast to its dtype by the patch embedding) -> Visual on the model's device."""
         c = options.config
         specs = vision_chain(c.variant, c.merge_layers, self.adapter.num_layers)
         stretches = [Stretch(self.adapter, spec) for spec in specs]
+        if pixels.device != self.device:
+            with timer.stage("to_device"):
+                pixels = pixels.to(self.device)
         return encode_chain(stretches, specs, pixels, options, timer, self.adapter.image_newline)

@@ -34,7 +34,6 @@ from earlytom.compress import EarlyTomConfig
 from earlytom.compress.config import VARIANTS
 from earlytom.environment import missing_gpu_stack
 from earlytom.runtime.backends.base import KERNELS
-from earlytom.runtime.chain import VARIANT_OPS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
@@ -52,7 +51,6 @@ class Installed:
     triton: bool  # the triton package imports
     aot_launcher: bool  # earlytom.plugins.launcher (the driver-API launcher, cuda-python) exists
     aot_kernels_option: bool  # RunOptions accepts kernels = "aot"
-    kernel_variants: tuple[str, ...]  # the EarlyTom variants the Triton kernels implement
     ort_providers: tuple[str, ...]  # onnxruntime.get_available_providers()
     tensorrt_missing: tuple[str, ...]  # environment.missing_gpu_stack()
 
@@ -64,15 +62,6 @@ class GpuPath:
     reason: str  # why it is skipped ("" when it runs)
 
 
-def kernel_variants() -> tuple[str, ...]:
-    """The variants whose operations earlytom.plugins.triton.ops has (empty without triton)."""
-    if importlib.util.find_spec("triton") is None:
-        return ()
-    from earlytom.plugins.triton import ops
-
-    return tuple(v for v, names in VARIANT_OPS.items() if all(hasattr(ops, name) for name in names))
-
-
 def probe() -> Installed:
     import onnxruntime as ort
 
@@ -81,7 +70,6 @@ def probe() -> Installed:
         triton=importlib.util.find_spec("triton") is not None,
         aot_launcher=importlib.util.find_spec(LAUNCHER) is not None,
         aot_kernels_option="aot" in KERNELS,
-        kernel_variants=kernel_variants(),
         ort_providers=tuple(ort.get_available_providers()),
         tensorrt_missing=tuple(missing_gpu_stack()),
     )
@@ -91,7 +79,6 @@ def plan(have: Installed, variant: str) -> list[GpuPath]:
     """Each GPU path for the EarlyTom `variant`, whether it runs with what `have` holds, and if not, what is
     missing."""
     no_gpu = "PyTorch sees no CUDA GPU (a CPU-only torch build, or no NVIDIA driver/GPU)"
-    no_kernels = "" if variant in have.kernel_variants else f"the Triton kernels do not implement the {variant} variant"
 
     def needs(*missing: str) -> str:
         return "; ".join(m for m in missing if m)
@@ -106,13 +93,14 @@ def plan(have: Installed, variant: str) -> list[GpuPath]:
 
     reasons = {
         "eager cuda + triton": needs(
-            "" if have.cuda_gpu else no_gpu, "" if have.triton else "the triton package is not installed", no_kernels
+            "" if have.cuda_gpu else no_gpu, "" if have.triton else "the triton package is not installed"
         ),
         "eager cuda + aot": needs(
             "" if have.cuda_gpu else no_gpu,
-            "" if have.aot_launcher else f"{LAUNCHER} (the driver-API launcher, branch kernels) is not installed",
+            ""
+            if have.aot_launcher
+            else f"{LAUNCHER} (the driver-API launcher) does not import (pip install 'earlytom[gpu]')",
             "" if have.aot_kernels_option else f"RunOptions does not accept kernels='aot' (it takes {KERNELS})",
-            no_kernels,
         ),
         "onnxruntime cuda": provider("CUDAExecutionProvider"),
         "onnxruntime tensorrt": provider("TensorrtExecutionProvider"),

@@ -111,7 +111,6 @@ EVERYTHING = Installed(
     triton=True,
     aot_launcher=True,
     aot_kernels_option=True,
-    kernel_variants=("paper",),
     ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
     tensorrt_missing=(),
 )
@@ -122,7 +121,7 @@ def test_gpu_validate_runs_every_path_when_everything_is_installed():
 
 
 def test_gpu_validate_says_why_each_path_is_skipped():
-    bare = Installed(False, False, False, False, (), ("CPUExecutionProvider",), ("the tensorrt Python package",))
+    bare = Installed(False, False, False, False, ("CPUExecutionProvider",), ("the tensorrt Python package",))
     why = {p.name: p.reason for p in plan(bare, "paper") if not p.runs}
     assert set(why) == set(MAKERS)
     assert "sees no CUDA GPU" in why["eager cuda + triton"] and "triton package" in why["eager cuda + triton"]
@@ -134,12 +133,6 @@ def test_gpu_validate_says_why_each_path_is_skipped():
     assert [p.name for p in only_ort if p.runs] == ["onnxruntime cuda"]
 
 
-def test_gpu_validate_skips_kernel_paths_for_a_variant_without_kernels():
-    why = {p.name: p.reason for p in plan(EVERYTHING, "official") if not p.runs}
-    assert set(why) == {"eager cuda + triton", "eager cuda + aot"}
-    assert all(reason == "the Triton kernels do not implement the official variant" for reason in why.values())
-
-
 def test_gpu_validate_on_this_machine_prints_the_skip_table(capsys):
     have = probe()
     assert have.cuda_gpu == torch.cuda.is_available()
@@ -147,7 +140,6 @@ def test_gpu_validate_on_this_machine_prints_the_skip_table(capsys):
     assert gpu_validate_main(["--plan"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in MAKERS)
-    assert "paper" in have.kernel_variants  # the Triton kernels implement FrameMerge and TokenSelect
     if not any(p.runs for p in plan(have, "official")):
         assert gpu_validate_main([]) == 2  # nothing to run: says so, runs nothing
 

@@ -17,17 +17,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 import torch
 from PIL import Image
 
-from earlytom.models.registry import Preprocess
+if TYPE_CHECKING:  # annotations only: importing the model registry would load transformers
+    from earlytom.models.registry import Preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLINGS = ("uniform", "keyframe")
 DECODES = ("seek", "full")
+TEXT_FORMATS = {"tty"}  # FFmpeg shows text files (.txt, .ans, ...) as ANSI-art video: not a video here
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -134,9 +137,11 @@ def open_container(path: Path):
         raise VideoError(
             f"cannot read video {path}: {error}; is it a complete video file (a truncated mp4 loses its index)?"
         ) from error
-    if not container.streams.video:
+    if not container.streams.video or container.format.name in TEXT_FORMATS:
         container.close()
-        raise VideoError(f"{path} has no video stream; pass a video file, an image directory or a frame array")
+        raise VideoError(
+            f"cannot read video {path}: it has no video stream; pass a video file, an image directory or a frame array"
+        )
     return container
 
 
@@ -473,7 +478,7 @@ def stack(frames: list[torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(np.stack([frame.numpy() for frame in frames]))
 
 
-def preprocess(frames: torch.Tensor, settings: Preprocess) -> torch.Tensor:
+def preprocess(frames: torch.Tensor, settings: "Preprocess") -> torch.Tensor:
     """uint8 frames [B, H, W, 3] -> pixels [B, 3, S, S] float32: bicubic resize (antialiased; skipped when frames
     are already S x S, as stream_video(size=S) gives them), rescale, normalise. One frame at a time is float at
     its own size."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zlib
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -84,6 +85,23 @@ def test_stream_video_yields_the_frames_load_video_stacks(indexed):
     assert len(stream) == 6 and stream.indices == linspace_rule(TOTAL, 6)  # planned before any frame decodes
     frames = list(stream)
     assert torch.equal(torch.stack(frames), load_video(indexed[7], 6, size=32).frames)
+
+
+def test_container_without_a_frame_count_is_decoded_fully_and_says_so(tmp_path):
+    path = tmp_path / "clip.mkv"
+    with av.open(str(path), mode="w") as container:  # Matroska headers state no frame count
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv420p"
+        for frame in indexed_frames(40):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    video = load_video(path, 6, sampling="keyframe")
+    assert shown(video) == video.indices == linspace_rule(40, 6)
+    assert video.timestamps == [i / 8 for i in video.indices]
+    assert video.notes == [
+        f"{path} states no constant frame rate and frame count: decoded every frame to sample",
+        "keyframe sampling needs a constant frame rate and decode='seek'; sampled uniformly",
+    ]
 
 
 def test_keyframe_sampling_takes_the_keyframe_nearest_each_uniform_sample(indexed):
@@ -240,7 +258,7 @@ def test_resizing_while_decoding_matches_resizing_after(clips):
     after = preprocess(load_video(clips["cut"], 8, size=72).frames, settings)  # 72 x 72 from the decoder
     difference = (after - before).abs() / 2 * 255  # in 0..255 pixel units
     assert after.shape == before.shape == (8, 3, 72, 72)
-    assert difference.mean() < 2.0 and difference.quantile(0.99) < 25  # edges of the square differ most
+    assert difference.mean() < 2.0 and difference.quantile(0.99) < 8  # measured 1.1 and 4.0; edges differ most
 
 
 def test_array_frames_are_resized_per_frame_without_full_size_floats(tmp_path):

@@ -11,6 +11,7 @@ Memory stays bounded by the sampled frames at the target size: with `size` set, 
 beyond the one being converted, and no full-size float array at all.
 """
 
+import math
 import re
 import warnings
 from collections.abc import Iterator
@@ -51,9 +52,9 @@ class Video:
 
 @dataclass
 class FrameStream:
-    """The sampled frames as they decode: iterate (once) for uint8 [H, W, 3] tensors in order. indices,
-    timestamps and notes are known before the first frame decodes; a decoding failure raises VideoError from
-    the iteration."""
+    """The sampled frames as they decode: iterate (once) for uint8 [H, W, 3] tensors in order. indices and notes
+    are known before the first frame decodes, timestamps too (NaN for files without a constant frame rate until
+    their frame decodes); a decoding failure raises VideoError from the iteration."""
 
     indices: list[int]
     timestamps: list[float]
@@ -286,24 +287,25 @@ def keyframe_plan(container, stream, grid: Grid, indices: list[int], path: Path)
 
 
 def stream_file(path: Path, num_frames: int, size, sampling: str, decode: str, threads: bool) -> FrameStream:
+    """Plan the sampling of a video file (frame count, indices, keyframes) and return its decoding iterator."""
     container = open_container(path)
     try:
         stream = container.streams.video[0]
         set_threads(stream, threads)
-        grid = stream_grid(stream)
-        notes = []
-        if grid is None:
-            total = stream.frames or count_packets(container, stream)
+        grid, notes = stream_grid(stream), []
+        timed = grid is not None
+        if not timed:  # a variable frame rate, or a container (mkv, webm) whose header does not count frames
+            grid = Grid(0, Fraction(1), stream.frames or count_packets(container, stream), Fraction(1))
             container.seek(0)
-            grid, decode = Grid(0, Fraction(1), total, Fraction(1)), "full"
-            notes.append(f"{path} has no constant frame rate in its header: decoded every frame to sample")
+            decode = "full"
+            notes.append(f"{path} states no constant frame rate and frame count: decoded every frame to sample")
         if grid.total == 0:
-            raise VideoError(f"video {path} has no frames")
+            raise VideoError(f"video {path} has no frames; pass a video with at least one frame")
         indices = uniform_indices(grid.total, num_frames)
         notes += shortfall_note(grid.total, num_frames, str(path))
         use_keyframes = sampling == "keyframe" and decode == "seek"
-        if sampling == "keyframe" and decode == "full":
-            notes.append("keyframe sampling needs decode='seek'; sampled uniformly")
+        if sampling == "keyframe" and not use_keyframes:
+            notes.append("keyframe sampling needs a constant frame rate and decode='seek'; sampled uniformly")
         if use_keyframes:
             keys, plan_notes = keyframe_plan(container, stream, grid, indices, path)
             use_keyframes, indices, notes = not plan_notes, keys, notes + plan_notes
@@ -312,7 +314,7 @@ def stream_file(path: Path, num_frames: int, size, sampling: str, decode: str, t
         raise
     decoder = decode_keyframes if use_keyframes else decode_seeking if decode == "seek" else decode_full
     frames = decoder(container, stream, path, grid, indices, size)
-    times = [grid.seconds(i) for i in indices] if decode == "seek" else [float("nan")] * len(indices)
+    times = [grid.seconds(i) if timed else math.nan for i in indices]
     return FrameStream(indices, times, notes, _closing(container, frames, times))
 
 

@@ -7,6 +7,7 @@ import math
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import av
@@ -19,7 +20,15 @@ from PIL import Image
 
 from earlytom.models.registry import Preprocess
 from earlytom.runtime.synthetic import frame_index, indexed_frames, write_clip, write_long_clip
-from earlytom.runtime.video import VideoError, load_video, nvdec_available, preprocess, stream_video, uniform_indices
+from earlytom.runtime.video import (
+    VideoError,
+    load_video,
+    nvdec_available,
+    preprocess,
+    read_ahead,
+    stream_video,
+    uniform_indices,
+)
 
 TOTAL = 120  # frames in the indexed clips, 8 fps
 
@@ -102,6 +111,26 @@ def test_container_without_a_frame_count_is_decoded_fully_and_says_so(tmp_path):
         f"{path} states no constant frame rate and frame count: decoded every frame to sample",
         "keyframe sampling needs a constant frame rate and decode='seek'; sampled uniformly",
     ]
+
+
+def test_read_ahead_decodes_ahead_of_the_consumer_in_order(indexed):
+    stream = stream_video(indexed[7], 12, size=32)
+    decoded = []
+    ahead = read_ahead((decoded.append(f) or f for f in stream), depth=3)
+    first = next(ahead)
+    deadline = time.monotonic() + 30
+    while len(decoded) < 5 and time.monotonic() < deadline:  # 1 taken + 3 queued + 1 waiting to be queued
+        time.sleep(0.01)
+    assert len(decoded) == 5  # decoded ahead while the consumer did nothing, and no further than the bound
+    rest = list(ahead)
+    assert [frame_index(f.numpy()) for f in [first, *rest]] == linspace_rule(TOTAL, 12)
+
+
+def test_read_ahead_raises_the_decoders_error_in_the_consumer(tmp_path):
+    data = write_clip(tmp_path / "whole.mp4", indexed_frames(TOTAL), gop=10, faststart=True).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(VideoError, match="truncated or damaged"):
+        list(read_ahead(stream_video(tmp_path / "cut.mp4", 16), depth=2))
 
 
 def test_keyframe_sampling_takes_the_keyframe_nearest_each_uniform_sample(indexed):

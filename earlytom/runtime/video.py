@@ -12,7 +12,9 @@ beyond the one being converted, and no full-size float array at all.
 """
 
 import math
+import queue
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +68,52 @@ class FrameStream:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self.frames
+
+
+def read_ahead(frames: Iterator[torch.Tensor], depth: int) -> Iterator[torch.Tensor]:
+    """Run `frames` (e.g. a FrameStream) in a background thread up to `depth` items ahead of the consumer, so
+    decoding overlaps whatever consumes the frames (FFmpeg and swscale release the GIL). Items arrive in order;
+    an exception in the producer is raised in the consumer; stopping early stops the producer."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise VideoError(f"depth = {depth!r}: must be an integer >= 1 (frames decoded ahead)")
+    slots, stop, done = queue.Queue(maxsize=depth), threading.Event(), object()
+
+    def offer(item) -> bool:
+        """Put item in the queue unless the consumer stops first."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(frames)
+        try:
+            for frame in source:
+                if not offer((frame, None)):
+                    return
+            offer((done, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            offer((done, error))
+        finally:
+            if hasattr(source, "close"):  # a generator: closes its file
+                source.close()
+
+    worker = threading.Thread(target=produce, name="video-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def uniform_indices(total: int, count: int) -> list[int]:

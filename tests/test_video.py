@@ -166,7 +166,7 @@ def test_truncated_video_with_its_index_first_is_refused_saying_how_much_decodes
 def test_truncated_video_without_its_index_is_refused(tmp_path):
     data = write_clip(tmp_path / "whole.mp4", indexed_frames(TOTAL), gop=10).read_bytes()
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) * 9 // 10])
+    cut.write_bytes(data[: len(data) // 2])  # the index (moov) is written last, and is far smaller than half
     with pytest.raises(VideoError, match=rf"cannot read video {cut}: .*a truncated mp4 loses its index"):
         load_video(cut, 16)
 

@@ -47,10 +47,11 @@ def time_decode(path: Path, frames: int, options: dict, repeats: int) -> tuple[f
     return best, notes
 
 
-def measure(root: Path, gop: int, durations: dict[str, int]) -> list[dict]:
+def measure(root: Path, gop: int, durations: dict[str, int], resolutions: list[str], modes: dict) -> list[dict]:
     """One record per (resolution, duration, frames, mode): seconds and whether keyframe sampling fell back."""
     records = []
-    for resolution, (width, height) in RESOLUTIONS.items():
+    for resolution in resolutions:
+        width, height = RESOLUTIONS[resolution]
         for label, seconds in durations.items():
             start = time.perf_counter()
             path = write_long_clip(root / f"{resolution}-{seconds}s.mp4", seconds, width, height, fps=FPS, gop=gop)
@@ -58,7 +59,7 @@ def measure(root: Path, gop: int, durations: dict[str, int]) -> list[dict]:
             print(f"generated {resolution} {label}: {path.stat().st_size / 1e6:.0f} MB in {made:.0f} s", flush=True)
             repeats = 3 if seconds <= 20 else 1
             for frames in FRAMES:
-                for mode, options in MODES.items():
+                for mode, options in modes.items():
                     if options.get("decode") == "full" and frames != FRAMES[0]:
                         continue
                     took, notes = time_decode(path, frames, options, repeats)
@@ -115,7 +116,7 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(RESOLUTIONS), figsize=(11, 4), sharey=True)
-    for ax, resolution in zip(axes, RESOLUTIONS, strict=True):
+    for ax, resolution in zip(axes, RESOLUTIONS, strict=True):  # an empty panel for a resolution not run
         for mode in MODES:
             points = [
                 (r["duration"], r["seconds"])
@@ -138,11 +139,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gop", type=int, default=250, help="frames between keyframes in the generated clips")
     parser.add_argument("--quick", action="store_true", help="the 20 s and 10 min clips only")
+    parser.add_argument("--resolution", choices=RESOLUTIONS, action="append", help="only these (repeatable)")
+    parser.add_argument("--no-full", action="store_true", help="skip the full decodes (the slowest runs)")
     args = parser.parse_args()
     durations = {k: v for k, v in DURATIONS.items() if not (args.quick and v > 600)}
+    modes = {k: v for k, v in MODES.items() if not (args.no_full and v.get("decode") == "full")}
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as root:
-        records = measure(Path(root), args.gop, durations)
+        records = measure(Path(root), args.gop, durations, args.resolution or list(RESOLUTIONS), modes)
     header, rows = table(records)
     print(f"\nseconds; * = keyframe sampling fell back to uniform (too few keyframes); gop {args.gop}, {FPS} fps")
     print_table(header, rows)

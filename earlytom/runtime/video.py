@@ -263,11 +263,12 @@ def decode_seeking(container, stream, path: Path, grid: Grid, indices: list[int]
     """Decode frames `indices` (sorted) only: a seek to the keyframe before a sampled frame when that keyframe is
     ahead of the decoder's position, else decoding forward from where it is. Yields (frame, seconds) exactly as
     decode_full does."""
-    keys = [keyframe_at(container, stream, grid.pts(index), backward=True) for index in indices]
+    keys = [keyframe_packet(container, stream, grid.pts(index), backward=True) for index in indices]
+    keys = [None if key is None else grid.index(key.pts) for key in keys]  # keep indices, not packets
     frames, position = None, -1
     for index, key in zip(indices, keys, strict=True):
         try:
-            if frames is None or key is None or grid.index(key) > position:
+            if frames is None or key is None or key > position:
                 frames = frames_from(container, stream, grid, index)
             for frame in frames:
                 position = grid.index(frame.pts)
@@ -282,56 +283,61 @@ def decode_seeking(container, stream, path: Path, grid: Grid, indices: list[int]
         yield to_rgb(frame, size), float(frame.time or 0.0)
 
 
-def keyframe_at(container, stream, pts: int, backward: bool) -> int | None:
-    """pts of the keyframe a seek to `pts` lands on (the one before, or with backward=False after), read from the
-    first packet after the seek without decoding; None when there is none."""
+def keyframe_packet(container, stream, pts: int, backward: bool) -> av.Packet | None:
+    """The keyframe's packet a seek to `pts` lands on (the keyframe before it, or with backward=False after it),
+    read without decoding; None when there is none."""
     try:
         container.seek(pts, stream=stream, backward=backward)
         for packet in container.demux(stream):
             if packet.size and packet.pts is not None:
-                return packet.pts if packet.is_keyframe else None
+                return packet if packet.is_keyframe else None
     except av.FFmpegError:
         return None
     return None
 
 
-def nearest_keyframes(container, stream, grid: Grid, indices: list[int]) -> list[int]:
-    """For each sampled index, the index of the keyframe nearest it (ties: the earlier)."""
+def nearest_keyframes(container, stream, grid: Grid, indices: list[int]) -> list[av.Packet]:
+    """For each sampled index, the packet of the keyframe nearest it (ties: the earlier); one seek either side."""
     chosen = []
     for index in indices:
-        around = [keyframe_at(container, stream, grid.pts(index), backward) for backward in (True, False)]
-        candidates = sorted({grid.index(pts) for pts in around if pts is not None})
+        around = [keyframe_packet(container, stream, grid.pts(index), backward) for backward in (True, False)]
+        candidates = [packet for packet in around if packet is not None]
         if not candidates:
             raise VideoError(f"no keyframe found near frame {index} of {grid.total}")
-        chosen.append(min(candidates, key=lambda k: (abs(k - index), k)))
+        chosen.append(min(candidates, key=lambda p: (abs(grid.index(p.pts) - index), p.pts)))
     return chosen
 
 
-def decode_keyframes(container, stream, path: Path, grid: Grid, indices: list[int], size: int | None):
-    """Decode the keyframes `indices` alone (non-key frames skipped by the decoder); yields (frame, seconds)."""
-    stream.codec_context.skip_frame = "NONKEY"
-    for index in indices:
-        try:
-            container.seek(grid.pts(index), stream=stream, backward=True)
-            frame = next(container.decode(stream), None)
-        except av.FFmpegError as error:
-            raise damaged_error(path, grid, index, error) from error
-        if frame is None or grid.index(frame.pts) != index:
-            raise damaged_error(path, grid, index)
-        yield to_rgb(frame, size), float(frame.time or 0.0)
+def decode_keyframes(codec, path: Path, grid: Grid, packets: list[av.Packet], size: int | None):
+    """Decode the keyframe packets alone, one after another (no seeks, no inter frames: frame threading decodes
+    several at once); yields (frame, seconds) in the packets' order."""
+    expected = iter([grid.index(packet.pts) for packet in packets])
+    try:
+        for packet in [*packets, None]:  # None flushes the decoder
+            for frame in codec.decode(packet):
+                index = next(expected, None)
+                if grid.index(frame.pts) != index:
+                    raise damaged_error(path, grid, grid.index(frame.pts))
+                yield to_rgb(frame, size), grid.seconds(index)  # frames from a bare decoder carry no time base
+    except av.FFmpegError as error:
+        raise damaged_error(path, grid, grid.index(packet.pts if packet else packets[-1].pts), error) from error
+    missing = next(expected, None)
+    if missing is not None:
+        raise damaged_error(path, grid, missing)
 
 
-def keyframe_plan(container, stream, grid: Grid, indices: list[int], path: Path) -> tuple[list[int], list[str]]:
-    """The keyframes nearest the uniform samples, or the uniform samples themselves with a note when the keyframes
-    are too sparse to give one distinct frame per sample."""
-    keys = nearest_keyframes(container, stream, grid, indices)
-    if len(set(keys)) == len(keys):
-        return keys, []
+def keyframe_plan(container, stream, grid: Grid, indices: list[int], path: Path) -> tuple[list, list[str]]:
+    """The packets of the keyframes nearest the uniform samples, or no packets and a note when the keyframes are
+    too sparse to give one distinct frame per sample."""
+    packets = nearest_keyframes(container, stream, grid, indices)
+    distinct = len({packet.pts for packet in packets})
+    if distinct == len(packets):
+        return packets, []
     note = (
         f"keyframe sampling: {path} has too few keyframes for {len(indices)} distinct frames "
-        f"({len(set(keys))} distinct); decoded the uniform samples instead"
+        f"({distinct} distinct); decoded the uniform samples instead"
     )
-    return indices, [note]
+    return [], [note]
 
 
 def stream_file(path: Path, num_frames: int, size, sampling: str, decode: str, threads: bool) -> FrameStream:
@@ -351,17 +357,20 @@ def stream_file(path: Path, num_frames: int, size, sampling: str, decode: str, t
             raise VideoError(f"video {path} has no frames; pass a video with at least one frame")
         indices = uniform_indices(grid.total, num_frames)
         notes += shortfall_note(grid.total, num_frames, str(path))
-        use_keyframes = sampling == "keyframe" and decode == "seek"
-        if sampling == "keyframe" and not use_keyframes:
+        packets = []
+        if sampling == "keyframe" and decode == "seek":
+            packets, plan_notes = keyframe_plan(container, stream, grid, indices, path)
+            notes += plan_notes
+        elif sampling == "keyframe":
             notes.append("keyframe sampling needs a constant frame rate and decode='seek'; sampled uniformly")
-        if use_keyframes:
-            keys, plan_notes = keyframe_plan(container, stream, grid, indices, path)
-            use_keyframes, indices, notes = not plan_notes, keys, notes + plan_notes
     except BaseException:
         container.close()
         raise
-    decoder = decode_keyframes if use_keyframes else decode_seeking if decode == "seek" else decode_full
-    frames = decoder(container, stream, path, grid, indices, size)
+    if packets:
+        indices = [grid.index(packet.pts) for packet in packets]
+        frames = decode_keyframes(stream.codec_context, path, grid, packets, size)
+    else:
+        frames = (decode_seeking if decode == "seek" else decode_full)(container, stream, path, grid, indices, size)
     times = [grid.seconds(i) if timed else math.nan for i in indices]
     return FrameStream(indices, times, notes, _closing(container, frames, times))
 

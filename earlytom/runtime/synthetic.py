@@ -24,14 +24,62 @@ def moving_square_frames(num_frames: int, size: int = 96, cut_at: int | None = N
     return np.stack(frames)
 
 
-def write_clip(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
-    """Encode uint8 frames [B, H, W, 3] (H, W even) as an H.264 mp4 at `fps`."""
+def write_clip(
+    path: str | Path, frames: np.ndarray, fps: int = 8, *, gop: int | None = None, faststart: bool = False
+) -> Path:
+    """Encode uint8 frames [B, H, W, 3] (H, W even) as an H.264 mp4 at `fps` (x264's defaults, B-frames included);
+    gop: one keyframe every `gop` frames exactly (None: x264's default); faststart: the index before the data."""
     path = Path(path)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
+        if gop is not None:
+            stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+INDEX_BITS = 10
+
+
+def indexed_frames(num_frames: int, height: int = 64, width: int = 80) -> np.ndarray:
+    """uint8 [num_frames, height, width, 3]: frame t shows t in binary as INDEX_BITS vertical bars (white = 1,
+    most significant bit first) that survive lossy encoding; read back with `frame_index`."""
+    if num_frames > 2**INDEX_BITS:
+        raise ValueError(f"num_frames = {num_frames}: at most {2**INDEX_BITS} frames can carry their index")
+    bits = (np.arange(num_frames)[:, None] >> np.arange(INDEX_BITS - 1, -1, -1)) & 1  # [B, bits]
+    columns = np.repeat(bits * 255, -(-width // INDEX_BITS), axis=1)[:, :width]  # [B, width]
+    return np.broadcast_to(columns[:, None, :, None], (num_frames, height, width, 3)).astype(np.uint8)
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """The index an `indexed_frames` frame [H, W, 3] (at any size) carries."""
+    width = frame.shape[1]
+    bars = [frame[:, (2 * b + 1) * width // (2 * INDEX_BITS)].mean() > 127 for b in range(INDEX_BITS)]
+    return int(sum(int(bit) << (INDEX_BITS - 1 - n) for n, bit in enumerate(bars)))
+
+
+def write_long_clip(path: str | Path, seconds: float, width: int, height: int, *, fps: int = 5, gop: int = 250) -> Path:
+    """A long H.264 mp4 for benchmarks, cheap to encode (x264 ultrafast, one keyframe every `gop` frames, as real
+    files have): a textured gradient panning right, with a patch of fresh noise each frame so that inter frames
+    carry real data (about 5 Mbit/s at 1080p). Frames are written as YUV 4:2:0 directly."""
+    path, rng = Path(path), np.random.default_rng(0)
+    luma = (np.add.outer(np.arange(height), np.arange(width)) % 256).astype(np.uint8)
+    luma ^= rng.integers(0, 32, size=luma.shape, dtype=np.uint8)
+    chroma = np.full((height // 2, width), 128, np.uint8)
+    noise = rng.integers(0, 256, size=(height // 4, width // 4), dtype=np.uint8)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        for t in range(round(seconds * fps)):
+            plane = np.roll(luma, 4 * t, axis=1)
+            plane[: height // 4, : width // 4] = np.roll(noise, 37 * t)
+            frame = av.VideoFrame.from_ndarray(np.concatenate([plane, chroma]), format="yuv420p")
+            frame.pts = t
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path

@@ -19,6 +19,7 @@ from earlytom.runtime.backends.eager import DTYPES
 from earlytom.runtime.backends.onnxruntime import PROVIDERS, Providers
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
+from earlytom.runtime.video import SAMPLINGS
 from earlytom.serve.cli import add_parser as add_serve_parser
 
 
@@ -39,6 +40,13 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="FrameMerge/TokenSelect implementation (default auto: Triton kernels on CUDA, the PyTorch reference "
         "otherwise)",
+    )
+    parser.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default=None,
+        help="uniform (default: exactly the linspace frames) or keyframe (the nearest keyframes: no inter-frame "
+        "decoding, much faster on long videos)",
     )
     parser.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
     parser.add_argument(
@@ -73,7 +81,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     """The eager pipeline for --model, or the engine directory's backend for --engine (then --model, if
     given, must be the model the directory was built for). Options left out keep their defaults (an engine:
     what it was built with)."""
-    options = {"method": method_of(args), "num_frames": args.frames, "kernels": args.kernels}
+    options = {"method": method_of(args), "num_frames": args.frames, "kernels": args.kernels, "sampling": args.sampling}
     if args.engine is None:
         if args.providers is not None or args.trt_cache is not None:
             raise ValueError(

@@ -72,11 +72,11 @@ class Pipeline:
         method: str = "earlytom",
         num_frames: int = 32,
         kernels: str = "auto",
+        sampling: str = "uniform",
     ) -> "Pipeline":
         """The eager (reference) backend over a loaded model."""
-        options = RunOptions(
-            config=EarlyTomConfig() if config is None else config, method=method, num_frames=num_frames, kernels=kernels
-        )
+        config = EarlyTomConfig() if config is None else config
+        options = RunOptions(config=config, method=method, num_frames=num_frames, kernels=kernels, sampling=sampling)
         return cls(EagerBackend(loaded, options))
 
     @classmethod
@@ -104,11 +104,18 @@ class Pipeline:
         retain_ratio: float | None = None,
         num_frames: int | None = None,
         kernels: str | None = None,
+        sampling: str | None = None,
         config: EarlyTomConfig | None = None,
     ) -> "Pipeline":
         """The same loaded backend with other run options (None: unchanged); an option the backend fixed at
         build time is refused (UnsupportedOption)."""
-        changes = {"method": method, "num_frames": num_frames, "kernels": kernels, "config": config}
+        changes = {
+            "method": method,
+            "num_frames": num_frames,
+            "kernels": kernels,
+            "sampling": sampling,
+            "config": config,
+        }
         return Pipeline(self.backend, with_changes(self.options, retain_ratio=retain_ratio, **changes))
 
     @property
@@ -166,7 +173,8 @@ class Pipeline:
         before, after = self.prompt_ids(prompt)
         self.check_context(len(before) + len(after), max_new_tokens)
         with timer.stage("video_decode"):
-            clip = load_video(video, self.options.num_frames)
+            size = self.backend.text.preprocess.size  # each frame resized as it decodes
+            clip = load_video(video, self.options.num_frames, size=size, sampling=self.options.sampling)
         with timer.stage("preprocess"):
             pixels = preprocess(clip.frames, self.backend.text.preprocess)  # [B, 3, S, S]
         visual = self.backend.encode(pixels, self.options, timer)

@@ -21,6 +21,7 @@ import torch
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.models.registry import Preprocess
+from earlytom.runtime.video import SAMPLINGS
 
 METHODS = ("earlytom", "full", "global_topk")
 KERNELS = ("auto", "triton", "reference")
@@ -40,12 +41,15 @@ class RunOptions:
     method: str = "earlytom"
     num_frames: int = 32
     kernels: str = "auto"
+    sampling: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method = {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.kernels not in KERNELS:
             raise ValueError(f"kernels = {self.kernels!r}; choose one of {', '.join(KERNELS)}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling = {self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
         if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
             raise ValueError(f"frames = {self.num_frames!r}: sample at least 1 frame (an integer >= 1)")
 

@@ -185,8 +185,9 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
 
 
 def check_fixed(defaults: RunOptions, options: RunOptions) -> RunOptions:
-    """TensorRT engines run exactly what they were built for (frames: up to the build's maximum)."""
-    fixed = tuple(name for name in defaults.changed(options) if name != "num_frames")
+    """TensorRT engines run exactly what they were built for (frames: up to the build's maximum; how frames are
+    sampled from the video is free)."""
+    fixed = tuple(name for name in defaults.changed(options) if name not in ("num_frames", "sampling"))
     refuse_changes("tensorrt", defaults, options, fixed, "rebuild the engines with build_engine --backend tensorrt")
     if options.num_frames > defaults.num_frames:
         raise UnsupportedOption(

@@ -69,7 +69,7 @@ class EarlyTomLMM(lmms):
         device: str | None = None,
     ) -> None:
         super().__init__()
-        if int(batch_size) != 1:
+        if str(batch_size) != "1":
             raise ValueError(f"batch_size = {batch_size}: the earlytom model answers one request at a time; use 1")
         if device is not None:
             raise ValueError(

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import earlytom.compress
 from earlytom.compress import EarlyTomConfig
 from earlytom.eval import cli, compare
 from earlytom.eval.answers import answer_key, chosen_letter, expected_key, multiple_choice_prompt
-from earlytom.eval.backend import config_options
+from earlytom.eval.backend import config_fields, open_pipeline
 from earlytom.eval.questions import read_questions
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
@@ -127,8 +128,19 @@ def test_summary_counts_agreement_and_accuracy(folder):
 
 @pytest.mark.skipif("variant" in {f.name for f in dataclasses.fields(EarlyTomConfig)}, reason="variants exist here")
 def test_a_variant_this_earlytom_lacks_is_refused_by_name():
-    with pytest.raises(ValueError, match="EarlyTomConfig has no 'variant'"):
-        config_options("official", None)
+    with pytest.raises(ValueError, match="variant = 'official'.*no variants"):
+        config_fields(variant="official", preset=None, retain_ratio=None, model="tiny")
+
+
+@pytest.mark.skipif(hasattr(earlytom.compress, "preset_config"), reason="presets exist here")
+def test_a_preset_this_earlytom_lacks_is_refused_by_name():
+    with pytest.raises(ValueError, match="preset = 'videomme'.*no presets"):
+        config_fields(variant=None, preset="videomme", retain_ratio=0.2, model="tiny")
+
+
+def test_an_engine_directory_keeps_the_variant_it_was_built_with(tmp_path):
+    with pytest.raises(ValueError, match="variant = 'paper'.*runs what it was built with"):
+        open_pipeline(engine=tmp_path, variant="paper")
 
 
 def test_compare_on_a_folder_of_clips(folder, capsys):

@@ -2,26 +2,33 @@
 an engine directory (`engine`) or a model name on the eager backend (`model`)."""
 
 import dataclasses
-import inspect
 from pathlib import Path
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.runtime.pipeline import Pipeline
 
-CONFIG_OPTIONS = ("variant", "preset")  # EarlyTomConfig fields newer builds of earlytom have
 
-
-def config_options(variant: str | None, preset: str | None) -> dict:
-    """{"variant": ..., "preset": ...} for the values given, refused when this earlytom's EarlyTomConfig lacks them."""
-    given = {key: value for key, value in zip(CONFIG_OPTIONS, (variant, preset), strict=True) if value is not None}
-    fields = {f.name for f in dataclasses.fields(EarlyTomConfig)}
-    for key, value in given.items():
-        if key not in fields:
-            raise ValueError(
-                f"{key} = {value!r}: this earlytom's EarlyTomConfig has no {key!r} "
-                f"(fields: {', '.join(sorted(fields))}); install a version with EarlyTom variants, or leave {key} out"
-            )
-    return given
+def config_fields(*, variant: str | None, preset: str | None, retain_ratio: float | None, model: str | None) -> dict:
+    """The EarlyTomConfig fields asked for: the preset's (a released evaluation script's settings for the retain
+    ratio), with the given variant and retain ratio over them. Refused when this earlytom has no variants or
+    presets."""
+    explicit = {k: v for k, v in (("variant", variant), ("retain_ratio", retain_ratio)) if v is not None}
+    if variant is not None and "variant" not in {f.name for f in dataclasses.fields(EarlyTomConfig)}:
+        raise ValueError(
+            f"variant = {variant!r}: this earlytom's EarlyTomConfig has no variants; install a version with "
+            "EarlyTom variants, or leave variant out"
+        )
+    if preset is None:
+        return explicit
+    try:
+        from earlytom.compress import preset_config, with_preset
+    except ImportError:
+        raise ValueError(
+            f"preset = {preset!r}: this earlytom has no presets; install a version with them, or leave preset out"
+        ) from None
+    ratio = explicit.get("retain_ratio", EarlyTomConfig().retain_ratio)
+    family = "llava-video" if "video" in str(model).lower() else "llava-ov"
+    return with_preset(preset_config(preset, ratio, model_family=family), explicit)
 
 
 def open_pipeline(
@@ -36,29 +43,27 @@ def open_pipeline(
     random_init: bool = False,
 ) -> Pipeline:
     """The engine directory's backend when `engine` is given (then `model`, if given, must be what it was built
-    for), else the eager backend for `model`. Variant and preset go into the EarlyTom config (an engine
-    directory fixes both at build time: asking for another is the pipeline's error)."""
-    options = config_options(variant, preset)
+    for), else the eager backend for `model` with the EarlyTom config `variant`, `preset` and `retain_ratio`
+    ask for. An engine directory runs the variant and preset it was built with."""
     if engine is not None:
+        fixed = [f"{k} = {v!r}" for k, v in (("variant", variant), ("preset", preset)) if v is not None]
         if random_init:
-            raise ValueError("random_init is fixed when an engine is built; pass --random-init to build_engine")
-        accepted = inspect.signature(Pipeline.from_engine_dir).parameters
-        unsupported = [key for key in options if key not in accepted]
-        if unsupported:
+            fixed.append("random_init")
+        if fixed:
             raise ValueError(
-                f"{', '.join(unsupported)} cannot be chosen for an engine directory with this earlytom: it is fixed "
-                "when the engine is built (build_engine); leave it out"
+                f"{', '.join(fixed)}: an engine directory runs what it was built with; pass it to build_engine "
+                "(or use model=NAME for the eager backend)"
             )
         return Pipeline.from_engine_dir(
-            engine, model=model, retain_ratio=retain_ratio, num_frames=frames, method=method, **options
+            engine, model=model, retain_ratio=retain_ratio, num_frames=frames, method=method
         )
     if model is None:
         raise ValueError("give an engine directory (engine=DIR / --engine) or a model name (model=NAME / --model)")
-    ratio = {} if retain_ratio is None else {"retain_ratio": retain_ratio}
+    fields = config_fields(variant=variant, preset=preset, retain_ratio=retain_ratio, model=model)
     return Pipeline.from_pretrained(
         model,
         random_init=random_init,
-        config=EarlyTomConfig(**ratio, **options),
+        config=EarlyTomConfig(**fields),
         method=method,
         **({} if frames is None else {"num_frames": frames}),
     )

@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
     pipelines = {setting: compare.pipeline_for(setting, bases) for setting in grid}
     answers = compare.run(questions, pipelines, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     rows = compare.summarize(questions, answers)
-    notes = list(dict.fromkeys(note for p in bases.values() for note in p.notes))
-    compare.report(rows, skipped=skipped, notes=notes, as_json=args.json)
+    compare.report(rows, skipped=skipped, notes=compare.notes_of(answers), as_json=args.json)
     if args.plot is not None:
         compare.plot(rows, args.plot)
     return 0

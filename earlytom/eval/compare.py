@@ -4,7 +4,7 @@ mean visual tokens, TTFT median / p90 and the speedup over full tokens."""
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +46,7 @@ class Answer:
     visual_tokens: int
     frames_after_merge: int
     ttft_ms: float
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +101,7 @@ def ask(pipeline: Pipeline, question: Question, max_new_tokens: int) -> Answer:
         visual_tokens=result.counts["visual_tokens"],
         frames_after_merge=result.counts["frames_after_merge"],
         ttft_ms=result.timings_ms["ttft"],
+        notes=result.notes,
     )
 
 
@@ -189,6 +191,11 @@ def plot(rows: list[Summary], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def notes_of(answers: dict[Setting, list[Answer]]) -> list[str]:
+    """Every distinct note the runs gave (random weights, fewer frames than asked, ...), in order."""
+    return list(dict.fromkeys(note for replies in answers.values() for a in replies for note in a.notes))
 
 
 def report(rows: list[Summary], *, skipped: list[str], notes: list[str], as_json: bool) -> None:

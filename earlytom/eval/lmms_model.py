@@ -89,8 +89,7 @@ class EarlyTomLMM(lmms):
             frames=None if frames is None else int(frames),
             random_init=bool(random_init),
         )
-        for note in self.pipeline.notes:
-            logger.warning(note)
+        self.noted: set[str] = set()
 
     def answer(self, request: Instance) -> str:
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
@@ -101,6 +100,9 @@ class EarlyTomLMM(lmms):
         start = time.perf_counter()
         result = self.pipeline.generate(video_source(visual), context, max_new_tokens)
         seconds = time.perf_counter() - start
+        for note in set(result.notes) - self.noted:
+            logger.warning(note)
+        self.noted.update(result.notes)
         tokens = len(result.token_ids)
         log_metrics(
             total_elapsed_time=seconds,

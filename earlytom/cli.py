@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
+from earlytom.eval.cli import add_parser as add_compare_parser
 from earlytom.models.registry import known_names
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.backends.eager import DTYPES
@@ -151,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--prompt", default="What moves in this video?")
     demo_parser.set_defaults(func=demo)
     add_serve_parser(sub)
+    add_compare_parser(sub)
     return p
 
 

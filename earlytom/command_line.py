@@ -13,7 +13,7 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from earlytom.compress import EarlyTomConfig, preset_config, with_preset
+from earlytom.compress import EarlyTomConfig, preset_fields
 
 FIXES = {
     errno.ENOSPC: "free disk space or write elsewhere",
@@ -78,11 +78,7 @@ def config_fields(args: argparse.Namespace) -> dict:
     explicit = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_inner_merge:
         explicit["inner_ratio"] = 0.0
-    if args.preset is None:
-        return explicit
-    ratio = explicit.get("retain_ratio", EarlyTomConfig().retain_ratio)
-    family = "llava-video" if "video" in str(getattr(args, "model", "")).lower() else "llava-ov"
-    return with_preset(preset_config(args.preset, ratio, model_family=family), explicit)
+    return preset_fields(args.preset, explicit, model=getattr(args, "model", None))
 
 
 def config_from_args(args: argparse.Namespace) -> EarlyTomConfig:

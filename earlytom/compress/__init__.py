@@ -21,7 +21,7 @@ from earlytom.compress.official import (
     segment_frames,
     window_similarity,
 )
-from earlytom.compress.presets import preset_config, with_preset
+from earlytom.compress.presets import preset_config, preset_fields, with_preset
 from earlytom.compress.select import (
     OfficialBudget,
     SelectResult,
@@ -63,6 +63,7 @@ __all__ = [
     "plan_middles",
     "plan_segments",
     "preset_config",
+    "preset_fields",
     "segment_frames",
     "segment_labels",
     "selection_budget",

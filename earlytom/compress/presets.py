@@ -9,6 +9,8 @@ LLaVA-Video-7B.
 
 import math
 
+from earlytom.compress.config import EarlyTomConfig
+
 MODEL_FAMILIES = ("llava-ov", "llava-video")
 RETAIN_RATIOS = (0.10, 0.15, 0.20, 0.25)
 
@@ -54,3 +56,13 @@ def with_preset(preset: dict, explicit: dict) -> dict:
             "drop the preset or the variant"
         )
     return preset | {name: value for name, value in explicit.items() if value is not None}
+
+
+def preset_fields(preset: str | None, explicit: dict, *, model: str | None = None) -> dict:
+    """EarlyTomConfig fields: the user's `explicit` ones over `preset`'s (None: no preset) at the explicit retain
+    ratio (else the official default), with LLaVA-Video-7B's cells when `model` names a LLaVA-Video model."""
+    if preset is None:
+        return explicit
+    ratio = explicit.get("retain_ratio", EarlyTomConfig().retain_ratio)
+    family = "llava-video" if "video" in str(model).lower() else "llava-ov"
+    return with_preset(preset_config(preset, ratio, model_family=family), explicit)

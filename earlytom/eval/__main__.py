@@ -1,0 +1,5 @@
+import sys
+
+from earlytom.eval.launcher import main
+
+sys.exit(main())

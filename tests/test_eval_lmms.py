@@ -118,7 +118,8 @@ def test_lmms_eval_end_to_end_offline(dataset, tmp_path):
     assert 0.0 <= results["results"]["earlytom_local"]["accuracy,none"] <= 1.0
     assert results["n-samples"]["earlytom_local"]["effective"] == 2
     speed = results["throughput"]  # logged per sample by the model, averaged by lmms-eval
-    assert speed["avg_visual_tokens"] == round(0.2 * FRAMES * 25)
+    # the official variant keeps about r * B * T tokens: each of N frames keeps ceil(T * r_hat) at most
+    assert abs(speed["avg_visual_tokens"] - 0.2 * FRAMES * 25) <= FRAMES
     assert speed["avg_frames_in"] == FRAMES and speed["avg_frames_after_merge"] <= FRAMES
     assert speed["avg_ttft_ms"] > 0
     samples = glob.glob(str(out / "**" / "*_samples_earlytom_local.jsonl"), recursive=True)

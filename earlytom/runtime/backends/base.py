@@ -53,19 +53,21 @@ class RunOptions:
         if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
             raise ValueError(f"frames = {self.num_frames!r}: sample at least 1 frame (an integer >= 1)")
 
-    def changed(self, other: "RunOptions") -> list[str]:
-        """Names of the options (and EarlyTom parameters) that differ in `other`."""
-        names = [f.name for f in fields(self) if f.name != "config" and getattr(self, f.name) != getattr(other, f.name)]
-        mine, theirs = self.config.to_dict(), other.config.to_dict()
-        return names + [k for k in mine if mine[k] != theirs[k]]
+    def flat(self) -> dict:
+        """Every option and EarlyTom parameter by name."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}, **self.config.to_dict()}
+
+    def changed(self, other: "RunOptions") -> dict:
+        """The options (and EarlyTom parameters) that differ in `other` -> their value here."""
+        theirs = other.flat()
+        return {name: value for name, value in self.flat().items() if theirs[name] != value}
 
 
 def refuse_changes(backend: str, defaults: RunOptions, options: RunOptions, fixed: tuple[str, ...], fix: str) -> None:
     """UnsupportedOption if `options` differ from `defaults` in any of `fixed`."""
-    changed = [name for name in defaults.changed(options) if name in fixed]
-    if changed:
-        built = {k: v for k, v in {**defaults.config.to_dict(), **vars(defaults)}.items() if k in changed}
-        raise UnsupportedOption(f"the {backend} backend cannot change {', '.join(changed)} (built with {built}); {fix}")
+    built = {name: value for name, value in defaults.changed(options).items() if name in fixed}
+    if built:
+        raise UnsupportedOption(f"the {backend} backend cannot change {', '.join(built)} (built with {built}); {fix}")
 
 
 def with_changes(options: RunOptions, *, retain_ratio: float | None = None, **changes) -> RunOptions:

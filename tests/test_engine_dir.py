@@ -20,7 +20,6 @@ from earlytom.engine_builder import build as build_module
 from earlytom.engine_builder.build import build, main
 from earlytom.environment import missing_gpu_stack
 from earlytom.export.lint import lint_for_tensorrt
-from earlytom.plugins.tensorrt import PLUGINS
 from earlytom.runtime.backends.base import UnsupportedOption
 from earlytom.runtime.pipeline import Pipeline
 
@@ -227,8 +226,6 @@ def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
             "4",
             "--gpu-archs",
             "sm_89",
-            "--variant",
-            "paper",
         ],
         env=env,
         capture_output=True,
@@ -237,9 +234,11 @@ def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = read_manifest(tmp_path / "p")
     kernels = json.loads((tmp_path / "p" / "plugins" / "sm_89" / "kernels.json").read_text())
-    assert {k["kernel"] for k in kernels["kernels"]} == set(PLUGINS)
+    official = {"attention_row_stats", "attention_received", "window_cosine", "official_plan", "weighted_merge"}
+    official |= {"official_keep", "compact_keep", "gather_tokens"}  # the default variant's kernels
+    assert {k["kernel"] for k in kernels["kernels"]} == official
     assert {k["dtype"] for k in kernels["kernels"]} == {"fp32"}  # the graphs' dtype
-    assert "plugins/sm_89/token_cosine.fp32.ptx" in manifest.artifacts
+    assert "plugins/sm_89/official_plan.fp32.ptx" in manifest.artifacts
     assert manifest.plugin_archs == ("sm_89",)
 
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
+from earlytom.compress import EarlyTomConfig
 from earlytom.models.registry import known_names
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.pipeline import Pipeline, Result
@@ -62,6 +63,8 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         raise ValueError("--random-init is fixed when the engine is built; pass it to build_engine")
     pipe = Pipeline.from_engine_dir(args.engine, model=args.model, **options)
     fields = config_fields(args)
+    if fields.get("variant", pipe.config.variant) != pipe.config.variant:  # another variant: its own defaults
+        return pipe.with_options(config=EarlyTomConfig(**fields))
     return pipe.with_options(config=dataclasses.replace(pipe.config, **fields)) if fields else pipe
 
 

@@ -2,14 +2,18 @@
 errors become a single `error:` line and an exit status.
 
 Exit status: 0 done, 2 bad input (the message names the value and the fix), 1 the environment failed (disk
-full, permission denied, out of memory, a closed output pipe), 130 interrupted (Ctrl-C). `--debug` shows the
-traceback instead.
+full, permission denied, out of memory, a closed output pipe), 130 interrupted (Ctrl-C, SIGINT), 143 terminated
+(SIGTERM). `--debug` shows the traceback instead. Both signals unwind the program (so a build removes its staging
+directory) before the status is returned.
 """
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 
 from transformers.utils import logging as hf_logging
 
@@ -94,6 +98,27 @@ def add_debug_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, like KeyboardInterrupt for SIGINT, so that cleanups run."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within: SIGTERM raises Terminated (Python's default kills the process without running any cleanup)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def environment_fix(error: OSError) -> str:
     return FIXES.get(error.errno, "check the path, free space and permissions")
 
@@ -102,17 +127,22 @@ def run_main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> in
     """Parse `argv`, call `run(args)`, and turn every failure into one `error:` line and an exit status."""
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()
+    debug = getattr(args, "debug", False)
     try:
-        return run(args)
+        with sigterm_unwinds():
+            status = run(args)
+            sys.stdout.flush()  # a closed pipe shows here, not after the status is decided
+            return status
     except Exception as error:
-        if getattr(args, "debug", False):
+        if debug:
             raise
         return report(error)
-    except KeyboardInterrupt:
-        if getattr(args, "debug", False):
+    except (KeyboardInterrupt, Terminated) as stop:
+        if debug:
             raise
-        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+        name, status = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("Ctrl-C", 130)
+        print(f"error: interrupted ({name}); nothing half-written was kept", file=sys.stderr)
+        return status
 
 
 def report(error: Exception) -> int:

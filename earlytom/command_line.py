@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -145,6 +146,16 @@ def run_main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> in
         return status
 
 
+def as_os_error(error: Exception) -> Exception:
+    """`error`, or the OSError it stands for: one it was raised from, or the "(os error N)" that libraries written
+    in Rust (safetensors, tokenizers) put in their messages."""
+    cause = error.__cause__
+    if isinstance(cause, OSError):
+        return cause
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else error
+
+
 def report(error: Exception) -> int:
     """One line on stderr for `error`; its exit status."""
     if isinstance(error, BrokenPipeError):  # e.g. `earlytom run ... | head -1`: stdout is gone, say it on stderr
@@ -154,6 +165,7 @@ def report(error: Exception) -> int:
     if isinstance(error, ValueError):  # the project's own errors about its input name the value and the fix
         print(f"error: {error}", file=sys.stderr)
         return 2
+    error = as_os_error(error)
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename else ""
         print(f"error: {error.strerror or error}{where}; {environment_fix(error)}", file=sys.stderr)

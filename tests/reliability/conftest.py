@@ -1,9 +1,9 @@
 """Shared by the reliability suite: one tiny engine directory per session (frames=4, reused by every test that only
 reads it), a clip, and the checks every command-line failure must pass (one `error:` line, no traceback)."""
 
+import hashlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def assert_one_error(err: str, *needles: str) -> str:
     return lines[0]
 
 
-def command(module: str, *args: str, env_drop: tuple[str, ...] = ()) -> list[str]:
+def command(module: str, *args: str) -> list[str]:
     """argv running `python -m module args` with this worktree first on the path."""
     return [sys.executable, "-m", module, *args]
 
@@ -54,12 +54,6 @@ def child_env(*, drop: tuple[str, ...] = ()) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
-
-
-def run_command(module: str, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command(module, *args), env=child_env(), capture_output=True, text=True, timeout=timeout, **kwargs
-    )
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -72,5 +66,5 @@ def tree(root: Path) -> dict[str, str]:
         elif path.is_dir():
             out[rel] = "dir"
         else:
-            out[rel] = path.read_bytes().hex() if path.stat().st_size < 4096 else str(hash(path.read_bytes()))
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out

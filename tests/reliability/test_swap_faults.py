@@ -239,4 +239,3 @@ def test_overwrite_replaces_an_empty_directory_and_dot_paths_resolve(tmp_path, e
     with pytest.raises(OutputError, match="no directory name"):
         with staged(Path("/"), overwrite=True):
             pass
-

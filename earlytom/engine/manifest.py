@@ -189,7 +189,9 @@ def load_manifest(directory: Path) -> Manifest:
     """The manifest of `directory`, validated against its schema; nothing else is read."""
     path = Path(directory) / MANIFEST
     if path.is_symlink():
-        raise EngineDirError(f"{path} is a symbolic link; an engine directory holds its own manifest, rebuild it")
+        raise EngineDirError(
+            f"{path} is a symbolic link; an engine directory holds its own manifest: rebuild it with build_engine"
+        )
     if not path.is_file():
         raise EngineDirError(f"{directory} is not an engine directory (no {MANIFEST}); build one with build_engine")
     try:
@@ -236,11 +238,14 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
         )
     for graph in manifest.graphs:
         if graph.file not in listed:
-            raise EngineDirError(f"{directory}: graph {graph.file} is not among the artifacts; rebuild it")
+            raise EngineDirError(
+                f"{directory}: graph {graph.file} is not among the artifacts; rebuild it with build_engine"
+            )
     for name, expected in manifest.artifacts.items():
         if (directory / name).is_symlink() or sha256(directory / name) != expected:
             raise EngineDirError(
-                f"{directory}/{name} does not match its SHA-256 in {MANIFEST} (modified or corrupt); rebuild it"
+                f"{directory}/{name} does not match its SHA-256 in {MANIFEST} (modified, corrupt or a link); "
+                "rebuild it with build_engine"
             )
 
 
@@ -261,7 +266,9 @@ def read_manifest(directory: str | Path, *, expect_model: str | None = None) -> 
     try:
         older = bool(built_with and installed) and Version(installed) < Version(built_with)
     except InvalidVersion as error:
-        raise EngineDirError(f"{MANIFEST}.tools.onnxruntime: {error}; rebuild it with build_engine") from error
+        raise EngineDirError(
+            f"{directory}: {MANIFEST}.tools.onnxruntime: {error}; rebuild it with build_engine"
+        ) from error
     if older:
         raise EngineDirError(
             f"{directory} was verified with onnxruntime {built_with}; this environment has {installed}. "

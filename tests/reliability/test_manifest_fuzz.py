@@ -17,7 +17,7 @@ from earlytom.cli import main as earlytom_main
 from earlytom.engine.manifest import EngineDirError, Manifest, read_manifest
 from earlytom.runtime.pipeline import Pipeline
 
-FIX = "rebuild"
+FIX = "build_engine"
 
 
 def key_paths(kind, prefix=()) -> list[tuple[tuple, object]]:

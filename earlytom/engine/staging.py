@@ -101,18 +101,23 @@ def check_output(output: Path, *, overwrite: bool) -> None:
 @contextlib.contextmanager
 def staged(output: Path, *, overwrite: bool):
     """`with staged(DIR, overwrite=...) as staging:` write everything into `staging`; on success it replaces
-    DIR by renames, on any failure (Ctrl-C included) it is removed and DIR is untouched."""
+    DIR by renames, on any failure (Ctrl-C included) it is removed, DIR is untouched and the parent
+    directories it created are removed again."""
     output = Path(os.path.abspath(output))  # `.` and `a/..` get a name and a parent; links are not followed
     recover(output)
     check_output(output, overwrite=overwrite)
+    created = [parent for parent in output.parents if not parent.exists()]  # deepest first
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = hidden(output, PARTIAL, os.getpid())
-    staging.mkdir()
     try:
+        staging.mkdir()
         yield staging
         swap(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for parent in created:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
 
 

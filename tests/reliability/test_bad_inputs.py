@@ -134,6 +134,13 @@ def test_build_refuses_bad_option_values_before_writing(tmp_path, capsys, option
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing half-written
 
 
+def test_failed_build_removes_the_parents_it_created(tmp_path):
+    paper = EarlyTomConfig(variant="paper", retain_ratio=1e-9)
+    with pytest.raises(BuildError, match="refuses every request"):
+        build("tiny", tmp_path / "new" / "deeper" / "e", frames=2, config=paper, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("frames", [0, 1, -1, True, 2.5, "4", None])
 def test_build_api_refuses_frames(tmp_path, frames):
     with pytest.raises(BuildError, match=f"frames = {frames!r}"):

@@ -1,18 +1,13 @@
 """Shared by the reliability suite: one tiny engine directory per session (frames=4, reused by every test that only
-reads it), a clip, and the checks every command-line failure must pass (one `error:` line, no traceback)."""
+reads it) and a clip. The shared checks are in reliability_support."""
 
-import hashlib
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from earlytom.engine_builder.build import build
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -32,39 +27,3 @@ def clip(tmp_path_factory) -> Path:
 def engine_copy(engine, tmp_path) -> Path:
     """A private copy of the session engine in its own parent directory."""
     return shutil.copytree(engine, tmp_path / "parent" / "engine")
-
-
-def assert_one_error(err: str, *needles: str) -> str:
-    """`err` (a command's stderr) has exactly one line with `error:`, no traceback, and the line names every
-    needle; returns that line."""
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def command(module: str, *args: str) -> list[str]:
-    """argv running `python -m module args` with this worktree first on the path."""
-    return [sys.executable, "-m", module, *args]
-
-
-def child_env(*, drop: tuple[str, ...] = ()) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every path under `root` (files, directories, links) -> what it is (a file's bytes, a link's target)."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            out[rel] = f"link -> {os.readlink(path)}"
-        elif path.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out

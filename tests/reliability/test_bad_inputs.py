@@ -5,7 +5,7 @@ default and nothing else does."""
 import math
 
 import pytest
-from conftest import assert_one_error
+from reliability_support import assert_one_error
 
 from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig

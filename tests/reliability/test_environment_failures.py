@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_error, child_env, command, tree
+from reliability_support import assert_one_error, child_env, command, tree
 from safetensors.torch import save_file
 
 from earlytom.cli import main as earlytom_main

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_error, child_env, tree
+from reliability_support import assert_one_error, child_env, tree
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.manifest import read_manifest

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
+from earlytom.compress import EarlyTomConfig
 from earlytom.eval.cli import add_parser as add_compare_parser
 from earlytom.models.registry import known_names
 from earlytom.runtime.backends.base import KERNELS, METHODS
@@ -104,6 +105,8 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         providers = Providers("cpu" if args.providers is None else args.providers, trt_cache=args.trt_cache)
     pipe = Pipeline.from_engine_dir(args.engine, model=args.model, providers=providers, **options)
     fields = config_fields(args)
+    if fields.get("variant", pipe.config.variant) != pipe.config.variant:  # another variant: its own defaults
+        return pipe.with_options(config=EarlyTomConfig(**fields))
     return pipe.with_options(config=dataclasses.replace(pipe.config, **fields)) if fields else pipe
 
 

@@ -2,14 +2,19 @@
 errors become a single `error:` line and an exit status.
 
 Exit status: 0 done, 2 bad input (the message names the value and the fix), 1 the environment failed (disk
-full, permission denied, out of memory, a closed output pipe), 130 interrupted (Ctrl-C). `--debug` shows the
-traceback instead.
+full, permission denied, out of memory, a closed output pipe), 130 interrupted (Ctrl-C, SIGINT), 143 terminated
+(SIGTERM). `--debug` shows the traceback instead. Both signals unwind the program (so a build removes its staging
+directory) before the status is returned.
 """
 
 import argparse
+import contextlib
 import errno
 import os
+import re
+import signal
 import sys
+import threading
 
 from transformers.utils import logging as hf_logging
 
@@ -90,6 +95,27 @@ def add_debug_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, like KeyboardInterrupt for SIGINT, so that cleanups run."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within: SIGTERM raises Terminated (Python's default kills the process without running any cleanup)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def environment_fix(error: OSError) -> str:
     return FIXES.get(error.errno, "check the path, free space and permissions")
 
@@ -98,17 +124,32 @@ def run_main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> in
     """Parse `argv`, call `run(args)`, and turn every failure into one `error:` line and an exit status."""
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()
+    debug = getattr(args, "debug", False)
     try:
-        return run(args)
+        with sigterm_unwinds():
+            status = run(args)
+            sys.stdout.flush()  # a closed pipe shows here, not after the status is decided
+            return status
     except Exception as error:
-        if getattr(args, "debug", False):
+        if debug:
             raise
         return report(error)
-    except KeyboardInterrupt:
-        if getattr(args, "debug", False):
+    except (KeyboardInterrupt, Terminated) as stop:
+        if debug:
             raise
-        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+        name, status = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("Ctrl-C", 130)
+        print(f"error: interrupted ({name}); nothing half-written was kept", file=sys.stderr)
+        return status
+
+
+def as_os_error(error: Exception) -> Exception:
+    """`error`, or the OSError it stands for: one it was raised from, or the "(os error N)" that libraries written
+    in Rust (safetensors, tokenizers) put in their messages."""
+    cause = error.__cause__
+    if isinstance(cause, OSError):
+        return cause
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else error
 
 
 def report(error: Exception) -> int:
@@ -120,6 +161,7 @@ def report(error: Exception) -> int:
     if isinstance(error, ValueError):  # the project's own errors about its input name the value and the fix
         print(f"error: {error}", file=sys.stderr)
         return 2
+    error = as_os_error(error)
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename else ""
         print(f"error: {error.strerror or error}{where}; {environment_fix(error)}", file=sys.stderr)

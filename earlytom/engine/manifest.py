@@ -10,11 +10,25 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from earlytom.compress import EarlyTomConfig
-from earlytom.engine.layout import FORMAT, MANIFEST, GraphSpec
+from earlytom.engine.layout import (
+    DECODER,
+    DTYPES,
+    FORMAT,
+    IMAGE_NEWLINE,
+    MANIFEST,
+    PREPROCESSOR,
+    TOKENIZER,
+    GraphSpec,
+    vision_chain,
+)
 from earlytom.environment import tool_versions
+
+BACKENDS = ("onnxruntime", "tensorrt")
+# Files every engine directory has besides its graphs (what every backend opens).
+REQUIRED = (IMAGE_NEWLINE, PREPROCESSOR, f"{DECODER}/config.json", f"{TOKENIZER}/tokenizer_config.json")
 
 
 class EngineDirError(ValueError):
@@ -126,6 +140,29 @@ def check_relative(path: str, where: str) -> None:
         raise EngineDirError(f"{where} names {path!r}, outside the engine directory")
 
 
+def check_values(manifest: Manifest) -> None:
+    """The values the schema's types do not cover: known backend and dtype, positive sizes, the graphs the
+    EarlyTom configuration implies, and the files every backend opens among the artifacts."""
+    if manifest.backend not in BACKENDS or manifest.dtype not in DTYPES:
+        raise EngineDirError(
+            f"backend {manifest.backend!r} / dtype {manifest.dtype!r} is not one of {BACKENDS} / {tuple(DTYPES)}"
+        )
+    sizes = {"max_frames": manifest.max_frames, **dataclasses.asdict(manifest.vision)}
+    small = {name: value for name, value in sizes.items() if value < (2 if name == "max_frames" else 1)}
+    if small:
+        raise EngineDirError(f"{small} below the smallest valid size (max_frames >= 2, others >= 1)")
+    config = manifest.config
+    try:
+        chain = vision_chain(config.variant, config.merge_layers, manifest.vision.encoder_layers)
+    except (TypeError, ValueError) as error:
+        raise EngineDirError(f"{MANIFEST}.earlytom.merge_layers: {error}") from error
+    if manifest.graphs != chain:
+        raise EngineDirError(f"{MANIFEST}.graphs are not the vision chain its EarlyTom configuration implies")
+    missing = [name for name in REQUIRED if name not in manifest.artifacts]
+    if missing:
+        raise EngineDirError(f"{MANIFEST}.artifacts lacks {', '.join(missing)}")
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -152,6 +189,10 @@ def write_manifest(directory: Path, **fields) -> Manifest:
 def load_manifest(directory: Path) -> Manifest:
     """The manifest of `directory`, validated against its schema; nothing else is read."""
     path = Path(directory) / MANIFEST
+    if path.is_symlink():
+        raise EngineDirError(
+            f"{path} is a symbolic link; an engine directory holds its own manifest: rebuild it with build_engine"
+        )
     if not path.is_file():
         raise EngineDirError(f"{directory} is not an engine directory (no {MANIFEST}); build one with build_engine")
     try:
@@ -163,6 +204,14 @@ def load_manifest(directory: Path) -> Manifest:
         raise EngineDirError(
             f"{directory} has format {found!r}, this earlytom reads {FORMAT!r}; rebuild it with build_engine"
         )
+    try:
+        return validate(data)
+    except EngineDirError as error:
+        raise EngineDirError(f"{directory} has an invalid manifest: {error}; rebuild it with build_engine") from error
+
+
+def validate(data: dict) -> Manifest:
+    """The manifest in `data` (parsed JSON), checked against the schema and the values it implies."""
     manifest = parse(Manifest, data, MANIFEST)
     for name in manifest.artifacts:
         check_relative(name, f"{MANIFEST}.artifacts")
@@ -172,6 +221,7 @@ def load_manifest(directory: Path) -> Manifest:
         manifest.config  # noqa: B018 - the EarlyTom section must be a valid configuration
     except (TypeError, ValueError) as error:
         raise EngineDirError(f"{MANIFEST}.earlytom is not a valid EarlyTom configuration: {error}") from error
+    check_values(manifest)
     return manifest
 
 
@@ -189,11 +239,14 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
         )
     for graph in manifest.graphs:
         if graph.file not in listed:
-            raise EngineDirError(f"{directory}: graph {graph.file} is not among the artifacts; rebuild it")
+            raise EngineDirError(
+                f"{directory}: graph {graph.file} is not among the artifacts; rebuild it with build_engine"
+            )
     for name, expected in manifest.artifacts.items():
         if (directory / name).is_symlink() or sha256(directory / name) != expected:
             raise EngineDirError(
-                f"{directory}/{name} does not match its SHA-256 in {MANIFEST} (modified or corrupt); rebuild it"
+                f"{directory}/{name} does not match its SHA-256 in {MANIFEST} (modified, corrupt or a link); "
+                "rebuild it with build_engine"
             )
 
 
@@ -211,7 +264,13 @@ def read_manifest(directory: str | Path, *, expect_model: str | None = None) -> 
         )
     built_with = manifest.tools.get("onnxruntime")
     installed = tool_versions().get("onnxruntime")
-    if built_with and installed and Version(installed) < Version(built_with):
+    try:
+        older = bool(built_with and installed) and Version(installed) < Version(built_with)
+    except InvalidVersion as error:
+        raise EngineDirError(
+            f"{directory}: {MANIFEST}.tools.onnxruntime: {error}; rebuild it with build_engine"
+        ) from error
+    if older:
         raise EngineDirError(
             f"{directory} was verified with onnxruntime {built_with}; this environment has {installed}. "
             f"Upgrade onnxruntime to >= {built_with} or rebuild the directory here"

@@ -5,9 +5,11 @@ swapped into place by renames at the end.
                                      ones whose process is gone)
     .<name>.earlytom-old-<pid>       the engine being replaced, for the instant between the two renames
 
-A crash between the two renames leaves no <name> and the old engine under its hidden name: `recover` (run by
-every build and every load) renames it back; a crash after both renames leaves a hidden old copy that
-`recover` deletes. Only directories this tool created are ever deleted or replaced: `--overwrite` replaces an
+A failure between the two renames is rolled back at once; a crash there (SIGKILL, power loss) leaves no <name>
+and the old engine under its hidden name: `recover` (run by every build and every load) renames it back. A crash
+after both renames leaves a hidden old copy that `recover` deletes. `recover` only touches hidden directories of
+processes that are gone (a build in progress elsewhere keeps its own), and a load never fails because a stale
+one cannot be deleted. Only directories this tool created are ever deleted or replaced: `--overwrite` replaces an
 empty directory or one holding an engine manifest, and refuses anything else.
 """
 
@@ -44,10 +46,17 @@ def alive(pid: int) -> bool:
     return True
 
 
-def owner(staging: Path) -> int | None:
-    """The pid in the name of a staging directory of ours (None: not one of ours)."""
-    suffix = staging.name.rpartition(PARTIAL)[2]
+def owner(hidden_dir: Path, kind: str) -> int | None:
+    """The pid in the name of a hidden directory of ours of `kind` (None: not one of ours)."""
+    suffix = hidden_dir.name.rpartition(kind)[2]
     return int(suffix) if suffix.isdigit() else None
+
+
+def abandoned(output: Path, kind: str) -> list[Path]:
+    """The hidden directories of `kind` beside `output` whose process is gone (or is this one, which is not
+    writing them now)."""
+    pids = ((path, owner(path, kind)) for path in siblings(output, kind))
+    return [path for path, pid in pids if pid is not None and (pid == os.getpid() or not alive(pid))]
 
 
 def is_engine_dir(path: Path) -> bool:
@@ -61,21 +70,19 @@ def is_engine_dir(path: Path) -> bool:
 
 def recover(output: Path) -> None:
     """Finish or roll back a swap that was interrupted, and delete staging directories of dead builds."""
-    for old in siblings(output, OLD):
-        if not is_engine_dir(old):
-            continue
+    for old in abandoned(output, OLD):
         if output.exists() or output.is_symlink():
-            shutil.rmtree(old)  # the swap completed: the old engine is retired
-        else:
+            shutil.rmtree(old, ignore_errors=True)  # the swap completed: the old engine is retired
+        elif is_engine_dir(old):
             old.rename(output)  # the swap stopped half-way: the old engine comes back
-    for partial in siblings(output, PARTIAL):
-        pid = owner(partial)
-        if pid is not None and pid != os.getpid() and not alive(pid):
-            shutil.rmtree(partial)
+    for partial in abandoned(output, PARTIAL):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def check_output(output: Path, *, overwrite: bool) -> None:
     """Refuse, before any work, an output that is a file or link, or that exists and may not be replaced."""
+    if not output.name:
+        raise OutputError(f"--output {output} has no directory name of its own; give a path such as engines/NAME")
     if output.is_symlink() or (output.exists() and not output.is_dir()):
         raise OutputError(f"--output {output} is a file or a link, not a directory; choose a directory path")
     if output.parent.exists() and not output.parent.is_dir():
@@ -94,19 +101,23 @@ def check_output(output: Path, *, overwrite: bool) -> None:
 @contextlib.contextmanager
 def staged(output: Path, *, overwrite: bool):
     """`with staged(DIR, overwrite=...) as staging:` write everything into `staging`; on success it replaces
-    DIR by renames, on any failure (Ctrl-C included) it is removed and DIR is untouched."""
-    output = Path(output)
+    DIR by renames, on any failure (Ctrl-C included) it is removed, DIR is untouched and the parent
+    directories it created are removed again."""
+    output = Path(os.path.abspath(output))  # `.` and `a/..` get a name and a parent; links are not followed
     recover(output)
     check_output(output, overwrite=overwrite)
+    created = [parent for parent in output.parents if not parent.exists()]  # deepest first
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = hidden(output, PARTIAL, os.getpid())
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        staging.mkdir()
         yield staging
         swap(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for parent in created:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
 
 
@@ -120,5 +131,9 @@ def swap(staging: Path, output: Path) -> None:
         return
     old = hidden(output, OLD, os.getpid())
     output.rename(old)
-    staging.rename(output)
-    shutil.rmtree(old)
+    try:
+        staging.rename(output)
+    except BaseException:
+        old.rename(output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # what is left (a failed delete) goes at the next build or load

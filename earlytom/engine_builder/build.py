@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from earlytom.command_line import add_config_args, config_from_args, run_main
-from earlytom.compress import EarlyTomConfig
+from earlytom.command_line import add_config_args, add_debug_arg, config_from_args, run_main
+from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.engine.layout import (
     DECODER,
     IMAGE_NEWLINE,
@@ -68,6 +68,22 @@ def default_dtype(backend: str) -> str:
 def check_frames(frames: int) -> None:
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise BuildError(f"frames = {frames!r}: engines take at least 2 frames (an integer >= 2); use --frames 32")
+
+
+def check_budget(config: EarlyTomConfig, frames: int, tokens_per_frame: int) -> None:
+    """Refuse a paper-variant retain ratio that keeps no token even at the engine's largest frame count: its engine
+    would refuse every request. (The official variant keeps at least one token per frame at any ratio.)"""
+    if config.variant != "paper":
+        return
+    try:
+        visual_budget(
+            retain_ratio=config.retain_ratio,
+            num_frames=frames,
+            tokens_per_frame=tokens_per_frame,
+            available=frames * tokens_per_frame,
+        )
+    except ValueError as error:
+        raise BuildError(f"{error} (at --frames {frames} an engine built with it refuses every request)") from None
 
 
 def vision_dims(loaded: LoadedModel, adapter: LlavaOnevisionAdapter) -> VisionDims:
@@ -151,6 +167,7 @@ def build(
         loaded = load_model(model, random_init=random_init)
         adapter = LlavaOnevisionAdapter(loaded.model)
         config = config.for_model(adapter.num_layers, loaded.model.config.text_config.num_hidden_layers)
+        check_budget(config, frames, adapter.tokens_per_frame)
         notes = list(loaded.notes)
         if backend == "tensorrt" and config.inner_ratio:
             config = replace(config, inner_layer=None, inner_ratio=0.0)
@@ -227,6 +244,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
+    add_debug_arg(p)
     return p
 
 

@@ -20,7 +20,9 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 
 
 def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    """Raise unless low <= value <= high (low < value when `low_open`)."""
+    """Raise unless `value` is a real number (not a bool) with low <= value <= high (low < value when `low_open`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} = {value!r} must be a number in [{low}, {high}], not {type(value).__name__}")
     ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
     if not ok:
         bracket = "(" if low_open else "["

@@ -73,13 +73,12 @@ def test_paper_scores_are_the_last_layers_attention_received(tiny, pixels, hf_at
 
 
 @pytest.mark.parametrize("merge_layers", [(0, 2, 3), (1,), (0, 1), (2, 3)])
-def test_official_attention_outputs_are_each_merge_layers_attention_received(
-    tiny, pixels, hf_attentions, merge_layers
-):
+def test_official_attention_outputs_are_each_merge_layers_attention_received(tiny, pixels, hf_attentions, merge_layers):
     adapter = LlavaOnevisionAdapter(tiny.model)
     values = run_unmerged(adapter, "official", merge_layers, pixels)
     for layer in merge_layers:
-        torch.testing.assert_close(values[f"attention_{layer}"], received_in(hf_attentions, layer), rtol=1e-5, atol=1e-7)
+        expected = received_in(hf_attentions, layer)
+        torch.testing.assert_close(values[f"attention_{layer}"], expected, rtol=1e-5, atol=1e-7)
     # Nothing merged: the tail's scores are the last merge layer's attention received, pooled.
     expected = pooled(received_in(hf_attentions, merge_layers[-1]), adapter.grid)
     torch.testing.assert_close(values["scores"], expected, rtol=1e-5, atol=1e-7)

@@ -11,8 +11,13 @@ from earlytom.compress import (
     StreamingFrameMerge,
     StreamingOfficialCompress,
     global_topk,
+    official_budget,
+    official_select,
     preset_config,
+    selection_budget,
+    token_select,
     uniform,
+    visual_budget,
     with_preset,
 )
 
@@ -63,3 +68,45 @@ def test_presets_take_the_official_variant_and_refuse_another():
     )
     with pytest.raises(ValueError, match=message):
         with_preset(preset, {"variant": "paper"})
+
+
+def test_budget_refusals_say_how_far_to_raise_the_ratio():
+    with pytest.raises(ValueError, match=r"= 0 tokens; raise retain_ratio to at least 0.1$"):  # 0.5 / (B * T)
+        visual_budget(retain_ratio=0.01, num_frames=1, tokens_per_frame=5, available=5)
+    # K = round(0.3 * 2 * 5) = 3 for 4 static frames of N = 4: at least n_s / (B * T) = 0.4.
+    with pytest.raises(ValueError, match=r"the 4 static frames among N = 4 one token; raise r to at least 0.4$"):
+        selection_budget(torch.ones(4, dtype=torch.bool), tokens_per_frame=5, retain_ratio=0.3, num_frames=2)
+
+
+def test_static_labels_may_be_given_as_integers():
+    scores = torch.rand(3, 6, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randn(3, 6, 2)
+    as_bool = token_select(tokens, scores, torch.tensor([True, False, True]), retain_ratio=0.5, num_frames=3)
+    as_int = token_select(tokens, scores, torch.tensor([1, 0, 1]), retain_ratio=0.5, num_frames=3)
+    assert torch.equal(as_int.frame, as_bool.frame) and torch.equal(as_int.index, as_bool.index)
+
+
+@pytest.mark.parametrize(
+    ("segments", "message"),
+    [
+        (torch.tensor([0, 2]), r"^segments must be 2-D \[S, 2\], got shape \[2\]$"),
+        (torch.tensor([[0, 1, 2]]), r"^segments has shape \[1, 3\]; need \[S, 2\] with S >= 1 \(first, last\) pairs$"),
+        (torch.zeros(0, 2, dtype=torch.int64), r"^segments has shape \[0, 2\]; need \[S, 2\] with S >= 1"),
+        (
+            torch.tensor([[0, 1], [3, 3]]),
+            r"^segments \[\[0, 1\], \[3, 3\]\] must tile the N = 4 frames in order: first = previous last \+ 1, "
+            r"starting at 0 and ending at 3$",
+        ),
+    ],
+)
+def test_bad_segments_are_refused_by_name(segments, message):
+    with pytest.raises(ValueError, match=message):
+        official_select(torch.randn(4, 5, 2), torch.rand(4, 5), segments, retain_ratio=0.5, num_frames=4)
+    if segments.dim() == 2 and segments.shape[1] == 2 and len(segments) == 0:
+        with pytest.raises(ValueError, match=message):
+            official_budget(segments, tokens_per_frame=5, retain_ratio=0.5, num_frames=4)
+
+
+def test_official_budget_needs_tokens():
+    with pytest.raises(ValueError, match=r"^tokens_per_frame = 0; need T >= 1$"):
+        official_budget(torch.tensor([[0, 1]]), tokens_per_frame=0, retain_ratio=0.5, num_frames=2)

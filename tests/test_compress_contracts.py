@@ -110,3 +110,16 @@ def test_bad_segments_are_refused_by_name(segments, message):
 def test_official_budget_needs_tokens():
     with pytest.raises(ValueError, match=r"^tokens_per_frame = 0; need T >= 1$"):
         official_budget(torch.tensor([[0, 1]]), tokens_per_frame=0, retain_ratio=0.5, num_frames=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_selection_works_on_scores_of_any_float_dtype(dtype):
+    """Scores that are exact in every dtype (multiples of 1/8 up to 4) pick the same tokens in each."""
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 32, (5, 9), generator=g).float() / 8
+    tokens = torch.randn(5, 9, 2, generator=g)
+    is_static, segments = torch.tensor([False, True, True, True, False]), torch.tensor([[0, 4]])
+    for select, labels in ((token_select, is_static), (official_select, segments)):
+        reference = select(tokens, scores, labels, retain_ratio=0.4, num_frames=5)
+        other = select(tokens, scores.to(dtype), labels, retain_ratio=0.4, num_frames=5)
+        assert torch.equal(other.frame, reference.frame) and torch.equal(other.index, reference.index)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import onnx
 import pytest
@@ -215,9 +216,7 @@ def test_plugin_kernels_are_stored_per_gpu_arch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the AOT compiler needs real kernels
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "earlytom.engine_builder.build",
+            str(Path(sys.executable).parent / "build_engine"),  # the console script, as installed
             "--model",
             "tiny",
             "--output",

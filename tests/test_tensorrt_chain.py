@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_tensorrt_plans import manifest_for as plans_manifest
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.compress.official import official_compress
@@ -117,22 +118,7 @@ def test_profiles_cover_one_to_max_frames_for_every_input(case):
 
 def manifest_for(case: str) -> Manifest:
     config, dims, chain = CASES[case]
-    return Manifest(
-        format="x",
-        model=None,
-        earlytom=config.to_dict(),
-        max_frames=32,
-        vision=dims,
-        graphs=chain,
-        backend="tensorrt",
-        dtype="fp16",
-        plugin_archs=(),
-        verification_max_rel_error={},
-        notes=(),
-        created="",
-        tools={},
-        artifacts={},
-    )
+    return plans_manifest(config, chain, dims)
 
 
 @pytest.mark.parametrize("case", list(CASES))

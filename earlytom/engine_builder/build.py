@@ -157,7 +157,10 @@ def build(
     backend = choose_backend(backend)
     dtype = default_dtype(backend) if dtype is None else dtype
     torch_dtype(dtype)
-    archs = tuple(aot.ARCHS) if gpu_archs is None and backend == "tensorrt" else tuple(gpu_archs or ())
+    if gpu_archs is None:  # the TensorRT backend needs every architecture's kernels, ONNX Runtime none
+        archs = tuple(aot.ARCHS) if backend == "tensorrt" else ()
+    else:
+        archs = tuple(gpu_archs)
     config = EarlyTomConfig() if config is None else config
     with (
         staged(Path(output), overwrite=overwrite) as staging,

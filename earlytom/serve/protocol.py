@@ -18,7 +18,7 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.kind = status, message, code, kind
-        self.headers = headers or {}
+        self.headers = {} if headers is None else headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "code": self.code}}

@@ -51,7 +51,10 @@ def ray_server(tmp_path_factory):
         "--cpus-per-replica",
         "0.5",
     ]
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray Serve gives its HTTP proxy 5 s to report ready (10 s per health check): a 2-core machine busy starting
+    # Ray and two replicas can miss that, so the test allows a minute.
+    slow_machine = {f"RAY_SERVE_PROXY_{name}_TIMEOUT_S": "60" for name in ("READY_CHECK", "HEALTH_CHECK")}
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"} | slow_machine
     with open(log, "w") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -34,6 +34,9 @@ FILES = {
     "vision_tail.onnx": b"tail",
     "decoder/model.safetensors": b"weights" * 100,
     "decoder/config.json": b"{}",
+    "image_newline.safetensors": b"newline",
+    "preprocessor.json": b"{}",
+    "tokenizer/tokenizer_config.json": b"{}",
 }
 
 
@@ -42,7 +45,7 @@ def fields(**changes) -> dict:
         "model": ModelInfo("tiny", "builtin:tiny", "c" * 64, True),
         "earlytom": EarlyTomConfig(variant="paper", merge_layers=(0,)).to_dict(),
         "max_frames": 4,
-        "vision": VisionDims(72, 81, 32, 64, 25, 4),
+        "vision": VisionDims(72, 81, 32, 64, 25, 4, 4),
         "graphs": vision_chain("paper", (0,), 4),
         "backend": "onnxruntime",
         "dtype": "fp32",
@@ -88,8 +91,9 @@ def test_written_manifest_reads_back_equal(directory):
 
 
 def test_tensorrt_section_round_trips(tmp_path):
-    (tmp_path / "vision_head.onnx").write_bytes(b"x")
-    (tmp_path / "vision_tail.onnx").write_bytes(b"y")
+    for name, data in FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
     info = TensorRTInfo("11.1.0", "1.0", "sm_89")
     written = write_manifest(tmp_path, **fields(tensorrt=info, backend="tensorrt"))
     assert read_manifest(tmp_path).tensorrt == info == written.tensorrt
@@ -213,7 +217,7 @@ def broken(directory, change) -> None:
 )
 def test_schema_violations_are_refused_by_name(directory, change, message):
     broken(directory, change)
-    with pytest.raises(EngineDirError, match=rf"^{message}"):
+    with pytest.raises(EngineDirError, match=rf"invalid manifest: {message}"):
         read_manifest(directory)
 
 
@@ -242,24 +246,28 @@ def test_paths_outside_the_directory_are_refused(directory, path):
     ):
         check_relative(path, "where")
     broken(directory, lambda d: d["artifacts"].__setitem__(path, "0" * 64))
-    with pytest.raises(EngineDirError, match=r"^manifest.json.artifacts names .*, outside the engine directory$"):
+    with pytest.raises(
+        EngineDirError, match=r"invalid manifest: manifest.json.artifacts names .*, outside the engine directory"
+    ):
         read_manifest(directory)
 
 
 def test_graph_file_outside_the_directory_is_refused(directory):
     broken(directory, lambda d: d["graphs"][0].__setitem__("name", "../head"))
-    with pytest.raises(EngineDirError, match=r"^manifest.json.graphs names '../head.onnx', outside"):
+    with pytest.raises(EngineDirError, match=r"invalid manifest: manifest.json.graphs names '../head.onnx', outside"):
         read_manifest(directory)
     check_relative("decoder/model.safetensors", "where")  # inside: accepted
 
 
 def test_invalid_earlytom_section_is_refused(directory):
     broken(directory, lambda d: d["earlytom"].__setitem__("retain_ratio", 2.0))
-    message = r"^manifest.json.earlytom is not a valid EarlyTom configuration: retain_ratio = 2.0 is outside"
+    message = r"invalid manifest: manifest.json.earlytom is not a valid EarlyTom configuration: retain_ratio = 2.0 is"
     with pytest.raises(EngineDirError, match=message):
         read_manifest(directory)
     broken(directory, lambda d: d["earlytom"].__setitem__("colour", 1))
-    with pytest.raises(EngineDirError, match=r"^manifest.json.earlytom is not a valid EarlyTom configuration: unknown"):
+    with pytest.raises(
+        EngineDirError, match=r"invalid manifest: manifest.json.earlytom is not a valid EarlyTom configuration: unknown"
+    ):
         read_manifest(directory)
 
 

@@ -84,7 +84,7 @@ def test_manifest_with_a_changed_hash_is_refused(copy):
 
 def test_manifest_with_an_unlisted_file_is_refused(copy):
     edit_manifest(copy, lambda data: data["artifacts"].pop("tokenizer/tokenizer.json"))
-    with pytest.raises(EngineDirError, match=r"holds files its manifest does not list \(decoder/config.json\)"):
+    with pytest.raises(EngineDirError, match=r"holds files its manifest does not list \(tokenizer/tokenizer.json\)"):
         read_manifest(copy)
 
 

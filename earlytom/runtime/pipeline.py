@@ -43,11 +43,11 @@ class Result:
         return {"text": self.text, "timings_ms": self.timings_ms, "counts": self.counts, "notes": self.notes}
 
 
-def most_visual_tokens(options: RunOptions, num_frames: int, tokens_per_frame: int) -> int:
-    """Visual tokens (without the newline) the decoder gets at most for `num_frames` frames B: B*T with full
+def most_visual_tokens(options: RunOptions, tokens_per_frame: int) -> int:
+    """Visual tokens (without the newline) the decoder gets at most for B = options.num_frames: B*T with full
     tokens, K = round(r*B*T) for the paper variant and top-K; the official variant keeps up to ceil(T*r_hat)
     per frame with r_hat = r*B/N, at most r*B*T + N <= r*B*T + B in all."""
-    B, T, r = num_frames, tokens_per_frame, options.config.retain_ratio
+    B, T, r = options.num_frames, tokens_per_frame, options.config.retain_ratio
     if options.method == "full":
         return B * T
     if options.method == "earlytom" and options.config.variant == "official":
@@ -151,10 +151,9 @@ class Pipeline:
         after_ids = encode(head) + encode(prompt, split=True) + encode(tail)
         return torch.tensor(encode(before), dtype=torch.long), torch.tensor(after_ids, dtype=torch.long)
 
-    def check_context(self, text_tokens: int, max_new_tokens: int) -> None:
-        T = self.backend.text.tokens_per_frame
-        visual = most_visual_tokens(self.options, self.options.num_frames, T) + 1
-        limit = self.decoder.context_length
+    def check_context(self, text_tokens: int, max_new_tokens: int, limit: int) -> None:
+        """PromptTooLong unless the prompt, the most visual tokens and the answer fit `limit` (the context window)."""
+        visual = most_visual_tokens(self.options, self.backend.text.tokens_per_frame) + 1
         if text_tokens + visual + max_new_tokens > limit:
             raise PromptTooLong(
                 f"the prompt ({text_tokens} tokens) + up to {visual} visual tokens + {max_new_tokens} new tokens "
@@ -171,7 +170,8 @@ class Pipeline:
             raise ValueError(f"max_new_tokens = {max_new_tokens!r}: generate at least 1 token (an integer >= 1)")
         timer = StageTimer()
         before, after = self.prompt_ids(prompt)
-        self.check_context(len(before) + len(after), max_new_tokens)
+        decoder = self.decoder
+        self.check_context(len(before) + len(after), max_new_tokens, decoder.context_length)
         with timer.stage("video_decode"):
             size = self.backend.text.preprocess.size  # each frame resized as it decodes
             clip = load_video(video, self.options.num_frames, size=size, sampling=self.options.sampling)
@@ -179,7 +179,6 @@ class Pipeline:
             pixels = preprocess(clip.frames, self.backend.text.preprocess)  # [B, 3, S, S]
         visual = self.backend.encode(pixels, self.options, timer)
         eos = self.tokenizer.eos_token_id
-        decoder = self.decoder
         generated = decoder.greedy(
             before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
         )

@@ -11,9 +11,10 @@ A backend is opened from a model (eager) or a verified engine directory (onnxrun
     check(options)          -> options, or UnsupportedOption when the backend cannot run them (TensorRT engines
                             fix the method and the EarlyTom parameters at build time, ONNX graphs the merge
                             layers, an engine directory the largest frame count)
-    encode(pixels [B, 3, S, S], options, timer) -> Visual
+    encode(pixels, options, timer) -> Visual   pixels: chunks [b, 3, S, S] as the video decodes (B frames in all)
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
@@ -112,4 +113,4 @@ class Backend(Protocol):
 
     def check(self, options: RunOptions) -> RunOptions: ...
 
-    def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual: ...
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual: ...

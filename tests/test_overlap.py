@@ -109,3 +109,13 @@ def test_a_failing_encoder_stops_the_decoding_thread(tiny, clips, monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         pipe.generate(clips["moving"], "Hi", 1)
     assert not [t for t in threading.enumerate() if t.name == "video-decode"]
+
+
+def test_frames_are_decoded_for_the_vision_encoders_device(tiny, clips, tmp_path):
+    """CPU encoders get PyAV frames with no note; the onnxruntime backend always reads host arrays."""
+    from earlytom.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    pipe = Pipeline.from_model(tiny, num_frames=4)
+    assert pipe.backend.video_device == torch.device("cpu") == OnnxRuntimeBackend.video_device
+    result = pipe.generate(clips["moving"], "Hi", 1)
+    assert not [note for note in result.notes if "NVDEC" in note]

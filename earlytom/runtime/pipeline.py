@@ -192,7 +192,13 @@ class Pipeline:
         self.check_context(len(before) + len(after), max_new_tokens, decoder.context_length)
         settings = self.backend.text.preprocess
         with timer.stage("video_decode"):  # planning: open the file, find the frames (or keyframes) to decode
-            stream = stream_video(video, self.options.num_frames, size=settings.size, sampling=self.options.sampling)
+            stream = stream_video(
+                video,
+                self.options.num_frames,
+                size=settings.size,
+                sampling=self.options.sampling,
+                device=self.backend.video_device,  # a GPU encoder: NVDEC when installed
+            )
         frames = read_ahead(timer.timed(stream, "video_decode"), READ_AHEAD)  # decodes in a background thread
         try:
             visual = self.backend.encode(pixel_chunks(frames, settings, timer), self.options, timer)

@@ -8,6 +8,8 @@ A backend is opened from a model (eager) or a verified engine directory (onnxrun
                             visual [K+1, D'], after [Q], *, max_new_tokens, eos, timer, on_token) -> ids;
                             context_length; inner_counts (None without an inner merge)
     defaults                RunOptions the backend was built or loaded with
+    video_device            where decoded frames should land: "cuda" when the vision encoder runs on a GPU (NVDEC
+                            decodes there when installed), else "cpu"
     check(options)          -> options, or UnsupportedOption when the backend cannot run them (TensorRT engines
                             fix the method and the EarlyTom parameters at build time, ONNX graphs the merge
                             layers, an engine directory the largest frame count)
@@ -108,6 +110,7 @@ class Backend(Protocol):
     name: str
     text: Text
     defaults: RunOptions
+    video_device: torch.device
 
     def decoder(self, config: EarlyTomConfig): ...
 

@@ -72,6 +72,10 @@ class EagerBackend:
         return self.lm.device
 
     @property
+    def video_device(self) -> torch.device:
+        return self.device
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.lm.dtype
 

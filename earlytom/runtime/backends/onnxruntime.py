@@ -200,6 +200,7 @@ def graph_sessions(directory: Path, manifest: Manifest, providers: Providers) ->
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    video_device = torch.device("cpu")  # the sessions read host arrays, whatever their provider
 
     def __init__(self, directory: Path, manifest: Manifest, text: Text, providers: Providers | None = None) -> None:
         self.manifest, self.text = manifest, text

@@ -165,6 +165,7 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
     EarlyTom parameter, the method and the kernels are fixed at build time."""
 
     name = "tensorrt"
+    video_device = torch.device("cuda")
 
     def __init__(self, directory: Path, manifest: Manifest, text: Text) -> None:
         self.manifest, self.text = manifest, text

@@ -120,6 +120,8 @@ def report(result: Result, as_json: bool) -> None:
     width = max(map(len, [*result.timings_ms, *result.counts]))
     for stage, ms in result.timings_ms.items():
         print(f"{stage:>{width}}  {ms:10.1f} ms")
+    stages = sum(ms for stage, ms in result.timings_ms.items() if stage != "ttft")
+    print(f"stages add up to {stages:.1f} ms; ttft is wall time (video decoding overlaps the vision encoder)")
     print()
     for name, value in result.counts.items():
         print(f"{name:>{width}}  {value:10d}")

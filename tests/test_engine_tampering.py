@@ -139,5 +139,5 @@ def test_onnxruntime_graphs_match_transformers(engine, tiny):
     expected_scores = pooled(attentions[layers[-1]].float().mean(dim=(1, 2)), grid)
     torch.testing.assert_close(values["scores"], expected_scores, rtol=1e-4, atol=1e-7)
     with torch.inference_mode():
-        visual = backend.encode(pixels, pipe.options, StageTimer())
+        visual = backend.encode([pixels], pipe.options, StageTimer())
     torch.testing.assert_close(visual.embeds, reference, rtol=1e-4, atol=1e-5)

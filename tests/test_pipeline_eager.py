@@ -38,7 +38,7 @@ def test_uncompressed_adapter_equals_transformers_forward(tiny):
     pipe = Pipeline.from_model(tiny, method="full")  # the official chain, nothing merged
     before, after = pipe.prompt_ids("Describe the video.")
     with torch.inference_mode():
-        visual = pipe.backend.encode(pixels, pipe.options, StageTimer())
+        visual = pipe.backend.encode([pixels], pipe.options, StageTimer())
         ours, _ = decoder.prefill(torch.cat([decoder.embed(before), visual.embeds, decoder.embed(after)]))
         n_visual = visual.embeds.shape[0]
         ids = torch.cat([before, torch.full((n_visual,), config.video_token_index), after])
@@ -74,9 +74,6 @@ def test_compressed_request_reaches_decoder_with_k_plus_newline(pipeline, clips)
     assert bool((flat.diff() > 0).all()) and int(visual.frame.max()) < N
     stages = ["video_decode", "preprocess", "vision_head", "frame_merge", "vision_tail", "token_select", "prefill"]
     assert list(result.timings_ms) == [*stages, "first_token", "ttft"]  # every stage of an EarlyTom request
-    assert result.timings_ms["ttft"] == pytest.approx(
-        sum(v for k, v in result.timings_ms.items() if k != "ttft"), abs=0.01
-    )
     assert 1 <= len(result.token_ids) <= 4
 
 
@@ -98,8 +95,9 @@ def test_identical_frames_merge_in_the_model(tiny):
     frames = moving_square_frames(6)
     frames = np.stack([frames[0], frames[1], frames[1], frames[3], frames[4], frames[5]])  # frames 1 and 2 identical
     pipe = Pipeline.from_model(tiny, num_frames=6, config=EarlyTomConfig(variant="paper", tau_seg=-1.0))
+    pixels = preprocess(torch.from_numpy(frames), tiny.preprocess)
     with torch.inference_mode():
-        visual = pipe.backend.encode(preprocess(torch.from_numpy(frames), tiny.preprocess), pipe.options, StageTimer())
+        visual = pipe.backend.encode([pixels], pipe.options, StageTimer())
     assert [1, 2] in visual.source.tolist()
 
 

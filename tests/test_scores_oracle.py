@@ -101,5 +101,5 @@ def hf_video_features(tiny, pixels: torch.Tensor) -> torch.Tensor:
 def test_eager_full_method_tokens_are_transformers_video_features(tiny, pixels, variant):
     pipe = Pipeline.from_model(tiny, num_frames=FRAMES, method="full", config=EarlyTomConfig(variant=variant))
     with torch.inference_mode():
-        visual = pipe.backend.encode(pixels, pipe.options, StageTimer())
+        visual = pipe.backend.encode([pixels], pipe.options, StageTimer())
     torch.testing.assert_close(visual.embeds, hf_video_features(tiny, pixels), rtol=1e-5, atol=1e-6)

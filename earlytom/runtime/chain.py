@@ -3,14 +3,18 @@ stretches one call at a time (eager: `Stretch` modules; onnxruntime: one session
 
     pixels --stretch 0--> hidden (+ attention) --compress--> ... --stretch m--> tokens, scores --select--> Visual
 
+The pixels arrive in chunks of frames as the video decodes: stretch 0 runs chunk by chunk (each frame is
+independent of the others until the first merge), every later stretch on all frames at once.
+
 `paper` (one merge layer): FrameMerge on the hidden states, TokenSelect by static/dynamic labels.
 `official` (DESIGN.md section 4b): official_compress after every merge layer (hidden and attention rows merged
 alike; the last one re-segments), official_select per segment. The methods `full` and `global_topk` run the
 same stretches without compression.
 """
 
+import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -70,23 +74,40 @@ def select_step(ops, options: RunOptions, tokens, scores, labels, *, num_frames:
     return ops.official_select(tokens, scores, labels, retain_ratio=r, num_frames=num_frames)
 
 
+def first_stretch(stretch, spec: GraphSpec, chunks: Iterable[torch.Tensor], timer) -> dict[str, torch.Tensor]:
+    """The first stretch over pixel chunks [b, 3, S, S] as they arrive (frames are independent until the first
+    merge, so it starts before the last frame is decoded) -> its outputs by name, concatenated along frames."""
+    parts = []
+    for chunk in chunks:
+        with timer.stage(spec.name):
+            parts.append(stretch(chunk))
+    return {name: torch.cat(outputs) for name, outputs in zip(spec.outputs, zip(*parts, strict=True), strict=True)}
+
+
 def encode_chain(
     stretches: Sequence[Callable[..., tuple]],
     specs: Sequence[GraphSpec],
-    pixels: torch.Tensor,
+    pixels: Iterable[torch.Tensor],
     options: RunOptions,
     timer,
     image_newline: torch.Tensor,
 ) -> Visual:
-    """pixels [B, 3, S, S] through `stretches` (one per spec, taking the spec's inputs and returning its outputs
-    in order) with the compression of `options` between them -> Visual (K selected tokens + image_newline)."""
-    B = pixels.shape[0]
-    ops = kernel_ops(options.kernels, pixels.device)
-    source = torch.arange(B, device=pixels.device)[:, None].expand(B, 2)
-    frames_after, labels, values = {}, None, {"pixels": pixels}
+    """pixels: chunks [b, 3, S, S] of B frames in all, through `stretches` (one per spec, taking the spec's inputs
+    and returning its outputs in order; the first takes the pixels chunk by chunk) with the compression of
+    `options` between them -> Visual (K selected tokens + image_newline)."""
+    chunks = iter(pixels)
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError("no frames to encode: the video gave none")
+    ops = kernel_ops(options.kernels, first.device)  # refused before any work if the kernels cannot run here
+    values = first_stretch(stretches[0], specs[0], itertools.chain([first], chunks), timer)
+    B = values[specs[0].outputs[0]].shape[0]
+    source = torch.arange(B, device=first.device)[:, None].expand(B, 2)
+    frames_after, labels = {}, None
     for i, (stretch, spec) in enumerate(zip(stretches, specs, strict=True)):
-        with timer.stage(spec.name):
-            values |= zip(spec.outputs, stretch(*(values[name] for name in spec.inputs)), strict=True)
+        if i:
+            with timer.stage(spec.name):
+                values |= zip(spec.outputs, stretch(*(values[name] for name in spec.inputs)), strict=True)
         if spec.final or options.method != "earlytom":
             continue
         with timer.stage("frame_merge"):

@@ -1,11 +1,17 @@
 """One request end to end: video -> frames -> the vision chain with EarlyTom compression -> prefill with the
 visual tokens spliced into the prompt -> greedy decoding. Every stage is timed.
 
+Decoding overlaps the vision encoder: a background thread decodes the sampled frames (at most READ_AHEAD
+ahead) while the first vision stretch runs on chunks of CHUNK_FRAMES as they arrive. `ttft` is wall time; the
+stages (video_decode included whole) can sum to more.
+
 A `Pipeline` composes a backend (earlytom.runtime.backends: eager, onnxruntime, tensorrt) with the run options
 of its requests; `with_options` gives another pipeline over the same loaded backend.
 """
 
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,17 +19,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from earlytom.compress import EarlyTomConfig, visual_budget
-from earlytom.models.registry import LoadedModel
+from earlytom.models.registry import LoadedModel, Preprocess
 from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
 from earlytom.runtime.backends.eager import EagerBackend, load_eager
 from earlytom.runtime.timing import StageTimer
-from earlytom.runtime.video import load_video, preprocess
+from earlytom.runtime.video import preprocess, read_ahead, stack, stream_video
 
 if TYPE_CHECKING:
     from earlytom.runtime.backends.onnxruntime import Providers
 
 PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
+CHUNK_FRAMES = 4  # frames per call of the first vision stretch: the encoder starts once this many are decoded
+READ_AHEAD = 2 * CHUNK_FRAMES  # frames the decoding thread may hold ahead of the encoder
 
 
 class PromptTooLong(ValueError):
@@ -53,6 +61,16 @@ def most_visual_tokens(options: RunOptions, tokens_per_frame: int) -> int:
     if options.method == "earlytom" and options.config.variant == "official":
         return min(B * T, math.ceil(r * B * T) + B)
     return visual_budget(retain_ratio=r, num_frames=B, tokens_per_frame=T, available=B * T)
+
+
+def pixel_chunks(frames: Iterable[torch.Tensor], settings: Preprocess, timer) -> Iterator[torch.Tensor]:
+    """uint8 frames [H, W, 3] as they decode -> pixels [b, 3, S, S] in chunks of up to CHUNK_FRAMES, each
+    preprocessed in the stage "preprocess"."""
+    source = iter(frames)
+    for batch in iter(lambda: list(itertools.islice(source, CHUNK_FRAMES)), []):
+        with timer.stage("preprocess"):
+            pixels = preprocess(stack(batch), settings)
+        yield pixels
 
 
 class Pipeline:
@@ -172,19 +190,27 @@ class Pipeline:
         before, after = self.prompt_ids(prompt)
         decoder = self.decoder
         self.check_context(len(before) + len(after), max_new_tokens, decoder.context_length)
-        with timer.stage("video_decode"):
-            size = self.backend.text.preprocess.size  # each frame resized as it decodes
-            clip = load_video(video, self.options.num_frames, size=size, sampling=self.options.sampling)
-        with timer.stage("preprocess"):
-            pixels = preprocess(clip.frames, self.backend.text.preprocess)  # [B, 3, S, S]
-        visual = self.backend.encode(pixels, self.options, timer)
+        settings = self.backend.text.preprocess
+        with timer.stage("video_decode"):  # planning: open the file, find the frames (or keyframes) to decode
+            stream = stream_video(
+                video,
+                self.options.num_frames,
+                size=settings.size,
+                sampling=self.options.sampling,
+                device=self.backend.video_device,  # a GPU encoder: NVDEC when installed
+            )
+        frames = read_ahead(timer.timed(stream, "video_decode"), READ_AHEAD)  # decodes in a background thread
+        try:
+            visual = self.backend.encode(pixel_chunks(frames, settings, timer), self.options, timer)
+        finally:
+            frames.close()  # stops the decoding thread and closes the file if the encoder stopped early
         eos = self.tokenizer.eos_token_id
         generated = decoder.greedy(
             before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
         )
         answer = generated[:-1] if generated[-1] == eos else generated
         counts = {
-            "frames_in": int(pixels.shape[0]),
+            "frames_in": len(stream),
             **{f"frames_after_layer_{layer}": n for layer, n in visual.frames_after.items()},
             "frames_after_merge": int(visual.source.shape[0]),
             "visual_tokens": int(visual.embeds.shape[0] - 1),
@@ -196,5 +222,5 @@ class Pipeline:
             timings_ms=timer.breakdown(),
             counts=counts,
             visual=visual,
-            notes=self.backend.text.notes + clip.notes,
+            notes=self.backend.text.notes + stream.notes,
         )

@@ -8,12 +8,15 @@ A backend is opened from a model (eager) or a verified engine directory (onnxrun
                             visual [K+1, D'], after [Q], *, max_new_tokens, eos, timer, on_token) -> ids;
                             context_length; inner_counts (None without an inner merge)
     defaults                RunOptions the backend was built or loaded with
+    video_device            where decoded frames should land: "cuda" when the vision encoder runs on a GPU (NVDEC
+                            decodes there when installed), else "cpu"
     check(options)          -> options, or UnsupportedOption when the backend cannot run them (TensorRT engines
                             fix the method and the EarlyTom parameters at build time, ONNX graphs the merge
                             layers, an engine directory the largest frame count)
-    encode(pixels [B, 3, S, S], options, timer) -> Visual
+    encode(pixels, options, timer) -> Visual   pixels: chunks [b, 3, S, S] as the video decodes (B frames in all)
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
@@ -107,9 +110,10 @@ class Backend(Protocol):
     name: str
     text: Text
     defaults: RunOptions
+    video_device: torch.device
 
     def decoder(self, config: EarlyTomConfig): ...
 
     def check(self, options: RunOptions) -> RunOptions: ...
 
-    def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual: ...
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual: ...

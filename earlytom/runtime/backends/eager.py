@@ -5,6 +5,7 @@ Device and precision are load-time choices (`load_eager`): the model, the pixels
 vision chain live on the model's device in its dtype (attention received and merge similarities in float32).
 """
 
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import torch
@@ -71,6 +72,10 @@ class EagerBackend:
         return self.lm.device
 
     @property
+    def video_device(self) -> torch.device:
+        return self.device
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.lm.dtype
 
@@ -84,13 +89,17 @@ class EagerBackend:
         vision_chain(config.variant, config.merge_layers, self.adapter.num_layers)
         return replace(options, config=config)
 
-    def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual:
-        """pixels [B, 3, S, S] (float32, any device; copied to the model's device in the timed stage "to_device",
-        cast to its dtype by the patch embedding) -> Visual on the model's device."""
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
+        """pixels: chunks [b, 3, S, S] (float32, any device; each copied to the model's device in the timed stage
+        "to_device", cast to its dtype by the patch embedding) -> Visual on the model's device."""
         c = options.config
         specs = vision_chain(c.variant, c.merge_layers, self.adapter.num_layers)
         stretches = [Stretch(self.adapter, spec) for spec in specs]
-        if pixels.device != self.device:
-            with timer.stage("to_device"):
-                pixels = pixels.to(self.device)
-        return encode_chain(stretches, specs, pixels, options, timer, self.adapter.image_newline)
+        return encode_chain(stretches, specs, self.on_device(pixels, timer), options, timer, self.adapter.image_newline)
+
+    def on_device(self, chunks: Iterable[torch.Tensor], timer) -> Iterator[torch.Tensor]:
+        for chunk in chunks:
+            if chunk.device != self.device:
+                with timer.stage("to_device"):
+                    chunk = chunk.to(self.device)
+            yield chunk

@@ -12,6 +12,7 @@ GPU provider the decoder runs on that GPU (decoder_placement).
 """
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,7 @@ def graph_sessions(directory: Path, manifest: Manifest, providers: Providers) ->
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    video_device = torch.device("cpu")  # the sessions read host arrays, whatever their provider
 
     def __init__(self, directory: Path, manifest: Manifest, text: Text, providers: Providers | None = None) -> None:
         self.manifest, self.text = manifest, text
@@ -229,8 +231,8 @@ class OnnxRuntimeBackend:
         feed = {name: x.numpy().astype(self.np_dtype) for name, x in zip(graph.inputs, inputs, strict=True)}
         return tuple(torch.from_numpy(y).float() for y in self.sessions[index].run(list(graph.outputs), feed))
 
-    def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual:
-        """pixels [B, 3, S, S] -> Visual, its embeddings on the decoder's device in its dtype."""
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
+        """pixels: chunks [b, 3, S, S] -> Visual, its embeddings on the decoder's device in its dtype."""
         stretches = [lambda *x, i=i: self.run(i, *x) for i in range(len(self.sessions))]
         visual = encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.image_newline)
         if visual.embeds.device != self.lm.device:

@@ -10,6 +10,7 @@ tested without a GPU; the classes follow the TensorRT / TensorRT-LLM documented 
 this project's machines.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +165,7 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
     EarlyTom parameter, the method and the kernels are fixed at build time."""
 
     name = "tensorrt"
+    video_device = torch.device("cuda")
 
     def __init__(self, directory: Path, manifest: Manifest, text: Text) -> None:
         self.manifest, self.text = manifest, text
@@ -180,8 +182,10 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
     def check(self, options: RunOptions) -> RunOptions:
         return check_fixed(self.defaults, options)
 
-    def encode(self, pixels: torch.Tensor, options: RunOptions, timer) -> Visual:
-        return self.vision.encode_video(pixels, timer)
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
+        """pixels: chunks [b, 3, S, S], joined first: the head plan merges frames, so it needs all of them (no
+        overlap of decoding and encoding here)."""
+        return self.vision.encode_video(torch.cat(list(pixels)), timer)
 
 
 def check_fixed(defaults: RunOptions, options: RunOptions) -> RunOptions:

@@ -5,16 +5,20 @@ skipped with the reason. One command, one table per part:
     python -m benchmarks.gpu_validate --plan     # only which paths would run here, and why the others would not
 
 Paths: eager CUDA with the Triton JIT kernels, eager CUDA with the AOT kernels through the driver-API launcher
-(`kernels="aot"`), ONNX Runtime's CUDA and TensorRT execution providers (onnxruntime-gpu), and the TensorRT
-engines (TensorRT + TensorRT-LLM).
+(`kernels="aot"`), ONNX Runtime's CUDA and TensorRT execution providers (onnxruntime-gpu), the TensorRT
+engines (TensorRT + TensorRT-LLM), and NVDEC video decoding (PyNvVideoCodec).
 
-1. Agreement, tiny model, fp32: each path vs eager PyTorch on the CPU (reference kernels) on a clip with a scene
-   cut: same merges (frame counts and merged frames), same selected tokens, max relative error of the visual
-   embeddings, same greedy tokens; for full tokens, EarlyTom and global top-K.
+1. Agreement, tiny model, fp32: each path vs eager PyTorch on the CPU (reference kernels) on the frames of a clip
+   with a scene cut (given as an array, so every path sees the same pixels whatever decodes its videos): same
+   merges (frame counts and merged frames), same selected tokens, max relative error of the visual embeddings,
+   same greedy tokens; for full tokens, EarlyTom and global top-K.
 2. Time to first token (min / median / p90 over --repeats requests after a warm-up, per stage and in all), on the
    real architectures with random weights (--random-init), --frames frames, fp16: full tokens, EarlyTom and
    global top-K at each --ratios. ONNX Runtime directories fix the merge layers (one build per model); TensorRT
-   engines fix everything (one build per ratio, EarlyTom only).
+   engines fix everything (one build per ratio, EarlyTom only). Requests read the clip's file, so the eager CUDA
+   and TensorRT paths decode with NVDEC when it is installed.
+3. NVDEC vs PyAV on the same file: the same sampled frame indices, the pixel difference at the model's input size
+   (the two convert YUV to RGB and resize differently), and the decoding time of --frames frames.
 
 Exit status 2 when no GPU path is installed (the skip table says why).
 """
@@ -23,10 +27,12 @@ import argparse
 import importlib.util
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.common import print_table, summary
@@ -36,11 +42,13 @@ from earlytom.environment import missing_gpu_stack
 from earlytom.runtime.backends.base import KERNELS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
+from earlytom.runtime.video import nvdec_available, stream_video
 
 PROMPT = "Describe what happens in this video."
 MODELS = ("llava-ov-0.5b", "llava-ov-7b")
 RATIOS = (0.10, 0.15, 0.25)
 LAUNCHER = "earlytom.plugins.launcher"
+NVDEC_SIZE = 384  # LLaVA-OneVision's input size
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Installed:
     aot_kernels_option: bool  # RunOptions accepts kernels = "aot"
     ort_providers: tuple[str, ...]  # onnxruntime.get_available_providers()
     tensorrt_missing: tuple[str, ...]  # environment.missing_gpu_stack()
+    nvdec: bool  # PyNvVideoCodec imports
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ def probe() -> Installed:
         aot_kernels_option="aot" in KERNELS,
         ort_providers=tuple(ort.get_available_providers()),
         tensorrt_missing=tuple(missing_gpu_stack()),
+        nvdec=nvdec_available(),
     )
 
 
@@ -105,6 +115,10 @@ def plan(have: Installed, variant: str) -> list[GpuPath]:
         "onnxruntime cuda": provider("CUDAExecutionProvider"),
         "onnxruntime tensorrt": provider("TensorrtExecutionProvider"),
         "tensorrt engines": needs(*(f"{m} is missing" for m in have.tensorrt_missing)),
+        NVDEC: needs(
+            "" if have.cuda_gpu else no_gpu,
+            "" if have.nvdec else "PyNvVideoCodec is not installed (pip install -c constraints.txt 'earlytom[nvdec]')",
+        ),
     }
     return [GpuPath(name, not why, why) for name, why in reasons.items()]
 
@@ -174,6 +188,7 @@ MAKERS = {
     "tensorrt engines": tensorrt_engines,
 }
 FIXED_SETTINGS = {"tensorrt engines"}  # engines built per ratio, EarlyTom only
+NVDEC = "nvdec video decoding"  # compared with PyAV in part 3, not a pipeline
 
 
 def path_runs(path: GpuPath, work: Path, model: str, frames: int, dtype: str, variant: str, ratios):
@@ -191,9 +206,9 @@ def path_runs(path: GpuPath, work: Path, model: str, frames: int, dtype: str, va
         yield label, loaded.with_options(method=method, retain_ratio=r, num_frames=frames)
 
 
-def compare(paths: list[GpuPath], work: Path, clip: Path, frames: int, variant: str) -> list[list]:
+def compare(paths: list[GpuPath], work: Path, clip: np.ndarray, frames: int, variant: str) -> list[list]:
     """Part 1: each running path vs the CPU eager oracle on the tiny model, fp32, with the path's EarlyTom
-    parameters (TensorRT engines are built without the inner merge)."""
+    parameters (TensorRT engines are built without the inner merge); clip: uint8 frames [B, H, W, 3]."""
     rows = []
     oracle = Pipeline.from_pretrained("tiny", num_frames=frames, kernels="reference")
     for path in paths:
@@ -215,6 +230,48 @@ def ttft_rows(paths: list[GpuPath], work: Path, clip: Path, args) -> list[list]:
                 detail = ", ".join(f"{s} {t['median']:.1f}" for s, t in stages.items())
                 rows.append([model, path.name, label, ttft["min"], ttft["median"], ttft["p90"], detail])
     return rows
+
+
+def decode_once(clip: Path, frames: int, **options) -> tuple[list[int], list[torch.Tensor], float]:
+    """(sampled indices, uint8 frames [H, W, 3], ms) of one stream_video over `clip`."""
+    start = time.perf_counter()
+    stream = stream_video(clip, frames, **options)
+    decoded = list(stream)
+    torch.cuda.synchronize()
+    return stream.indices, decoded, (time.perf_counter() - start) * 1e3
+
+
+def nvdec_rows(clip: Path, frames: int, size: int, repeats: int) -> list[list]:
+    """Part 3: PyAV (CPU, frames resized by swscale as they decode) and NVDEC (GPU, frames resized here with
+    preprocess's bicubic) on `clip`: same indices, mean and max absolute pixel difference (0-255), decode time."""
+    cpu_indices, cpu_frames, _ = decode_once(clip, frames, size=size)
+    gpu_indices, gpu_frames, _ = decode_once(clip, frames, device="cuda")
+    resized = [
+        torch.nn.functional.interpolate(
+            f.permute(2, 0, 1)[None].float(), size=(size, size), mode="bicubic", antialias=True
+        )[0]
+        .clamp(0, 255)
+        .round()
+        .permute(1, 2, 0)
+        .cpu()
+        for f in gpu_frames
+    ]
+    diff = (torch.stack(resized) - torch.stack(cpu_frames).float()).abs()
+    cpu_ms = summary([decode_once(clip, frames, size=size)[2] for _ in range(repeats)])
+    gpu_ms = summary([decode_once(clip, frames, device="cuda")[2] for _ in range(repeats)])
+    same = cpu_indices == gpu_indices
+    return [
+        ["pyav (cpu)", same, "-", "-", cpu_ms["min"], cpu_ms["median"], cpu_ms["p90"]],
+        [
+            "nvdec",
+            same,
+            f"{float(diff.mean()):.2f}",
+            f"{float(diff.max()):.0f}",
+            gpu_ms["min"],
+            gpu_ms["median"],
+            gpu_ms["p90"],
+        ],
+    ]
 
 
 def gpu_name() -> str:
@@ -245,15 +302,22 @@ def main(argv: list[str] | None = None) -> int:
     if not running:
         print("\nno GPU path is installed; nothing was run.", file=sys.stderr)
         return 2
+    pipelines = [p for p in running if p.name != NVDEC]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        clip = write_clip(work / "clip.mp4", moving_square_frames(4 * args.frames, size=192, cut_at=2 * args.frames))
-        print("\n1. agreement with eager PyTorch on the CPU (tiny model, fp32)\n")
-        header = ["path", "setting", "counts", "merged frames", "selected", "max rel err", "greedy tokens"]
-        print_table(header, compare(running, work, clip, min(args.frames, 16), args.variant))
-        print(f"\n2. TTFT (ms), {args.frames} frames, random weights, fp16, {gpu_name()}\n")
-        header = ["model", "path", "setting", "min", "median", "p90", "stage medians (ms)"]
-        print_table(header, ttft_rows(running, work, clip, args))
+        frames = moving_square_frames(4 * args.frames, size=192, cut_at=2 * args.frames)
+        clip = write_clip(work / "clip.mp4", frames)
+        if pipelines:
+            print("\n1. agreement with eager PyTorch on the CPU (tiny model, fp32)\n")
+            header = ["path", "setting", "counts", "merged frames", "selected", "max rel err", "greedy tokens"]
+            print_table(header, compare(pipelines, work, frames, min(args.frames, 16), args.variant))
+            print(f"\n2. TTFT (ms), {args.frames} frames, random weights, fp16, {gpu_name()}\n")
+            header = ["model", "path", "setting", "min", "median", "p90", "stage medians (ms)"]
+            print_table(header, ttft_rows(pipelines, work, clip, args))
+        if NVDEC in {p.name for p in running}:
+            print(f"\n3. video decoding (ms), {args.frames} frames of a 192x192 clip to {NVDEC_SIZE}x{NVDEC_SIZE}\n")
+            header = ["decoder", "same indices", "mean |diff|", "max |diff|", "min", "median", "p90"]
+            print_table(header, nvdec_rows(clip, args.frames, NVDEC_SIZE, args.repeats))
     return 0
 
 

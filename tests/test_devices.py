@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from benchmarks.gpu_validate import MAKERS, Installed, agreement, plan, probe, settings
+from benchmarks.gpu_validate import MAKERS, NVDEC, Installed, agreement, plan, probe, settings
 from benchmarks.gpu_validate import main as gpu_validate_main
 from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig
@@ -113,17 +113,20 @@ EVERYTHING = Installed(
     aot_kernels_option=True,
     ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
     tensorrt_missing=(),
+    nvdec=True,
 )
 
 
 def test_gpu_validate_runs_every_path_when_everything_is_installed():
-    assert [(p.name, p.runs, p.reason) for p in plan(EVERYTHING, "paper")] == [(name, True, "") for name in MAKERS]
+    expected = [(name, True, "") for name in [*MAKERS, NVDEC]]
+    assert [(p.name, p.runs, p.reason) for p in plan(EVERYTHING, "paper")] == expected
 
 
 def test_gpu_validate_says_why_each_path_is_skipped():
-    bare = Installed(False, False, False, False, ("CPUExecutionProvider",), ("the tensorrt Python package",))
+    bare = Installed(False, False, False, False, ("CPUExecutionProvider",), ("the tensorrt Python package",), False)
     why = {p.name: p.reason for p in plan(bare, "paper") if not p.runs}
-    assert set(why) == set(MAKERS)
+    assert set(why) == {*MAKERS, NVDEC}
+    assert "sees no CUDA GPU" in why[NVDEC] and "PyNvVideoCodec is not installed" in why[NVDEC]
     assert "sees no CUDA GPU" in why["eager cuda + triton"] and "triton package" in why["eager cuda + triton"]
     assert "earlytom.plugins.launcher" in why["eager cuda + aot"] and "kernels='aot'" in why["eager cuda + aot"]
     assert "no CUDAExecutionProvider" in why["onnxruntime cuda"] and "onnxruntime-gpu" in why["onnxruntime cuda"]
@@ -139,7 +142,7 @@ def test_gpu_validate_on_this_machine_prints_the_skip_table(capsys):
     assert have.ort_providers == tuple(ort.get_available_providers())
     assert gpu_validate_main(["--plan"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in MAKERS)
+    assert all(name in out for name in [*MAKERS, NVDEC])
     if not any(p.runs for p in plan(have, "official")):
         assert gpu_validate_main([]) == 2  # nothing to run: says so, runs nothing
 

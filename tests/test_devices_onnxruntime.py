@@ -24,6 +24,7 @@ from earlytom.runtime.backends.onnxruntime import (
     trt_cache_dir,
 )
 from earlytom.runtime.pipeline import Pipeline
+from earlytom.runtime.synthetic import moving_square_frames
 
 PROMPT = "What changes?"
 
@@ -171,7 +172,8 @@ def test_gpu_validate_compares_a_path_with_the_cpu_oracle(engine, clips, tmp_pat
     shutil.copytree(engine, tmp_path / "tiny-onnxruntime-paper-fp32-8")  # what onnxruntime_on would build
     monkeypatch.setitem(gpu_validate.MAKERS, "onnxruntime cpu", gpu_validate.onnxruntime_on("cpu"))
     path = gpu_validate.GpuPath("onnxruntime cpu", True, "")
-    rows = gpu_validate.compare([path], tmp_path, clips["cut"], 8, "paper")
+    frames = moving_square_frames(24, cut_at=12)  # what gpu_validate compares on: an array, as decoded once
+    rows = gpu_validate.compare([path], tmp_path, frames, 8, "paper")
     assert [row[1] for row in rows] == ["full", "earlytom r=0.15", "global top-K r=0.15"]
     for row in rows:
         assert row[2:5] == [True, True, True] and float(row[5]) < 1e-4 and row[6] is True, row

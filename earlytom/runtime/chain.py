@@ -20,9 +20,17 @@ from earlytom.runtime.backends.base import RunOptions, Visual
 
 
 # The operations merge_step and select_step take from the kernel module, per variant.
-def kernel_ops(kernels: str, device: torch.device):
-    """The compression implementation (both variants): the Triton kernels on CUDA (or when forced), the PyTorch
-    reference otherwise. Triton is imported only then: its interpreter mode is read at import."""
+def kernel_ops(kernels: str, device: torch.device, aot_ops=None):
+    """The compression implementation (both variants): the AOT-compiled kernels `aot_ops` (a KernelOps, loaded
+    with the eager model) for "aot", the Triton JIT kernels on CUDA (or when forced), the PyTorch reference
+    otherwise. Triton is imported only for the JIT: its interpreter mode is read at import."""
+    if kernels == "aot":
+        if aot_ops is None:
+            raise ValueError(
+                "kernels = 'aot' needs the AOT-compiled kernels loaded with the eager model: "
+                "Pipeline.from_pretrained(..., aot_kernels=DIR) or --aot-kernels DIR"
+            )
+        return aot_ops
     if not (kernels == "triton" or (kernels == "auto" and device.type == "cuda")):
         return compress
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -77,11 +85,12 @@ def encode_chain(
     options: RunOptions,
     timer,
     image_newline: torch.Tensor,
+    aot_ops=None,
 ) -> Visual:
     """pixels [B, 3, S, S] through `stretches` (one per spec, taking the spec's inputs and returning its outputs
     in order) with the compression of `options` between them -> Visual (K selected tokens + image_newline)."""
     B = pixels.shape[0]
-    ops = kernel_ops(options.kernels, pixels.device)
+    ops = kernel_ops(options.kernels, pixels.device, aot_ops)
     source = torch.arange(B, device=pixels.device)[:, None].expand(B, 2)
     frames_after, labels, values = {}, None, {"pixels": pixels}
     for i, (stretch, spec) in enumerate(zip(stretches, specs, strict=True)):

@@ -62,11 +62,12 @@ class GpuPath:
 def probe() -> Installed:
     import onnxruntime as ort
 
+    from earlytom.plugins.launcher import has_driver_api  # imports triton
+
     return Installed(
         cuda_gpu=torch.cuda.is_available(),
         triton=importlib.util.find_spec("triton") is not None,
-        cuda_python=importlib.util.find_spec("cuda") is not None
-        and importlib.util.find_spec("cuda.bindings") is not None,
+        cuda_python=has_driver_api(),
         ort_providers=tuple(ort.get_available_providers()),
         tensorrt_missing=tuple(missing_gpu_stack()),
     )

@@ -210,6 +210,11 @@ class AotOps:
         self.contract.check_run(aot.Shapes.of_config(model_config, num_frames), config, DTYPE_NAMES[dtype])
 
 
+def has_driver_api() -> bool:
+    """cuda-python's CUDA driver API (cuda.bindings), which AotKernels launches through, is installed."""
+    return importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
+
+
 def open_aot_kernels(directory: Path, device: torch.device) -> AotOps:
     """The AOT kernels of `directory` (a plugins/<arch>/) for the eager model on `device`; refused on a CPU
     device, without cuda-python, or when the directory's arch is not the GPU's."""
@@ -218,7 +223,7 @@ def open_aot_kernels(directory: Path, device: torch.device) -> AotOps:
             f"kernels = 'aot' launches the compiled kernels on a CUDA GPU, the model is on {device}: load it with "
             "--device cuda (device='cuda'), or use --kernels reference without --aot-kernels"
         )
-    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
+    if not has_driver_api():
         raise ValueError(
             "kernels = 'aot' launches through the CUDA driver API of cuda-python, which is not installed: "
             "pip install 'earlytom[gpu]' (or cuda-python>=12.6)"

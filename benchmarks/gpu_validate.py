@@ -5,8 +5,9 @@ skipped with the reason. One command, one table per part:
     python -m benchmarks.gpu_validate --plan     # only which paths would run here, and why the others would not
 
 Paths: eager CUDA with the Triton JIT kernels, eager CUDA with the AOT kernels through the driver-API launcher
-(`kernels="aot"`), ONNX Runtime's CUDA and TensorRT execution providers (onnxruntime-gpu), the TensorRT
-engines (TensorRT + TensorRT-LLM), and NVDEC video decoding (PyNvVideoCodec).
+(`kernels="aot"`, compiled here for the GPU's arch with `earlytom.plugins.aot`), ONNX Runtime's CUDA and TensorRT
+execution providers (onnxruntime-gpu), the TensorRT engines (TensorRT + TensorRT-LLM), and NVDEC video decoding
+(PyNvVideoCodec).
 
 1. Agreement, tiny model, fp32: each path vs eager PyTorch on the CPU (reference kernels) on the frames of a clip
    with a scene cut (given as an array, so every path sees the same pixels whatever decodes its videos): same
@@ -39,7 +40,6 @@ from benchmarks.common import print_table, summary
 from earlytom.compress import EarlyTomConfig
 from earlytom.compress.config import VARIANTS
 from earlytom.environment import missing_gpu_stack
-from earlytom.runtime.backends.base import KERNELS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.runtime.video import nvdec_available, stream_video
@@ -47,7 +47,6 @@ from earlytom.runtime.video import nvdec_available, stream_video
 PROMPT = "Describe what happens in this video."
 MODELS = ("llava-ov-0.5b", "llava-ov-7b")
 RATIOS = (0.10, 0.15, 0.25)
-LAUNCHER = "earlytom.plugins.launcher"
 NVDEC_SIZE = 384  # LLaVA-OneVision's input size
 
 
@@ -57,8 +56,7 @@ class Installed:
 
     cuda_gpu: bool  # PyTorch sees an NVIDIA GPU
     triton: bool  # the triton package imports
-    aot_launcher: bool  # earlytom.plugins.launcher (the driver-API launcher, cuda-python) exists
-    aot_kernels_option: bool  # RunOptions accepts kernels = "aot"
+    cuda_python: bool  # cuda.bindings (cuda-python) imports: the AOT launcher's driver API
     ort_providers: tuple[str, ...]  # onnxruntime.get_available_providers()
     tensorrt_missing: tuple[str, ...]  # environment.missing_gpu_stack()
     nvdec: bool  # PyNvVideoCodec imports
@@ -74,11 +72,12 @@ class GpuPath:
 def probe() -> Installed:
     import onnxruntime as ort
 
+    from earlytom.plugins.launcher import has_driver_api  # imports triton
+
     return Installed(
         cuda_gpu=torch.cuda.is_available(),
         triton=importlib.util.find_spec("triton") is not None,
-        aot_launcher=importlib.util.find_spec(LAUNCHER) is not None,
-        aot_kernels_option="aot" in KERNELS,
+        cuda_python=has_driver_api(),
         ort_providers=tuple(ort.get_available_providers()),
         tensorrt_missing=tuple(missing_gpu_stack()),
         nvdec=nvdec_available(),
@@ -108,9 +107,8 @@ def plan(have: Installed, variant: str) -> list[GpuPath]:
         "eager cuda + aot": needs(
             "" if have.cuda_gpu else no_gpu,
             ""
-            if have.aot_launcher
-            else f"{LAUNCHER} (the driver-API launcher) does not import (pip install 'earlytom[gpu]')",
-            "" if have.aot_kernels_option else f"RunOptions does not accept kernels='aot' (it takes {KERNELS})",
+            if have.cuda_python
+            else "cuda-python is not installed: the AOT launcher needs its driver API (pip install 'earlytom[gpu]')",
         ),
         "onnxruntime cuda": provider("CUDAExecutionProvider"),
         "onnxruntime tensorrt": provider("TensorrtExecutionProvider"),
@@ -148,10 +146,32 @@ def time_stages(pipe: Pipeline, clip: Path, repeats: int) -> dict[str, dict[str,
 
 # The GPU paths: (work directory, model, frames, dtype, EarlyTom config) -> a Pipeline; called only for paths
 # planned to run. Engine directories are built once per what they fix and reused.
+def aot_kernels(work: Path, model: str, frames: int, config: EarlyTomConfig) -> Path:
+    """The kernels of `model` for up to `frames` frames and `config`'s thresholds, compiled for this GPU's arch
+    (every dtype) once per work directory."""
+    from earlytom.plugins import aot
+    from earlytom.plugins.launcher import gpu_arch
+
+    arch = gpu_arch(torch.cuda.get_device_capability())
+    out = work / f"{model}-aot-{config.variant}-{frames}-{arch}"
+    if not out.exists():
+        shapes = aot.Shapes.of_model(model, frames)
+        aot.write(aot.compile_all(arch, shapes, config), out, shapes)
+    return out
+
+
 def eager_cuda(kernels: str) -> Callable[..., Pipeline]:
     def make(work, model, frames, dtype, config):
+        compiled = aot_kernels(work, model, frames, config) if kernels == "aot" else None
         return Pipeline.from_pretrained(
-            model, random_init=True, device="cuda", dtype=dtype, config=config, num_frames=frames, kernels=kernels
+            model,
+            random_init=True,
+            device="cuda",
+            dtype=dtype,
+            config=config,
+            num_frames=frames,
+            kernels=kernels,
+            aot_kernels=compiled,
         )
 
     return make

@@ -41,7 +41,14 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         choices=KERNELS,
         default=None,
         help="FrameMerge/TokenSelect implementation (default auto: Triton kernels on CUDA, the PyTorch reference "
-        "otherwise)",
+        "otherwise; aot: the kernels of --aot-kernels, the default with it)",
+    )
+    parser.add_argument(
+        "--aot-kernels",
+        type=Path,
+        default=None,
+        help="eager model on cuda: AOT-compiled kernels for this GPU (an engine directory's plugins/<arch>/, or "
+        "python -m earlytom.plugins.aot --out DIR); needs cuda-python, compiles nothing at run time",
     )
     parser.add_argument(
         "--sampling",
@@ -89,7 +96,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
             raise ValueError(
                 "--providers and --trt-cache apply to an --engine directory; the eager model takes --device"
             )
-        loading = {"device": args.device, "dtype": args.dtype}
+        loading = {"device": args.device, "dtype": args.dtype, "aot_kernels": args.aot_kernels}
         given = {k: v for k, v in (options | loading).items() if v is not None}
         name = "tiny" if args.model is None else args.model
         return Pipeline.from_pretrained(name, random_init=args.random_init, config=config_from_args(args), **given)
@@ -99,6 +106,11 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         raise ValueError(
             "--device and --dtype apply to the eager model (--model); an engine directory's precision is fixed by "
             "build_engine --dtype, and --providers chooses where an onnxruntime directory runs"
+        )
+    if args.aot_kernels is not None:
+        raise ValueError(
+            "--aot-kernels applies to the eager model (--model); a tensorrt engine directory runs the plugin kernels "
+            "stored in it"
         )
     providers = None
     if args.providers is not None or args.trt_cache is not None:

@@ -109,8 +109,7 @@ def test_cli_dtype_reaches_the_eager_model(clips, capsys):
 EVERYTHING = Installed(
     cuda_gpu=True,
     triton=True,
-    aot_launcher=True,
-    aot_kernels_option=True,
+    cuda_python=True,
     ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
     tensorrt_missing=(),
     nvdec=True,
@@ -123,12 +122,12 @@ def test_gpu_validate_runs_every_path_when_everything_is_installed():
 
 
 def test_gpu_validate_says_why_each_path_is_skipped():
-    bare = Installed(False, False, False, False, ("CPUExecutionProvider",), ("the tensorrt Python package",), False)
+    bare = Installed(False, False, False, ("CPUExecutionProvider",), ("the tensorrt Python package",), False)
     why = {p.name: p.reason for p in plan(bare, "paper") if not p.runs}
     assert set(why) == {*MAKERS, NVDEC}
     assert "sees no CUDA GPU" in why[NVDEC] and "PyNvVideoCodec is not installed" in why[NVDEC]
     assert "sees no CUDA GPU" in why["eager cuda + triton"] and "triton package" in why["eager cuda + triton"]
-    assert "earlytom.plugins.launcher" in why["eager cuda + aot"] and "kernels='aot'" in why["eager cuda + aot"]
+    assert "sees no CUDA GPU" in why["eager cuda + aot"] and "cuda-python is not installed" in why["eager cuda + aot"]
     assert "no CUDAExecutionProvider" in why["onnxruntime cuda"] and "onnxruntime-gpu" in why["onnxruntime cuda"]
     assert "no TensorrtExecutionProvider" in why["onnxruntime tensorrt"]
     assert why["tensorrt engines"] == "the tensorrt Python package is missing"

@@ -1,6 +1,6 @@
 """Compile every Triton kernel ahead of time for NVIDIA GPUs, without one: PTX, cubin and metadata.
 
-    python -m earlytom.plugins.aot --arch sm_89 --out DIR [--model llava-ov-0.5b] [--frames 32]
+    python -m earlytom.plugins.aot --arch sm_89 --out DIR [--model llava-ov-0.5b] [--frames 32] [EarlyTom options]
 
 writes, for fp16, bf16 and fp32 inputs, DIR/<kernel>.<dtype>.ptx and .cubin (Triton's output) and
 DIR/<kernel>.<dtype>.trt.ptx (the PTX TensorRT gets), and DIR/kernels.json with the launch contract of each
@@ -30,6 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from earlytom.command_line import add_config_args, config_from_args
 from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.plugins.triton import kernels, launch
 
@@ -52,10 +53,15 @@ class Shapes:
 
     @classmethod
     def of_model(cls, name: str, max_frames: int) -> "Shapes":
-        from earlytom.models.llava_onevision import pooled_tokens
         from earlytom.models.registry import packaged_config
 
-        config = packaged_config(name)
+        return cls.of_config(packaged_config(name), max_frames)
+
+    @classmethod
+    def of_config(cls, config, max_frames: int) -> "Shapes":
+        """The shapes of a model of `config` (transformers LlavaOnevisionConfig)."""
+        from earlytom.models.llava_onevision import pooled_tokens
+
         v = config.vision_config
         grid = v.image_size // v.patch_size
         tokens_per_frame = pooled_tokens(grid)
@@ -284,11 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="llava-ov-7b", help="whose vision dims to compile for")
     parser.add_argument("--frames", type=int, default=32, help="most frames a request may have")
-    parser.add_argument("--variant", choices=["official", "paper"], default="official")
-    parser.add_argument("--retain-ratio", type=float, help="paper variant: sizes the selection kernels")
+    add_config_args(parser)  # the variant and its thresholds are compile-time constants
     args = parser.parse_args(argv)
     shapes = Shapes.of_model(args.model, args.frames)
-    compiled = compile_all(args.arch, shapes, EarlyTomConfig(variant=args.variant, retain_ratio=args.retain_ratio))
+    compiled = compile_all(args.arch, shapes, config_from_args(args))
     write(compiled, args.out, shapes)
     for c in compiled:
         print(

@@ -24,9 +24,17 @@ from earlytom.runtime.backends.base import RunOptions, Visual
 
 
 # The operations merge_step and select_step take from the kernel module, per variant.
-def kernel_ops(kernels: str, device: torch.device):
-    """The compression implementation (both variants): the Triton kernels on CUDA (or when forced), the PyTorch
-    reference otherwise. Triton is imported only then: its interpreter mode is read at import."""
+def kernel_ops(kernels: str, device: torch.device, aot_ops=None):
+    """The compression implementation (both variants): the AOT-compiled kernels `aot_ops` (a KernelOps, loaded
+    with the eager model) for "aot", the Triton JIT kernels on CUDA (or when forced), the PyTorch reference
+    otherwise. Triton is imported only for the JIT: its interpreter mode is read at import."""
+    if kernels == "aot":
+        if aot_ops is None:
+            raise ValueError(
+                "kernels = 'aot' needs the AOT-compiled kernels loaded with the eager model: "
+                "Pipeline.from_pretrained(..., aot_kernels=DIR) or --aot-kernels DIR"
+            )
+        return aot_ops
     if not (kernels == "triton" or (kernels == "auto" and device.type == "cuda")):
         return compress
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -91,6 +99,7 @@ def encode_chain(
     options: RunOptions,
     timer,
     image_newline: torch.Tensor,
+    aot_ops=None,
 ) -> Visual:
     """pixels: chunks [b, 3, S, S] of B frames in all, through `stretches` (one per spec, taking the spec's inputs
     and returning its outputs in order; the first takes the pixels chunk by chunk) with the compression of
@@ -99,7 +108,7 @@ def encode_chain(
     first = next(chunks, None)
     if first is None:
         raise ValueError("no frames to encode: the video gave none")
-    ops = kernel_ops(options.kernels, first.device)  # refused before any work if the kernels cannot run here
+    ops = kernel_ops(options.kernels, first.device, aot_ops)  # refused before any work if the kernels cannot run here
     values = first_stretch(stretches[0], specs[0], itertools.chain([first], chunks), timer)
     B = values[specs[0].outputs[0]].shape[0]
     source = torch.arange(B, device=first.device)[:, None].expand(B, 2)

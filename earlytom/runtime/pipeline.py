@@ -22,11 +22,12 @@ from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.models.registry import LoadedModel, Preprocess
 from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
-from earlytom.runtime.backends.eager import EagerBackend, load_eager
+from earlytom.runtime.backends.eager import EagerBackend, eager_device, load_eager
 from earlytom.runtime.timing import StageTimer
 from earlytom.runtime.video import preprocess, read_ahead, stack, stream_video
 
 if TYPE_CHECKING:
+    from earlytom.plugins.launcher import AotOps
     from earlytom.runtime.backends.onnxruntime import Providers
 
 PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
@@ -89,21 +90,39 @@ class Pipeline:
         config: EarlyTomConfig | None = None,
         method: str = "earlytom",
         num_frames: int = 32,
-        kernels: str = "auto",
+        kernels: str | None = None,
         sampling: str = "uniform",
+        aot: "AotOps | None" = None,
     ) -> "Pipeline":
-        """The eager (reference) backend over a loaded model."""
+        """The eager (reference) backend over a loaded model; `aot`: AOT-compiled kernels for it
+        (earlytom.plugins.launcher.open_aot_kernels). `kernels` None: "aot" with them, "auto" without."""
         config = EarlyTomConfig() if config is None else config
+        kernels = ("auto" if aot is None else "aot") if kernels is None else kernels
         options = RunOptions(config=config, method=method, num_frames=num_frames, kernels=kernels, sampling=sampling)
-        return cls(EagerBackend(loaded, options))
+        return cls(EagerBackend(loaded, options, aot))
 
     @classmethod
     def from_pretrained(
-        cls, name: str, *, random_init: bool = False, device: str = "cpu", dtype: str = "fp32", **options
+        cls,
+        name: str,
+        *,
+        random_init: bool = False,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        aot_kernels: str | Path | None = None,
+        **options,
     ) -> "Pipeline":
         """The eager backend for a model name (alias, `tiny`, HF id or local directory) on `device` (cpu, cuda,
-        cuda:N) in `dtype` (fp32, fp16, bf16)."""
-        return cls.from_model(load_eager(name, random_init=random_init, device=device, dtype=dtype), **options)
+        cuda:N) in `dtype` (fp32, fp16, bf16); `aot_kernels`: a directory of AOT-compiled kernels for the GPU
+        (an engine directory's plugins/<arch>/, or `python -m earlytom.plugins.aot --out DIR`), opened and checked
+        before the model loads, which kernels="aot" (then the default) runs."""
+        aot = None
+        if aot_kernels is not None:
+            from earlytom.plugins.launcher import open_aot_kernels  # imports triton
+
+            aot = open_aot_kernels(Path(aot_kernels), eager_device(device))
+        loaded = load_eager(name, random_init=random_init, device=device, dtype=dtype)
+        return cls.from_model(loaded, aot=aot, **options)
 
     @classmethod
     def from_engine_dir(

@@ -27,7 +27,7 @@ from earlytom.models.registry import Preprocess
 from earlytom.runtime.video import SAMPLINGS
 
 METHODS = ("earlytom", "full", "global_topk")
-KERNELS = ("auto", "triton", "reference")
+KERNELS = ("auto", "triton", "aot", "reference")
 
 
 class UnsupportedOption(ValueError):
@@ -38,7 +38,8 @@ class UnsupportedOption(ValueError):
 class RunOptions:
     """How requests run: the method (EarlyTom, full tokens, or post-encoder global top-K at the same retain
     ratio), the EarlyTom parameters, frames sampled per video, and the FrameMerge/TokenSelect implementation
-    (Triton kernels on CUDA, the PyTorch reference otherwise)."""
+    (auto: Triton kernels on CUDA, the PyTorch reference otherwise; aot: the AOT-compiled kernels the eager
+    backend was loaded with)."""
 
     config: EarlyTomConfig = field(default_factory=EarlyTomConfig)
     method: str = "earlytom"

@@ -3,6 +3,8 @@ run options put the merge layers (nothing is fixed at load time). The oracle for
 
 Device and precision are load-time choices (`load_eager`): the model, the pixels, and every tensor of the
 vision chain live on the model's device in its dtype (attention received and merge similarities in float32).
+So are AOT-compiled kernels (`aot`, earlytom.plugins.launcher.open_aot_kernels), which `kernels="aot"` runs the
+compression on; each run's options are checked against what they were compiled for before anything launches.
 """
 
 from collections.abc import Iterable, Iterator
@@ -13,7 +15,7 @@ import torch
 from earlytom.engine.layout import vision_chain
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
 from earlytom.models.registry import LoadedModel, load_model
-from earlytom.runtime.backends.base import RunOptions, Text, Visual
+from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
 
@@ -58,7 +60,9 @@ def load_eager(name: str, *, random_init: bool = False, device: str = "cpu", dty
 class EagerBackend:
     name = "eager"
 
-    def __init__(self, loaded: LoadedModel, defaults: RunOptions) -> None:
+    def __init__(self, loaded: LoadedModel, defaults: RunOptions, aot=None) -> None:
+        """`aot`: the AOT kernels (launcher.AotOps) kernels="aot" runs on (None: refused)."""
+        self.aot = aot
         self.adapter = LlavaOnevisionAdapter(loaded.model)
         self.text = Text(
             loaded.tokenizer, loaded.chat_template, loaded.preprocess, self.adapter.tokens_per_frame, loaded.notes
@@ -87,7 +91,26 @@ class EagerBackend:
         encoder's depth."""
         config = options.config.for_model(self.adapter.num_layers, self.num_decoder_layers)
         vision_chain(config.variant, config.merge_layers, self.adapter.num_layers)
-        return replace(options, config=config)
+        checked = replace(options, config=config)
+        self.check_aot(checked)
+        return checked
+
+    def check_aot(self, options: RunOptions) -> None:
+        """UnsupportedOption for kernels="aot" without AOT kernels, or (EarlyTom runs) with kernels compiled for
+        other shapes, frame counts or thresholds than `options` need: refused here, before anything launches."""
+        if options.kernels != "aot":
+            return
+        if self.aot is None:
+            raise UnsupportedOption(
+                "kernels = 'aot' needs the AOT-compiled kernels, given when the model is loaded: "
+                "Pipeline.from_pretrained(..., aot_kernels=DIR) or --aot-kernels DIR (an engine directory's "
+                "plugins/<arch>/, or python -m earlytom.plugins.aot --arch sm_XX --out DIR)"
+            )
+        if options.method == "earlytom":  # the other methods launch no kernel
+            try:
+                self.aot.check_run(self.lm.config, options.config, options.num_frames, self.dtype)
+            except ValueError as error:
+                raise UnsupportedOption(str(error)) from None
 
     def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
         """pixels: chunks [b, 3, S, S] (float32, any device; each copied to the model's device in the timed stage
@@ -95,7 +118,9 @@ class EagerBackend:
         c = options.config
         specs = vision_chain(c.variant, c.merge_layers, self.adapter.num_layers)
         stretches = [Stretch(self.adapter, spec) for spec in specs]
-        return encode_chain(stretches, specs, self.on_device(pixels, timer), options, timer, self.adapter.image_newline)
+        aot_ops = None if self.aot is None else self.aot.ops
+        chunks = self.on_device(pixels, timer)
+        return encode_chain(stretches, specs, chunks, options, timer, self.adapter.image_newline, aot_ops)
 
     def on_device(self, chunks: Iterable[torch.Tensor], timer) -> Iterator[torch.Tensor]:
         for chunk in chunks:

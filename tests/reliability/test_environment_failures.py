@@ -87,7 +87,7 @@ def out_of_memory(*args, **kwargs):
 
 
 def test_out_of_memory_is_one_error_and_debug_shows_it(engine, clip, capsys, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "load_video", out_of_memory)
+    monkeypatch.setattr(pipeline_module, "stream_video", out_of_memory)
     argv = ["run", "--engine", str(engine), "--video", str(clip), "--prompt", "x"]
     assert earlytom_main(argv) == 1
     assert_one_error(capsys.readouterr().err, "out of memory", "fewer --frames")
@@ -99,7 +99,7 @@ def test_unexpected_error_names_its_type_and_debug(engine, clip, capsys, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(pipeline_module, "load_video", broken)
+    monkeypatch.setattr(pipeline_module, "stream_video", broken)
     assert earlytom_main(["run", "--engine", str(engine), "--video", str(clip), "--prompt", "x"]) == 1
     assert_one_error(capsys.readouterr().err, "RuntimeError: a bug", "--debug")
 

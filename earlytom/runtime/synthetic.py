@@ -25,17 +25,25 @@ def moving_square_frames(num_frames: int, size: int = 96, cut_at: int | None = N
 
 
 def write_clip(
-    path: str | Path, frames: np.ndarray, fps: int = 8, *, gop: int | None = None, faststart: bool = False
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int = 8,
+    *,
+    gop: int | None = None,
+    faststart: bool = False,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
 ) -> Path:
-    """Encode uint8 frames [B, H, W, 3] (H, W even) as an H.264 mp4 at `fps` (x264's defaults, B-frames included);
-    gop: one keyframe every `gop` frames exactly (None: x264's default); faststart: the index before the data."""
+    """Encode uint8 frames [B, H, W, 3] (H, W even) as an mp4 at `fps` with `codec` (default H.264 with x264's
+    defaults, B-frames included) and its encoder `options`; gop: one keyframe every `gop` frames exactly (None: the
+    encoder's default); faststart: the index before the data."""
     path = Path(path)
     with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        if gop is not None:
-            stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        fixed_gop = {} if gop is None else {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        stream.options = fixed_gop | ({} if options is None else options)
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())

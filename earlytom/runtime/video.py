@@ -4,8 +4,11 @@ model's input size as it decodes, normalise.
 Accepted sources: a video file, a directory of images (natural order: 1, 2, ..., 10), or a uint8 array
 [B, H, W, 3]. Video files are decoded with PyAV: a seek to the keyframe before each sampled frame and a decode
 forward to it (`decode="seek"`, the default), or every frame of the file (`decode="full"`, the reference the seek
-path must match frame for frame). `sampling="keyframe"` takes the keyframe nearest each uniform sample instead
-(no inter-frame decoding). On a CUDA device with PyNvVideoCodec installed, NVDEC decodes instead of PyAV.
+path must match frame for frame). The seek path decodes packet by packet and has FFmpeg drop the non-reference
+frames it does not need (`skip_frame`, for the codecs in which that provably changes no other frame), so its cost is
+about (samples x keyframe interval / 2) frames, fewer by the share of non-reference frames (about half with x264's
+B-frames). `sampling="keyframe"` takes the keyframe nearest each uniform sample instead (no inter-frame decoding).
+On a CUDA device with PyNvVideoCodec installed, NVDEC decodes instead of PyAV.
 
 Memory stays bounded by the sampled frames at the target size: with `size` set, no full-size RGB frame exists
 beyond the one being converted, and no full-size float array at all.
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # annotations only: importing the model registry would load t
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLINGS = ("uniform", "keyframe")
 DECODES = ("seek", "full")
+NONREF_CODECS = {"h264", "mpeg4"}  # dropping their non-reference frames changes no other frame (skips_nonref)
 TEXT_FORMATS = {"tty"}  # FFmpeg shows text files (.txt, .ans, ...) as ANSI-art video: not a video here
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -241,13 +245,39 @@ def decode_full(container, stream, path: Path, grid: Grid, indices: list[int], s
     raise damaged_error(path, grid, position + 1)
 
 
-def frames_from(container, stream, grid: Grid, index: int) -> Iterator[av.VideoFrame]:
-    """Decoded frames from the keyframe at or before frame `index` on. A seek lands on the last keyframe whose
-    decode time is at or before the target, which with B-frames can be shown after it: step back until not."""
+def skips_nonref(stream) -> bool:
+    """Whether dropping the stream's non-reference frames (FFmpeg's skip_frame NONREF) leaves every other frame
+    unchanged: H.264 (nal_ref_idc 0) and MPEG-4 part 2 (B-VOPs) by their definition; HEVC only with one temporal
+    sub-layer, as the mp4/mkv hvcC header states (its "sub-layer non-reference" pictures may be referenced by a
+    higher sub-layer, and FFmpeg drops them all). Each is checked against a full decode in tests/test_video_decode.py;
+    other codecs (VP9 and AV1 ignore or reinterpret NONREF) decode every frame."""
+    codec = stream.codec_context
+    if codec.name == "hevc":
+        hvcc = codec.extradata or b""  # hvcC: version 1; byte 21 bits 5..3 = numTemporalLayers
+        return len(hvcc) > 22 and hvcc[0] == 1 and (hvcc[21] >> 3) & 7 == 1
+    return codec.name in NONREF_CODECS
+
+
+def decoded(container, stream, grid: Grid, wanted: frozenset[int] | None) -> Iterator[av.VideoFrame]:
+    """Frames decoded packet by packet from the demuxer's position (the end of the stream flushes the decoder).
+    wanted: the frame indices needed; the packets of all other frames are decoded with skip_frame NONREF, so FFmpeg
+    drops those no other frame refers to (frame threading takes the setting per packet). None: decode every one."""
+    codec = stream.codec_context
+    for packet in container.demux(stream):
+        if wanted is not None:
+            needed = packet.pts is None or grid.index(packet.pts) in wanted
+            codec.skip_frame = "DEFAULT" if needed else "NONREF"
+        yield from packet.decode()
+
+
+def frames_from(container, stream, grid: Grid, index: int, wanted: frozenset[int] | None) -> Iterator[av.VideoFrame]:
+    """Decoded frames from the keyframe at or before frame `index` on (see `decoded` for `wanted`). A seek lands on
+    the last keyframe whose decode time is at or before the target, which with B-frames can be shown after it:
+    step back until not."""
     offset = grid.pts(index)
     while True:
         container.seek(offset, stream=stream, backward=True)
-        frames = container.decode(stream)
+        frames = decoded(container, stream, grid, wanted)
         first = next(frames, None)
         if first is None or grid.index(first.pts) <= index or offset <= grid.start:
             return frames if first is None else _chain(first, frames)
@@ -265,11 +295,12 @@ def decode_seeking(container, stream, path: Path, grid: Grid, indices: list[int]
     decode_full does."""
     keys = [keyframe_packet(container, stream, grid.pts(index), backward=True) for index in indices]
     keys = [None if key is None else grid.index(key.pts) for key in keys]  # keep indices, not packets
+    wanted = frozenset(indices) if skips_nonref(stream) else None
     frames, position = None, -1
     for index, key in zip(indices, keys, strict=True):
         try:
             if frames is None or key is None or key > position:
-                frames = frames_from(container, stream, grid, index)
+                frames = frames_from(container, stream, grid, index, wanted)
             for frame in frames:
                 position = grid.index(frame.pts)
                 if position >= index:

@@ -1,0 +1,91 @@
+"""The seek path's frame skipping: decoding the packets of unsampled frames with skip_frame NONREF gives exactly the
+frames of a full decode, per codec (clips with B-frames, several GOPs, frame threading on and off), and the codecs
+left out of the allow-list are left out for a reason."""
+
+import av
+import pytest
+
+from earlytom.runtime.synthetic import frame_index, indexed_frames, write_clip
+from earlytom.runtime.video import Grid, decoded, load_video, skips_nonref, stream_grid, uniform_indices
+
+TOTAL, GOP = 150, 30  # 5 GOPs of 30 frames, 8 fps
+# name: (encoder, options, whether skipping is allowed): B-frames in every codec that has them
+CODECS = {
+    "h264": ("libx264", {}, True),
+    "hevc": ("libx265", {"x265-params": "log-level=error"}, True),
+    "mpeg4": ("mpeg4", {"bf": "2"}, True),
+    "vp9": ("libvpx-vp9", {}, False),  # FFmpeg's VP9 decoder ignores NONREF: nothing to gain
+}
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory):
+    """{codec name: mp4 path} of 150-frame clips whose frame t shows t, one keyframe every 30 frames."""
+    root, frames = tmp_path_factory.mktemp("coded"), indexed_frames(TOTAL)
+    clips = {}
+    for name, (encoder, options, _) in CODECS.items():
+        try:
+            av.codec.Codec(encoder, "w")
+        except av.FFmpegError:
+            continue  # reported by the test that needs it
+        clips[name] = write_clip(root / f"{name}.mp4", frames, gop=GOP, codec=encoder, options=options)
+    return clips
+
+
+def clip(coded, name):
+    if name not in coded:
+        pytest.skip(f"PyAV's FFmpeg has no {CODECS[name][0]} encoder")
+    return coded[name]
+
+
+def shown_frames(path, threads: bool, wanted) -> list[int]:
+    """The index each frame of the whole clip shows, decoded from the start with `decoded(wanted)`."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if threads:
+            stream.thread_type, stream.thread_count = "AUTO", 0
+        else:
+            stream.thread_count = 1
+        grid = stream_grid(stream)
+        assert isinstance(grid, Grid)
+        return [frame_index(frame.to_ndarray(format="rgb24")) for frame in decoded(container, stream, grid, wanted)]
+
+
+def nonref_frames(path) -> set[int]:
+    """The frames FFmpeg drops with skip_frame NONREF throughout."""
+    return set(range(TOTAL)) - set(shown_frames(path, False, frozenset()))
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_allow_list_holds_the_codecs_whose_nonref_frames_are_dropped(coded, name):
+    path, allowed = clip(coded, name), CODECS[name][2]
+    with av.open(str(path)) as container:
+        assert skips_nonref(container.streams.video[0]) == allowed
+    dropped = nonref_frames(path)
+    assert (0 < len(dropped) <= TOTAL * 2 // 3) == allowed  # the B-frames: 1 in 3 to 2 in 3 frames here
+    assert not set(range(0, TOTAL, GOP)) & dropped  # keyframes are never dropped
+
+
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("name", [name for name, spec in CODECS.items() if spec[2]])
+def test_skipping_drops_only_unwanted_nonref_frames(coded, name, threads):
+    """Frame threading takes skip_frame per packet: wanted non-reference frames come out, the others do not."""
+    path = clip(coded, name)
+    dropped = nonref_frames(path)
+    wanted = frozenset(sorted(dropped)[::3])
+    assert shown_frames(path, threads, wanted) == sorted(set(range(TOTAL)) - dropped | wanted)
+    assert shown_frames(path, threads, None) == list(range(TOTAL))
+
+
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("count", [3, 16, 37, 64])
+@pytest.mark.parametrize("name", CODECS)
+def test_seek_decode_with_skipping_gives_exactly_the_frames_of_a_full_decode(coded, name, count, threads):
+    path = clip(coded, name)
+    full = load_video(path, count, decode="full", threads=threads)
+    seek = load_video(path, count, threads=threads)
+    assert seek.frames.equal(full.frames) and seek.indices == full.indices == uniform_indices(TOTAL, count)
+    assert [frame_index(frame.numpy()) for frame in seek.frames] == seek.indices
+    assert seek.timestamps == full.timestamps
+    if CODECS[name][2] and count >= 16:
+        assert set(seek.indices) & nonref_frames(path)  # sampled non-reference frames were decoded, not dropped

@@ -5,7 +5,7 @@ left out of the allow-list are left out for a reason."""
 import av
 import pytest
 
-from earlytom.runtime.synthetic import frame_index, indexed_frames, write_clip
+from earlytom.runtime.synthetic import frame_index, indexed_frames, write_clip, write_panning_clip
 from earlytom.runtime.video import Grid, decoded, load_video, skips_nonref, stream_grid, uniform_indices
 
 TOTAL, GOP = 150, 30  # 5 GOPs of 30 frames, 8 fps
@@ -89,3 +89,20 @@ def test_seek_decode_with_skipping_gives_exactly_the_frames_of_a_full_decode(cod
     assert seek.timestamps == full.timestamps
     if CODECS[name][2] and count >= 16:
         assert set(seek.indices) & nonref_frames(path)  # sampled non-reference frames were decoded, not dropped
+
+
+def test_panning_clip_repeats_its_segment_with_continuous_timestamps_and_keyframes(tmp_path):
+    """A 50-frame clip made of a 20-frame segment written 2.5 times: one keyframe every 10 frames throughout,
+    every frame once, B-frames present, and seek decoding matches a full decode across the joins."""
+    path = write_panning_clip(tmp_path / "pan.mp4", 5, 96, 64, fps=10, gop=10, segment=2)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        grid = stream_grid(stream)
+        assert isinstance(grid, Grid) and grid.total == stream.frames == 50
+        packets = [(grid.index(p.pts), p.is_keyframe) for p in container.demux(stream) if p.size]
+    assert sorted(index for index, _ in packets) == list(range(50))
+    assert sorted(index for index, key in packets if key) == list(range(0, 50, 10))
+    assert [index for index, _ in packets] != list(range(50))  # B-frames: decode order is not display order
+    assert not (tmp_path / "pan.segment.mp4").exists()
+    full, seek = load_video(path, 7, decode="full"), load_video(path, 7)
+    assert seek.frames.equal(full.frames) and seek.indices == full.indices == uniform_indices(50, 7)

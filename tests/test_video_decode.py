@@ -38,22 +38,41 @@ def clip(coded, name):
     return coded[name]
 
 
-def shown_frames(path, threads: bool, wanted) -> list[int]:
-    """The index each frame of the whole clip shows, decoded from the start with `decoded(wanted)`."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if threads:
-            stream.thread_type, stream.thread_count = "AUTO", 0
-        else:
-            stream.thread_count = 1
+def opened(path, threads: bool):
+    container = av.open(str(path))
+    stream = container.streams.video[0]
+    if threads:
+        stream.thread_type, stream.thread_count = "AUTO", 0
+    else:
+        stream.thread_count = 1
+    return container, stream
+
+
+def shown_frames(path, threads: bool, wanted: frozenset[int]) -> list[int]:
+    """The index each frame decoded from the start of the clip with `decoded(wanted)` shows."""
+    container, stream = opened(path, threads)
+    with container:
         grid = stream_grid(stream)
         assert isinstance(grid, Grid)
-        return [frame_index(frame.to_ndarray(format="rgb24")) for frame in decoded(container, stream, grid, wanted)]
+        frames = decoded(container, stream, grid, wanted, skipping=True)
+        return [frame_index(frame.to_ndarray(format="rgb24")) for frame in frames]
 
 
 def nonref_frames(path) -> set[int]:
     """The frames FFmpeg drops with skip_frame NONREF throughout."""
-    return set(range(TOTAL)) - set(shown_frames(path, False, frozenset()))
+    container, stream = opened(path, threads=False)
+    with container:
+        stream.codec_context.skip_frame = "NONREF"
+        return set(range(TOTAL)) - {frame_index(frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)}
+
+
+def last_decoded(path) -> int:
+    """The frame whose packet comes last (in decode order)."""
+    container, stream = opened(path, threads=False)
+    with container:
+        grid = stream_grid(stream)
+        assert isinstance(grid, Grid)
+        return [grid.index(packet.pts) for packet in container.demux(stream) if packet.size][-1]
 
 
 @pytest.mark.parametrize("name", CODECS)
@@ -72,9 +91,17 @@ def test_skipping_drops_only_unwanted_nonref_frames(coded, name, threads):
     """Frame threading takes skip_frame per packet: wanted non-reference frames come out, the others do not."""
     path = clip(coded, name)
     dropped = nonref_frames(path)
-    wanted = frozenset(sorted(dropped)[::3])
+    wanted = frozenset(sorted(dropped)[::3]) | {last_decoded(path)}  # every packet is read
     assert shown_frames(path, threads, wanted) == sorted(set(range(TOTAL)) - dropped | wanted)
-    assert shown_frames(path, threads, None) == list(range(TOTAL))
+    assert shown_frames(path, threads, frozenset(range(TOTAL))) == list(range(TOTAL))
+
+
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("name", CODECS)
+def test_decoding_stops_at_the_last_wanted_frame(coded, name, threads):
+    """The decoder is drained once the packet of the last wanted frame is in: nothing past it is decoded."""
+    shown = shown_frames(clip(coded, name), threads, frozenset({40}))
+    assert 40 in shown and max(shown) < 45  # frames 41.. are shown after 40 only if decoded before it (B-frames)
 
 
 @pytest.mark.parametrize("threads", [False, True])

@@ -105,9 +105,10 @@ def texture(rng: np.random.Generator, height: int, width: int, scales: tuple[int
     return (total - total.min()) / (total.max() - total.min())
 
 
-def panning_scene(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """A scene to pan over: Y [1.25 H, 3 W] and U, V stacked [2, 0.625 H, 1.5 W] (uint8, 4:2:0) of textured ground
-    with hard-edged blocks, and three textured sprites Y [S, S] (S = H / 6) that move over it."""
+def panning_scene(width: int, height: int, seed: int = 0) -> tuple:
+    """A scene to pan over: Y [1.25 H, 3 W] and U, V stacked [2, 0.625 H, 1.5 W] (uint8, 4:2:0, luma in video
+    range 16..235) of textured ground with hard-edged blocks; three textured sprites Y [S, S] (S = H / 6) that move
+    over it; sensor grain, 4 fields uint8 [H, W] of 0..6 added to each frame in turn (minus 3)."""
     rng = np.random.default_rng(seed)
     tall, wide = (round(1.25 * height) // 4) * 4, 3 * width
     scales = tuple(s for s in (max(tall // 4, 8), 48, 12, 3) if s <= tall)
@@ -120,24 +121,27 @@ def panning_scene(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, n
     chroma = 128 + 40 * (texture(rng, 2 * tall // 2, wide // 2, scales[:2]) - 0.5)
     chroma = np.stack([chroma[: tall // 2], chroma[tall // 2 :][::-1]])
     side = max(height // 6, 4) // 2 * 2
-    sprites = [(255 * texture(rng, side, side, (max(side // 4, 1), 2))).astype(np.uint8) for _ in range(3)]
-    return np.clip(luma, 0, 255).astype(np.uint8), chroma.astype(np.uint8), sprites
+    sprites = [(16 + 219 * texture(rng, side, side, (max(side // 4, 1), 2))).astype(np.uint8) for _ in range(3)]
+    grain = [rng.integers(0, 7, size=(height, width), dtype=np.uint8) for _ in range(4)]
+    return np.clip(luma, 16, 235).astype(np.uint8), chroma.astype(np.uint8), sprites, grain
 
 
 def panning_frame(scene, t: int, fps: int, width: int, height: int) -> np.ndarray:
-    """Frame t of a camera panning over `scene` (back and forth over 2 widths in 20 s, swaying up and down) with its
-    sprites moving across: yuv420p as one uint8 array [1.5 H, W]."""
-    luma, chroma, sprites = scene
-    travel, period = luma.shape[1] - width, 20 * fps
+    """Frame t of a camera panning over `scene` (back and forth over 2 widths in a minute, swaying up and down) with its
+    sprites moving across, and grain: yuv420p as one uint8 array [1.5 H, W]."""
+    luma, chroma, sprites, grain = scene
+    travel, period = luma.shape[1] - width, 60 * fps
     phase = (t % period) / period
     x = round(travel * (2 * phase if phase < 0.5 else 2 - 2 * phase)) // 2 * 2
     y = round((luma.shape[0] - height) * (0.5 + 0.5 * math.sin(2 * math.pi * t / (6 * fps)))) // 2 * 2
     plane = luma[y : y + height, x : x + width].copy()
     for n, sprite in enumerate(sprites):
         side = sprite.shape[0]
-        top = round((height - side) * (0.5 + 0.45 * math.sin(2 * math.pi * (t / (3.7 * fps) + n / 3))))
-        left = round((width - side) * (0.5 + 0.45 * math.cos(2 * math.pi * (t / (5.3 * fps) + n / 5))))
+        top = round((height - side) * (0.5 + 0.45 * math.sin(2 * math.pi * (t / (13 * fps) + n / 3))))
+        left = round((width - side) * (0.5 + 0.45 * math.cos(2 * math.pi * (t / (17 * fps) + n / 5))))
         plane[top : top + side, left : left + side] = sprite
+    plane += grain[t % len(grain)]
+    plane -= 3
     u, v = (c[y // 2 : (y + height) // 2, x // 2 : (x + width) // 2] for c in chroma)
     return np.concatenate([plane, u.reshape(height // 4, width), v.reshape(height // 4, width)])
 

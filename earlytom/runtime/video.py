@@ -258,26 +258,38 @@ def skips_nonref(stream) -> bool:
     return codec.name in NONREF_CODECS
 
 
-def decoded(container, stream, grid: Grid, wanted: frozenset[int] | None) -> Iterator[av.VideoFrame]:
-    """Frames decoded packet by packet from the demuxer's position (the end of the stream flushes the decoder).
-    wanted: the frame indices needed; the packets of all other frames are decoded with skip_frame NONREF, so FFmpeg
-    drops those no other frame refers to (frame threading takes the setting per packet). None: decode every one."""
-    codec = stream.codec_context
+def decoded(container, stream, grid: Grid, wanted: frozenset[int], skipping: bool) -> Iterator[av.VideoFrame]:
+    """Frames decoded packet by packet from the demuxer's position until every frame in `wanted` (indices) has been
+    sent to the decoder, which is then drained: no packet past the last one needed is read or decoded. skipping:
+    the packets of the other frames are decoded with skip_frame NONREF, so FFmpeg drops those no other frame refers
+    to (frame threading takes the setting per packet)."""
+    codec, pending = stream.codec_context, set(wanted)
     for packet in container.demux(stream):
-        if wanted is not None:
-            needed = packet.pts is None or grid.index(packet.pts) in wanted
-            codec.skip_frame = "DEFAULT" if needed else "NONREF"
+        index = None if packet.pts is None else grid.index(packet.pts)
+        if skipping:
+            codec.skip_frame = "DEFAULT" if index is None or index in wanted else "NONREF"
         yield from packet.decode()
+        pending.discard(index)
+        if not pending:
+            yield from codec.decode(drain_packet(stream))
+            return
 
 
-def frames_from(container, stream, grid: Grid, index: int, wanted: frozenset[int] | None) -> Iterator[av.VideoFrame]:
-    """Decoded frames from the keyframe at or before frame `index` on (see `decoded` for `wanted`). A seek lands on
-    the last keyframe whose decode time is at or before the target, which with B-frames can be shown after it:
-    step back until not."""
-    offset = grid.pts(index)
+def drain_packet(stream) -> av.Packet:
+    """An empty packet: sent to the decoder, it drains it; its time base gives the frames that come out theirs."""
+    packet = av.Packet()
+    packet.time_base = stream.time_base
+    return packet
+
+
+def frames_from(container, stream, grid: Grid, run: list[int], skipping: bool) -> Iterator[av.VideoFrame]:
+    """Decoded frames from the keyframe at or before frame `run[0]` on, up to the frames in `run` (see `decoded`).
+    A seek lands on the last keyframe whose decode time is at or before the target, which with B-frames can be
+    shown after it: step back until not."""
+    index, offset = run[0], grid.pts(run[0])
     while True:
         container.seek(offset, stream=stream, backward=True)
-        frames = decoded(container, stream, grid, wanted)
+        frames = decoded(container, stream, grid, frozenset(run), skipping)
         first = next(frames, None)
         if first is None or grid.index(first.pts) <= index or offset <= grid.start:
             return frames if first is None else _chain(first, frames)
@@ -289,29 +301,41 @@ def _chain(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.V
     yield from rest
 
 
+def forward_runs(indices: list[int], keys: list[int | None]) -> list[list[int]]:
+    """The sampled `indices` (sorted) grouped into runs decoded in one forward pass: a new run, and a seek, where
+    the keyframe before a sample (`keys`, None when unknown) is past the previous sample."""
+    runs = []
+    for n, (index, key) in enumerate(zip(indices, keys, strict=True)):
+        if n == 0 or key is None or key > indices[n - 1]:
+            runs.append([])
+        runs[-1].append(index)
+    return runs
+
+
 def decode_seeking(container, stream, path: Path, grid: Grid, indices: list[int], size: int | None):
     """Decode frames `indices` (sorted) only: a seek to the keyframe before a sampled frame when that keyframe is
-    ahead of the decoder's position, else decoding forward from where it is. Yields (frame, seconds) exactly as
-    decode_full does."""
+    past the previous sample, else decoding forward from it, dropping the non-reference frames not sampled
+    (`skips_nonref`). Yields (frame, seconds) exactly as decode_full does."""
     keys = [keyframe_packet(container, stream, grid.pts(index), backward=True) for index in indices]
     keys = [None if key is None else grid.index(key.pts) for key in keys]  # keep indices, not packets
-    wanted = frozenset(indices) if skips_nonref(stream) else None
-    frames, position = None, -1
-    for index, key in zip(indices, keys, strict=True):
-        try:
-            if frames is None or key is None or key > position:
-                frames = frames_from(container, stream, grid, index, wanted)
-            for frame in frames:
-                position = grid.index(frame.pts)
-                if position >= index:
-                    break
-            else:
-                raise damaged_error(path, grid, position + 1)
-        except av.FFmpegError as error:
-            raise damaged_error(path, grid, position + 1, error) from error
-        if position != index:
-            raise damaged_error(path, grid, index)
-        yield to_rgb(frame, size), float(frame.time or 0.0)
+    skipping, position = skips_nonref(stream), -1
+    for run in forward_runs(indices, keys):
+        frames = None
+        for index in run:
+            try:
+                if frames is None:
+                    frames = frames_from(container, stream, grid, run, skipping)
+                for frame in frames:
+                    position = grid.index(frame.pts)
+                    if position >= index:
+                        break
+                else:
+                    raise damaged_error(path, grid, position + 1)
+            except av.FFmpegError as error:
+                raise damaged_error(path, grid, position + 1, error) from error
+            if position != index:
+                raise damaged_error(path, grid, index)
+            yield to_rgb(frame, size), float(frame.time or 0.0)
 
 
 def keyframe_packet(container, stream, pts: int, backward: bool) -> av.Packet | None:

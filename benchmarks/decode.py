@@ -165,11 +165,12 @@ def plot(records: list[dict], path: Path, title: str) -> None:
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=mode)
         ax.set_yscale("log")
-        ax.set_title(f"{resolution}, 32 frames to {SIZE}x{SIZE}, {title}")
+        ax.set_title(f"{resolution}, 32 frames to {SIZE}x{SIZE}")
         ax.set_xlabel("clip length")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("decode time (s)")
     axes[-1].legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -1,5 +1,6 @@
-"""Synthetic clips for demos, tests and benchmarks: a square moving over a static background, optionally
-with a hard scene cut, written as a real H.264 mp4 with PyAV."""
+"""Synthetic clips for demos, tests and benchmarks, written as real mp4 files with PyAV: a square moving over a
+static background, optionally with a hard scene cut; frames that carry their own index; and long clips that
+compress like camera footage (`write_panning_clip`) for the decoding benchmark."""
 
 import math
 from pathlib import Path

@@ -253,7 +253,7 @@ def skips_nonref(stream) -> bool:
     other codecs (VP9 and AV1 ignore or reinterpret NONREF) decode every frame."""
     codec = stream.codec_context
     if codec.name == "hevc":
-        hvcc = codec.extradata or b""  # hvcC: version 1; byte 21 bits 5..3 = numTemporalLayers
+        hvcc = b"" if codec.extradata is None else codec.extradata  # hvcC: byte 21 bits 5..3 = numTemporalLayers
         return len(hvcc) > 22 and hvcc[0] == 1 and (hvcc[21] >> 3) & 7 == 1
     return codec.name in NONREF_CODECS
 

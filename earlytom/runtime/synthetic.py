@@ -1,10 +1,13 @@
-"""Synthetic clips for demos, tests and benchmarks: a square moving over a static background, optionally
-with a hard scene cut, written as a real H.264 mp4 with PyAV."""
+"""Synthetic clips for demos, tests and benchmarks, written as real mp4 files with PyAV: a square moving over a
+static background, optionally with a hard scene cut; frames that carry their own index; and long clips that
+compress like camera footage (`write_panning_clip`) for the decoding benchmark."""
 
+import math
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 
 def moving_square_frames(num_frames: int, size: int = 96, cut_at: int | None = None) -> np.ndarray:
@@ -25,17 +28,25 @@ def moving_square_frames(num_frames: int, size: int = 96, cut_at: int | None = N
 
 
 def write_clip(
-    path: str | Path, frames: np.ndarray, fps: int = 8, *, gop: int | None = None, faststart: bool = False
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int = 8,
+    *,
+    gop: int | None = None,
+    faststart: bool = False,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
 ) -> Path:
-    """Encode uint8 frames [B, H, W, 3] (H, W even) as an H.264 mp4 at `fps` (x264's defaults, B-frames included);
-    gop: one keyframe every `gop` frames exactly (None: x264's default); faststart: the index before the data."""
+    """Encode uint8 frames [B, H, W, 3] (H, W even) as an mp4 at `fps` with `codec` (default H.264 with x264's
+    defaults, B-frames included) and its encoder `options`; gop: one keyframe every `gop` frames exactly (None: the
+    encoder's default); faststart: the index before the data."""
     path = Path(path)
     with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        if gop is not None:
-            stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        fixed_gop = {} if gop is None else {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        stream.options = fixed_gop | ({} if options is None else options)
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())
@@ -82,4 +93,121 @@ def write_long_clip(path: str | Path, seconds: float, width: int, height: int, *
             frame.pts = t
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    return path
+
+
+def texture(rng: np.random.Generator, height: int, width: int, scales: tuple[int, ...]) -> np.ndarray:
+    """float32 [height, width] in 0..1: value noise summed over `scales` (pixels per random value, weights halving
+    from the coarsest), like the mix of smooth areas and detail in a natural scene."""
+    total = np.zeros((height, width), np.float32)
+    for n, scale in enumerate(scales):
+        coarse = rng.random((height // scale + 2, width // scale + 2), dtype=np.float32)
+        total += np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)) / 2**n
+    return (total - total.min()) / (total.max() - total.min())
+
+
+def panning_scene(width: int, height: int, seed: int = 0) -> tuple:
+    """A scene to pan over: Y [1.25 H, 3 W] and U, V stacked [2, 0.625 H, 1.5 W] (uint8, 4:2:0, luma in video
+    range 16..235) of textured ground with hard-edged blocks; three textured sprites Y [S, S] (S = H / 6) that move
+    over it; sensor grain, 4 fields uint8 [H, W] of 0..6 added to each frame in turn (minus 3)."""
+    rng = np.random.default_rng(seed)
+    tall, wide = (round(1.25 * height) // 4) * 4, 3 * width
+    scales = tuple(s for s in (max(tall // 4, 8), 48, 12, 3) if s <= tall)
+    luma = 30 + 190 * texture(rng, tall, wide, scales)
+    for _ in range(40):  # blocks: edges a codec must keep
+        top, left = rng.integers(0, tall - height // 8), rng.integers(0, wide - width // 8)
+        luma[top : top + rng.integers(8, height // 4), left : left + rng.integers(8, width // 6)] *= rng.uniform(
+            0.5, 1.2
+        )
+    chroma = 128 + 40 * (texture(rng, 2 * tall // 2, wide // 2, scales[:2]) - 0.5)
+    chroma = np.stack([chroma[: tall // 2], chroma[tall // 2 :][::-1]])
+    side = max(height // 6, 4) // 2 * 2
+    sprites = [(16 + 219 * texture(rng, side, side, (max(side // 4, 1), 2))).astype(np.uint8) for _ in range(3)]
+    grain = [rng.integers(0, 7, size=(height, width), dtype=np.uint8) for _ in range(4)]
+    return np.clip(luma, 16, 235).astype(np.uint8), chroma.astype(np.uint8), sprites, grain
+
+
+def panning_frame(scene, t: int, fps: int, width: int, height: int) -> np.ndarray:
+    """Frame t of a camera panning over `scene` (back and forth over 2 widths in a minute, swaying up and down) with its
+    sprites moving across, and grain: yuv420p as one uint8 array [1.5 H, W]."""
+    luma, chroma, sprites, grain = scene
+    travel, period = luma.shape[1] - width, 60 * fps
+    phase = (t % period) / period
+    x = round(travel * (2 * phase if phase < 0.5 else 2 - 2 * phase)) // 2 * 2
+    y = round((luma.shape[0] - height) * (0.5 + 0.5 * math.sin(2 * math.pi * t / (6 * fps)))) // 2 * 2
+    plane = luma[y : y + height, x : x + width].copy()
+    for n, sprite in enumerate(sprites):
+        side = sprite.shape[0]
+        top = round((height - side) * (0.5 + 0.45 * math.sin(2 * math.pi * (t / (13 * fps) + n / 3))))
+        left = round((width - side) * (0.5 + 0.45 * math.cos(2 * math.pi * (t / (17 * fps) + n / 5))))
+        plane[top : top + side, left : left + side] = sprite
+    plane += grain[t % len(grain)]
+    plane -= 3
+    u, v = (c[y // 2 : (y + height) // 2, x // 2 : (x + width) // 2] for c in chroma)
+    return np.concatenate([plane, u.reshape(height // 4, width), v.reshape(height // 4, width)])
+
+
+def encode_panning(path: Path, frames: int, width: int, height: int, fps: int, gop: int, options: dict) -> None:
+    """`frames` frames of the panning scene as an H.264 mp4, one keyframe (IDR, closed GOP) every `gop` frames."""
+    scene = panning_scene(width, height)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"} | options
+        for t in range(frames):
+            frame = av.VideoFrame.from_ndarray(panning_frame(scene, t, fps, width, height), format="yuv420p")
+            frame.pts = t
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def repeat_segment(segment: Path, path: Path, frames: int) -> None:
+    """Write the packets of `segment` (closed GOPs) again and again with shifted pts and dts, without re-encoding,
+    up to `frames` frames (a whole number of the segment's GOPs: a prefix of its packets in decode order)."""
+    with av.open(str(segment)) as source, av.open(str(path), mode="w") as target:
+        template = source.streams.video[0]
+        output = target.add_stream_from_template(template)
+        step = round(1 / (template.average_rate * template.time_base))  # pts per frame
+        start, length = template.start_time or 0, template.frames
+        for first in range(0, frames, length):
+            with av.open(str(segment)) as again:
+                for packet in again.demux(again.streams.video[0]):
+                    if not packet.size or packet.pts - start >= (frames - first) * step:
+                        continue
+                    packet.pts, packet.dts, packet.stream = packet.pts + first * step, packet.dts + first * step, output
+                    target.mux(packet)
+
+
+def write_panning_clip(
+    path: str | Path,
+    seconds: float,
+    width: int,
+    height: int,
+    *,
+    fps: int = 30,
+    gop: int = 60,
+    preset: str = "superfast",
+    crf: int = 23,
+    segment: float = 60.0,
+) -> Path:
+    """A long H.264 mp4 for benchmarks that compresses like camera footage: a textured scene panned over, with
+    moving sprites, x264 `preset` at `crf` with its B-frames, one IDR every `gop` frames. The clip is a whole
+    number of GOPs (the nearest to `seconds`); it encodes about `segment` seconds (whole GOPs) once and writes
+    them repeatedly with shifted timestamps, so an hour of 1080p costs a minute's encode."""
+    path = Path(path)
+    gops = max(1, round(seconds * fps / gop))
+    piece = path.with_name(f"{path.stem}.segment.mp4")
+    encode_panning(
+        piece,
+        min(gops, max(1, round(segment * fps / gop))) * gop,
+        width,
+        height,
+        fps,
+        gop,
+        {"preset": preset, "crf": str(crf)},
+    )
+    try:
+        repeat_segment(piece, path, gops * gop)
+    finally:
+        piece.unlink()
     return path

@@ -4,8 +4,11 @@ model's input size as it decodes, normalise.
 Accepted sources: a video file, a directory of images (natural order: 1, 2, ..., 10), or a uint8 array
 [B, H, W, 3]. Video files are decoded with PyAV: a seek to the keyframe before each sampled frame and a decode
 forward to it (`decode="seek"`, the default), or every frame of the file (`decode="full"`, the reference the seek
-path must match frame for frame). `sampling="keyframe"` takes the keyframe nearest each uniform sample instead
-(no inter-frame decoding). On a CUDA device with PyNvVideoCodec installed, NVDEC decodes instead of PyAV.
+path must match frame for frame). The seek path decodes packet by packet and has FFmpeg drop the non-reference
+frames it does not need (`skip_frame`, for the codecs in which that provably changes no other frame), so its cost is
+about (samples x keyframe interval / 2) frames, fewer by the share of non-reference frames (about half with x264's
+B-frames). `sampling="keyframe"` takes the keyframe nearest each uniform sample instead (no inter-frame decoding).
+On a CUDA device with PyNvVideoCodec installed, NVDEC decodes instead of PyAV.
 
 Memory stays bounded by the sampled frames at the target size: with `size` set, no full-size RGB frame exists
 beyond the one being converted, and no full-size float array at all.
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # annotations only: importing the model registry would load t
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLINGS = ("uniform", "keyframe")
 DECODES = ("seek", "full")
+NONREF_CODECS = {"h264", "mpeg4"}  # dropping their non-reference frames changes no other frame (skips_nonref)
 TEXT_FORMATS = {"tty"}  # FFmpeg shows text files (.txt, .ans, ...) as ANSI-art video: not a video here
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -241,13 +245,51 @@ def decode_full(container, stream, path: Path, grid: Grid, indices: list[int], s
     raise damaged_error(path, grid, position + 1)
 
 
-def frames_from(container, stream, grid: Grid, index: int) -> Iterator[av.VideoFrame]:
-    """Decoded frames from the keyframe at or before frame `index` on. A seek lands on the last keyframe whose
-    decode time is at or before the target, which with B-frames can be shown after it: step back until not."""
-    offset = grid.pts(index)
+def skips_nonref(stream) -> bool:
+    """Whether dropping the stream's non-reference frames (FFmpeg's skip_frame NONREF) leaves every other frame
+    unchanged: H.264 (nal_ref_idc 0) and MPEG-4 part 2 (B-VOPs) by their definition; HEVC only with one temporal
+    sub-layer, as the mp4/mkv hvcC header states (its "sub-layer non-reference" pictures may be referenced by a
+    higher sub-layer, and FFmpeg drops them all). Each is checked against a full decode in tests/test_video_decode.py;
+    other codecs (VP9 and AV1 ignore or reinterpret NONREF) decode every frame."""
+    codec = stream.codec_context
+    if codec.name == "hevc":
+        hvcc = b"" if codec.extradata is None else codec.extradata  # hvcC: byte 21 bits 5..3 = numTemporalLayers
+        return len(hvcc) > 22 and hvcc[0] == 1 and (hvcc[21] >> 3) & 7 == 1
+    return codec.name in NONREF_CODECS
+
+
+def decoded(container, stream, grid: Grid, wanted: frozenset[int], skipping: bool) -> Iterator[av.VideoFrame]:
+    """Frames decoded packet by packet from the demuxer's position until every frame in `wanted` (indices) has been
+    sent to the decoder, which is then drained: no packet past the last one needed is read or decoded. skipping:
+    the packets of the other frames are decoded with skip_frame NONREF, so FFmpeg drops those no other frame refers
+    to (frame threading takes the setting per packet)."""
+    codec, pending = stream.codec_context, set(wanted)
+    for packet in container.demux(stream):
+        index = None if packet.pts is None else grid.index(packet.pts)
+        if skipping:
+            codec.skip_frame = "DEFAULT" if index is None or index in wanted else "NONREF"
+        yield from packet.decode()
+        pending.discard(index)
+        if not pending:
+            yield from codec.decode(drain_packet(stream))
+            return
+
+
+def drain_packet(stream) -> av.Packet:
+    """An empty packet: sent to the decoder, it drains it; its time base gives the frames that come out theirs."""
+    packet = av.Packet()
+    packet.time_base = stream.time_base
+    return packet
+
+
+def frames_from(container, stream, grid: Grid, run: list[int], skipping: bool) -> Iterator[av.VideoFrame]:
+    """Decoded frames from the keyframe at or before frame `run[0]` on, up to the frames in `run` (see `decoded`).
+    A seek lands on the last keyframe whose decode time is at or before the target, which with B-frames can be
+    shown after it: step back until not."""
+    index, offset = run[0], grid.pts(run[0])
     while True:
         container.seek(offset, stream=stream, backward=True)
-        frames = container.decode(stream)
+        frames = decoded(container, stream, grid, frozenset(run), skipping)
         first = next(frames, None)
         if first is None or grid.index(first.pts) <= index or offset <= grid.start:
             return frames if first is None else _chain(first, frames)
@@ -259,28 +301,41 @@ def _chain(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.V
     yield from rest
 
 
+def forward_runs(indices: list[int], keys: list[int | None]) -> list[list[int]]:
+    """The sampled `indices` (sorted) grouped into runs decoded in one forward pass: a new run, and a seek, where
+    the keyframe before a sample (`keys`, None when unknown) is past the previous sample."""
+    runs = []
+    for n, (index, key) in enumerate(zip(indices, keys, strict=True)):
+        if n == 0 or key is None or key > indices[n - 1]:
+            runs.append([])
+        runs[-1].append(index)
+    return runs
+
+
 def decode_seeking(container, stream, path: Path, grid: Grid, indices: list[int], size: int | None):
     """Decode frames `indices` (sorted) only: a seek to the keyframe before a sampled frame when that keyframe is
-    ahead of the decoder's position, else decoding forward from where it is. Yields (frame, seconds) exactly as
-    decode_full does."""
+    past the previous sample, else decoding forward from it, dropping the non-reference frames not sampled
+    (`skips_nonref`). Yields (frame, seconds) exactly as decode_full does."""
     keys = [keyframe_packet(container, stream, grid.pts(index), backward=True) for index in indices]
     keys = [None if key is None else grid.index(key.pts) for key in keys]  # keep indices, not packets
-    frames, position = None, -1
-    for index, key in zip(indices, keys, strict=True):
-        try:
-            if frames is None or key is None or key > position:
-                frames = frames_from(container, stream, grid, index)
-            for frame in frames:
-                position = grid.index(frame.pts)
-                if position >= index:
-                    break
-            else:
-                raise damaged_error(path, grid, position + 1)
-        except av.FFmpegError as error:
-            raise damaged_error(path, grid, position + 1, error) from error
-        if position != index:
-            raise damaged_error(path, grid, index)
-        yield to_rgb(frame, size), float(frame.time or 0.0)
+    skipping, position = skips_nonref(stream), -1
+    for run in forward_runs(indices, keys):
+        frames = None
+        for index in run:
+            try:
+                if frames is None:
+                    frames = frames_from(container, stream, grid, run, skipping)
+                for frame in frames:
+                    position = grid.index(frame.pts)
+                    if position >= index:
+                        break
+                else:
+                    raise damaged_error(path, grid, position + 1)
+            except av.FFmpegError as error:
+                raise damaged_error(path, grid, position + 1, error) from error
+            if position != index:
+                raise damaged_error(path, grid, index)
+            yield to_rgb(frame, size), float(frame.time or 0.0)
 
 
 def keyframe_packet(container, stream, pts: int, backward: bool) -> av.Packet | None:

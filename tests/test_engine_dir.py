@@ -250,6 +250,8 @@ def test_onnxruntime_backend_refuses_what_its_graphs_fix(engine):
     with pytest.raises(ValueError, match="variant"):
         pipe.with_options(config=replace(pipe.config, variant="paper"))
     assert pipe.with_options(method="full", retain_ratio=0.1).options.method == "full"
+    with pytest.raises(UnsupportedOption, match="kernels = 'aot' runs the AOT-compiled kernels on the eager"):
+        pipe.with_options(kernels="aot")
 
 
 def test_official_counts_report_every_merge_layer_and_the_inner_merge(engine, clips):

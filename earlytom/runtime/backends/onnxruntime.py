@@ -218,6 +218,12 @@ class OnnxRuntimeBackend:
 
     def check(self, options: RunOptions) -> RunOptions:
         refuse_changes(self.name, self.defaults, options, FIXED, "rebuild the engine directory with build_engine")
+        if options.kernels == "aot":
+            raise UnsupportedOption(
+                "kernels = 'aot' runs the AOT-compiled kernels on the eager CUDA backend (--model M --device cuda "
+                "--aot-kernels DIR); the onnxruntime backend's compression runs in PyTorch or Triton: use "
+                "--kernels auto, reference or triton"
+            )
         if options.num_frames > self.manifest.max_frames:
             raise UnsupportedOption(
                 f"frames = {options.num_frames} exceeds the {self.manifest.max_frames} frames the engines were built "

@@ -7,11 +7,14 @@ forward to it (`decode="seek"`, the default), or every frame of the file (`decod
 path must match frame for frame). The seek path decodes packet by packet and has FFmpeg drop the non-reference
 frames it does not need (`skip_frame`, for the codecs in which that provably changes no other frame), so its cost is
 about (samples x keyframe interval / 2) frames, fewer by the share of non-reference frames (about half with x264's
-B-frames). `sampling="keyframe"` takes the keyframe nearest each uniform sample instead (no inter-frame decoding).
+B-frames). Samples whose keyframes lie past the previous sample start new forward runs, which are independent: with
+threads on, two or more runs decode on parallel workers (one per usable core, each with its own file handle and a
+single-threaded decoder), since FFmpeg's frame threading gains little on a decoder that restarts after every seek.
+`sampling="keyframe"` takes the keyframe nearest each uniform sample instead (no inter-frame decoding).
 On a CUDA device with PyNvVideoCodec installed, NVDEC decodes instead of PyAV.
 
 Memory stays bounded by the sampled frames at the target size: with `size` set, no full-size RGB frame exists
-beyond the one being converted, and no full-size float array at all.
+beyond the one being converted (one per worker), and no full-size float array at all.
 """
 
 import contextlib
@@ -373,12 +376,12 @@ def decode_parallel(container, path: Path, grid: Grid, runs: list[list[int]], si
     (frame, seconds) in sample order, as decode_seeking does: at most the sampled frames are held. A worker's
     failure is raised where decode_seeking would raise it (after the frames before it); closing the iterator
     stops the workers (after the sample each is decoding) and closes their containers."""
-    starts, lock, ready, stop = run_starts(runs), threading.Lock(), threading.Condition(), threading.Event()
+    starts, ready, stop = run_starts(runs), threading.Condition(), threading.Event()
     results: dict[int, tuple] = {}  # flat sample position -> ((frame, seconds), None) or (None, error)
     pending = iter(range(len(runs)))
 
     def next_run() -> int | None:
-        with lock:
+        with ready:
             return None if stop.is_set() else next(pending, None)
 
     def deliver(position: int, item, error) -> None:
@@ -386,8 +389,7 @@ def decode_parallel(container, path: Path, grid: Grid, runs: list[list[int]], si
             results[position] = (item, error)
             ready.notify_all()
 
-    def work(own) -> None:
-        opened = own
+    def work(opened) -> None:
         try:
             while (r := next_run()) is not None:
                 position = starts[r]

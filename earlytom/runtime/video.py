@@ -398,11 +398,13 @@ def decode_parallel(container, path: Path, grid: Grid, runs: list[list[int]], si
                         opened = open_container(path)
                         set_threads(opened.streams.video[0], False)
                     previous = runs[r - 1][-1] if r else -1
-                    for item in decode_run(opened, opened.streams.video[0], path, grid, runs[r], size, previous):
-                        deliver(position, item, None)
-                        position += 1
-                        if stop.is_set():
-                            return
+                    items = decode_run(opened, opened.streams.video[0], path, grid, runs[r], size, previous)
+                    with contextlib.closing(items):  # before its container closes
+                        for item in items:
+                            deliver(position, item, None)
+                            position += 1
+                            if stop.is_set():
+                                return
                 except BaseException as error:  # raised in the consumer, in sample order
                     deliver(position, None, error)
                     return

@@ -1,18 +1,27 @@
 """The seek path's frame skipping: decoding the packets of unsampled frames with skip_frame NONREF gives exactly the
 frames of a full decode, per codec (clips with B-frames, several GOPs, frame threading on and off), and the codecs
-left out of the allow-list are left out for a reason."""
+left out of the allow-list are left out for a reason. Forward runs decoded in parallel: the same frames, the same
+errors, and nothing left running or open when the consumer stops early."""
+
+import os
+import threading
+import time
 
 import av
 import pytest
 
+from earlytom.runtime import video
 from earlytom.runtime.synthetic import frame_index, indexed_frames, write_clip, write_panning_clip
 from earlytom.runtime.video import (
     Grid,
+    VideoError,
     decoded,
     forward_runs,
     load_video,
+    read_ahead,
     skips_nonref,
     stream_grid,
+    stream_video,
     uniform_indices,
 )
 
@@ -151,3 +160,102 @@ def test_panning_clip_repeats_its_segment_with_continuous_timestamps_and_keyfram
 def test_forward_runs_seek_only_where_the_keyframe_is_past_the_previous_sample():
     indices, keys = [5, 20, 40, 45, 70, 90], [0, 0, 30, 30, 60, None]  # None: no keyframe found, seek anyway
     assert forward_runs(indices, keys) == [[5, 20], [40, 45], [70], [90]]
+
+
+@pytest.fixture
+def parallel(monkeypatch):
+    """Three usable cores whatever the machine has, and a record of the worker count of each parallel decode."""
+    workers, original = [], video.decode_parallel
+
+    def recorded(container, path, grid, runs, size, count):
+        workers.append(count)
+        return original(container, path, grid, runs, size, count)
+
+    monkeypatch.setattr(video, "usable_cores", lambda: 3)
+    monkeypatch.setattr(video, "decode_parallel", recorded)
+    return workers
+
+
+@pytest.mark.parametrize("count", [2, 5, 16, 64])
+@pytest.mark.parametrize("name", CODECS)
+def test_parallel_runs_give_exactly_the_frames_of_a_full_decode(coded, parallel, name, count):
+    """Runs split among min(cores, runs) workers; one run, or threads off, decodes with one decoder."""
+    path = clip(coded, name)
+    full = load_video(path, count, decode="full")
+    for size in (None, 24):
+        seek = load_video(path, count, size=size)
+        assert seek.indices == full.indices == uniform_indices(TOTAL, count)
+        assert [frame_index(frame.numpy()) for frame in seek.frames] == seek.indices
+        assert seek.timestamps == full.timestamps
+    assert load_video(path, count).frames.equal(full.frames)
+    runs = len({index // GOP for index in full.indices})  # 30-frame GOPs: a run per GOP sampled (B-frames aside)
+    assert parallel == [min(3, runs)] * 3
+    assert load_video(path, count, threads=False).frames.equal(full.frames) and len(parallel) == 3
+
+
+def test_a_single_run_decodes_with_one_decoder(tmp_path, parallel):
+    path = write_clip(tmp_path / "one.mp4", indexed_frames(40), gop=40)  # one keyframe: one run
+    assert [frame_index(frame.numpy()) for frame in load_video(path, 4).frames] == uniform_indices(40, 4)
+    assert parallel == []
+
+
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory):
+    """A 120-frame clip with a keyframe every 10 frames, its index first, cut at 60% of its bytes."""
+    root = tmp_path_factory.mktemp("cut")
+    data = write_clip(root / "whole.mp4", indexed_frames(120), gop=10, faststart=True).read_bytes()
+    (root / "cut.mp4").write_bytes(data[: len(data) * 6 // 10])
+    return root / "cut.mp4"
+
+
+@pytest.mark.parametrize("count", [5, 16])
+def test_parallel_decoding_failure_is_the_error_of_one_decoder_after_the_same_frames(cut, parallel, count):
+    serial, frames = stream_video(cut, count, size=24, threads=False), []
+    with pytest.raises(VideoError) as expected:
+        frames += [frame_index(frame.numpy()) for frame in serial]
+    got = []
+    with pytest.raises(VideoError) as caught:
+        got += [frame_index(frame.numpy()) for frame in read_ahead(stream_video(cut, count, size=24), depth=2)]
+    assert parallel == [3] and str(caught.value) == str(expected.value) and "truncated or damaged" in str(caught.value)
+    assert got == frames and len(frames) < count
+    assert not [t for t in threading.enumerate() if t.name.startswith(("video-run", "video-decode"))]
+
+
+def open_files(path) -> int:
+    """How many of this process's file descriptors are open on `path`."""
+    fds = [os.path.join("/proc/self/fd", fd) for fd in os.listdir("/proc/self/fd")]
+    return sum(1 for fd in fds if os.path.realpath(fd) == str(path.resolve()))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc/self/fd (Linux)")
+@pytest.mark.parametrize("ahead", [False, True])
+def test_stopping_after_the_first_frame_stops_the_workers_and_closes_every_file(coded, parallel, monkeypatch, ahead):
+    """Directly, and through read_ahead (the pipeline's way: the stream is iterated and closed in its thread). The
+    workers are held after converting any frame but the first until the consumer has stopped."""
+    path, gate, converted, convert = clip(coded, "h264"), threading.Event(), [], video.to_rgb
+
+    def held(frame, size):
+        rgb = convert(frame, size)
+        converted.append(frame_index(rgb.numpy()))
+        if converted[-1] != 0:
+            gate.wait(timeout=60)
+        return rgb
+
+    monkeypatch.setattr(video, "to_rgb", held)
+    before = set(threading.enumerate())
+    stream = stream_video(path, 16, size=24)
+    frames = read_ahead(iter(stream), depth=2) if ahead else iter(stream)
+    try:
+        assert frame_index(next(frames).numpy()) == 0
+        deadline = time.monotonic() + 30
+        while len(converted) < 4 and time.monotonic() < deadline:  # frame 0, then one frame held per worker
+            time.sleep(0.01)
+        assert len(set(threading.enumerate()) - before) == 3 + ahead and open_files(path) == 3  # workers, files
+        release = threading.Timer(0.2, gate.set)  # after close() has asked the workers to stop
+        release.start()
+        frames.close()
+        release.join()
+    finally:
+        gate.set()  # a failed assertion leaves nothing held
+    assert set(threading.enumerate()) == before and open_files(path) == 0
+    assert parallel == [3] and (ahead or len(converted) < 16)  # read_ahead asks for one more frame first

@@ -7,14 +7,19 @@ forward to it (`decode="seek"`, the default), or every frame of the file (`decod
 path must match frame for frame). The seek path decodes packet by packet and has FFmpeg drop the non-reference
 frames it does not need (`skip_frame`, for the codecs in which that provably changes no other frame), so its cost is
 about (samples x keyframe interval / 2) frames, fewer by the share of non-reference frames (about half with x264's
-B-frames). `sampling="keyframe"` takes the keyframe nearest each uniform sample instead (no inter-frame decoding).
+B-frames). Samples whose keyframes lie past the previous sample start new forward runs, which are independent: with
+threads on, two or more runs decode on parallel workers (one per usable core, each with its own file handle and a
+single-threaded decoder), since FFmpeg's frame threading gains little on a decoder that restarts after every seek.
+`sampling="keyframe"` takes the keyframe nearest each uniform sample instead (no inter-frame decoding).
 On a CUDA device with PyNvVideoCodec installed, NVDEC decodes instead of PyAV.
 
 Memory stays bounded by the sampled frames at the target size: with `size` set, no full-size RGB frame exists
-beyond the one being converted, and no full-size float array at all.
+beyond the one being converted (one per worker), and no full-size float array at all.
 """
 
+import contextlib
 import math
+import os
 import queue
 import re
 import threading
@@ -312,30 +317,119 @@ def forward_runs(indices: list[int], keys: list[int | None]) -> list[list[int]]:
     return runs
 
 
-def decode_seeking(container, stream, path: Path, grid: Grid, indices: list[int], size: int | None):
-    """Decode frames `indices` (sorted) only: a seek to the keyframe before a sampled frame when that keyframe is
-    past the previous sample, else decoding forward from it, dropping the non-reference frames not sampled
-    (`skips_nonref`). Yields (frame, seconds) exactly as decode_full does."""
+def seek_runs(container, stream, grid: Grid, indices: list[int]) -> list[list[int]]:
+    """The sampled `indices` (sorted) grouped into forward runs (`forward_runs`), from the keyframe a seek to each
+    lands on (read without decoding)."""
     keys = [keyframe_packet(container, stream, grid.pts(index), backward=True) for index in indices]
-    keys = [None if key is None else grid.index(key.pts) for key in keys]  # keep indices, not packets
-    skipping, position = skips_nonref(stream), -1
-    for run in forward_runs(indices, keys):
-        frames = None
-        for index in run:
-            try:
-                if frames is None:
-                    frames = frames_from(container, stream, grid, run, skipping)
-                for frame in frames:
-                    position = grid.index(frame.pts)
-                    if position >= index:
-                        break
-                else:
-                    raise damaged_error(path, grid, position + 1)
-            except av.FFmpegError as error:
-                raise damaged_error(path, grid, position + 1, error) from error
-            if position != index:
-                raise damaged_error(path, grid, index)
-            yield to_rgb(frame, size), float(frame.time or 0.0)
+    return forward_runs(indices, [None if key is None else grid.index(key.pts) for key in keys])
+
+
+def decode_run(container, stream, path: Path, grid: Grid, run: list[int], size: int | None, position: int):
+    """Decode the frames of one forward run (a seek to the keyframe before `run[0]`, then forward, dropping the
+    non-reference frames not sampled: `skips_nonref`); yields (frame, seconds) per index of `run`. position: the
+    last frame decoded before the run (the previous run's last sample, -1 for none), which a failure before the
+    run's first frame reports."""
+    frames, skipping = None, skips_nonref(stream)
+    for index in run:
+        try:
+            if frames is None:
+                frames = frames_from(container, stream, grid, run, skipping)
+            for frame in frames:
+                position = grid.index(frame.pts)
+                if position >= index:
+                    break
+            else:
+                raise damaged_error(path, grid, position + 1)
+        except av.FFmpegError as error:
+            raise damaged_error(path, grid, position + 1, error) from error
+        if position != index:
+            raise damaged_error(path, grid, index)
+        yield to_rgb(frame, size), float(frame.time or 0.0)
+
+
+def run_starts(runs: list[list[int]]) -> list[int]:
+    """Where each run's first frame is among the samples (the runs flattened in order)."""
+    return [sum(len(run) for run in runs[:r]) for r in range(len(runs))]
+
+
+def decode_seeking(container, stream, path: Path, grid: Grid, runs: list[list[int]], size: int | None):
+    """Decode the sampled frames only, run after run (`seek_runs`) with one decoder. Yields (frame, seconds)
+    exactly as decode_full does."""
+    position = -1
+    for run in runs:
+        yield from decode_run(container, stream, path, grid, run, size, position)
+        position = run[-1]
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    count = os.cpu_count()
+    return 1 if count is None else count
+
+
+def decode_parallel(container, path: Path, grid: Grid, runs: list[list[int]], size: int | None, workers: int):
+    """Decode the forward runs on `workers` threads, each with its own container and a single-threaded decoder
+    (FFmpeg and swscale release the GIL), the first reusing `container` (set to one thread, not yet decoding). Each
+    worker takes the next run not yet taken, so runs start in order and the workers stay busy until the last. Yields
+    (frame, seconds) in sample order, as decode_seeking does: at most the sampled frames are held. A worker's
+    failure is raised where decode_seeking would raise it (after the frames before it); closing the iterator
+    stops the workers (after the sample each is decoding) and closes their containers."""
+    starts, ready, stop = run_starts(runs), threading.Condition(), threading.Event()
+    results: dict[int, tuple] = {}  # flat sample position -> ((frame, seconds), None) or (None, error)
+    pending = iter(range(len(runs)))
+
+    def next_run() -> int | None:
+        with ready:
+            return None if stop.is_set() else next(pending, None)
+
+    def deliver(position: int, item, error) -> None:
+        with ready:
+            results[position] = (item, error)
+            ready.notify_all()
+
+    def work(opened) -> None:
+        try:
+            while (r := next_run()) is not None:
+                position = starts[r]
+                try:
+                    if opened is None:
+                        opened = open_container(path)
+                        set_threads(opened.streams.video[0], False)
+                    previous = runs[r - 1][-1] if r else -1
+                    items = decode_run(opened, opened.streams.video[0], path, grid, runs[r], size, previous)
+                    with contextlib.closing(items):  # before its container closes
+                        for item in items:
+                            deliver(position, item, None)
+                            position += 1
+                            if stop.is_set():
+                                return
+                except BaseException as error:  # raised in the consumer, in sample order
+                    deliver(position, None, error)
+                    return
+        finally:
+            if opened is not None and opened is not container:
+                opened.close()
+
+    threads = [
+        threading.Thread(target=work, args=(container if n == 0 else None,), name=f"video-run-{n}", daemon=True)
+        for n in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for position in range(starts[-1] + len(runs[-1])):
+            with ready:
+                ready.wait_for(lambda position=position: position in results)
+                item, error = results.pop(position)
+            if error is not None:
+                raise error
+            yield item
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def keyframe_packet(container, stream, pts: int, backward: bool) -> av.Packet | None:
@@ -418,21 +512,30 @@ def stream_file(path: Path, num_frames: int, size, sampling: str, decode: str, t
             notes += plan_notes
         elif sampling == "keyframe":
             notes.append("keyframe sampling needs a constant frame rate and decode='seek'; sampled uniformly")
+        runs = seek_runs(container, stream, grid, indices) if decode == "seek" and not packets else []
+        workers = min(usable_cores(), len(runs)) if threads else 1
+        if workers > 1:  # independent runs decode in parallel, each on one thread (see decode_parallel)
+            set_threads(stream, False)
     except BaseException:
         container.close()
         raise
     if packets:
         indices = [grid.index(packet.pts) for packet in packets]
         frames = decode_keyframes(stream.codec_context, path, grid, packets, size)
+    elif decode == "full":
+        frames = decode_full(container, stream, path, grid, indices, size)
+    elif workers > 1:
+        frames = decode_parallel(container, path, grid, runs, size, workers)
     else:
-        frames = (decode_seeking if decode == "seek" else decode_full)(container, stream, path, grid, indices, size)
+        frames = decode_seeking(container, stream, path, grid, runs, size)
     times = [grid.seconds(i) if timed else math.nan for i in indices]
     return FrameStream(indices, times, notes, _closing(container, frames, times))
 
 
 def _closing(container, frames, times: list[float]) -> Iterator[torch.Tensor]:
-    """Yield the decoded frames, recording each one's actual time, and close the file when done."""
-    with container:
+    """Yield the decoded frames, recording each one's actual time, and close the file when done (after `frames`,
+    which may be using it from other threads)."""
+    with container, contextlib.closing(frames):
         for n, (frame, seconds) in enumerate(frames):
             times[n] = seconds
             yield frame

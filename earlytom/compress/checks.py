@@ -12,6 +12,19 @@ def check_rank(name: str, tensor: torch.Tensor, shape: str) -> None:
         raise ValueError(f"{name} must be {rank}-D {shape}, got shape {list(tensor.shape)}")
 
 
+def check_pair(name: str, tensor: torch.Tensor, shape: str, other_name: str, other: torch.Tensor, other_shape: str):
+    """Raise unless `tensor` has the rank of `shape` (e.g. hidden "[F, L, D]"), `other` that of `other_shape` (e.g.
+    attention "[F, L]"), and `other`'s dimensions equal the leading ones of `tensor`."""
+    check_rank(name, tensor, shape)
+    check_rank(other_name, other, other_shape)
+    if tensor.shape[: other.dim()] != other.shape:
+        dims = " or ".join(other_shape.strip("[]").split(", "))
+        raise ValueError(
+            f"{name} {shape} = {list(tensor.shape)} and {other_name} {other_shape} = {list(other.shape)} "
+            f"disagree on {dims}"
+        )
+
+
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise if `tensor` holds NaN or Inf (they would silently corrupt every similarity and ranking)."""
     if not bool(torch.isfinite(tensor).all()):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from earlytom.compress.checks import check_finite, check_rank
+from earlytom.compress.checks import check_finite, check_pair, check_rank
 from earlytom.compress.config import check_int, check_value
 from earlytom.compress.merge import NORM_EPS, apply_merge
 
@@ -201,12 +201,7 @@ def segment_frames(hidden: torch.Tensor, *, alpha: float, tau_seg: float, max_wi
 
 
 def check_inputs(hidden: torch.Tensor, attention: torch.Tensor) -> None:
-    check_rank("hidden", hidden, "[F, L, D]")
-    check_rank("attention", attention, "[F, L]")
-    if hidden.shape[:2] != attention.shape:
-        raise ValueError(
-            f"hidden [F, L, D] = {list(hidden.shape)} and attention [F, L] = {list(attention.shape)} disagree on F or L"
-        )
+    check_pair("hidden", hidden, "[F, L, D]", "attention", attention, "[F, L]")
     if hidden.shape[0] == 0:
         raise ValueError("hidden has F = 0 frames; compression needs at least 1 frame")
     check_finite("attention", attention)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from earlytom.compress.checks import check_finite, check_range, check_rank
+from earlytom.compress.checks import check_finite, check_pair, check_range, check_rank
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,7 @@ def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def check_tokens_scores(tokens: torch.Tensor, scores: torch.Tensor) -> None:
-    check_rank("tokens", tokens, "[N, T, D]")
-    check_rank("scores", scores, "[N, T]")
-    if tokens.shape[:2] != scores.shape:
-        raise ValueError(
-            f"tokens [N, T, D] = {list(tokens.shape)} and scores [N, T] = {list(scores.shape)} disagree on N or T"
-        )
+    check_pair("tokens", tokens, "[N, T, D]", "scores", scores, "[N, T]")
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise ValueError(f"tokens has shape {list(tokens.shape)}; need N >= 1 frames and T >= 1 tokens per frame")
     check_finite("scores", scores)

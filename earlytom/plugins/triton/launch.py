@@ -83,26 +83,21 @@ def gather_tokens(K: int, T: int, DM: int) -> Launch:
     return Launch("gather_tokens", (K, cdiv(DM, COPY_BLOCK), 1), 4, {"BLOCK": COPY_BLOCK}, (T, DM))
 
 
+def attention_constexprs(HD: int, scale: float) -> dict:
+    """The compile-time constants both attention kernels share: the softmax scale and their block sizes."""
+    return {"SCALE": scale, "BLOCK_M": ATTENTION_BLOCK, "BLOCK_N": ATTENTION_BLOCK, "BLOCK_D": max(16, next_pow2(HD))}
+
+
 def attention_row_stats(F: int, H: int, L: int, HD: int, scale: float) -> Launch:
     """Softmax row statistics of q, k [F, H, L, HD]: one program per (frame, head) and block of query rows."""
-    constexprs = {
-        "SCALE": scale,
-        "BLOCK_M": ATTENTION_BLOCK,
-        "BLOCK_N": ATTENTION_BLOCK,
-        "BLOCK_D": max(16, next_pow2(HD)),
-    }
-    return Launch("attention_row_stats", (F * H, cdiv(L, ATTENTION_BLOCK), 1), 4, constexprs, (H, L, HD), SINGLE_STAGE)
+    grid = (F * H, cdiv(L, ATTENTION_BLOCK), 1)
+    return Launch("attention_row_stats", grid, 4, attention_constexprs(HD, scale), (H, L, HD), SINGLE_STAGE)
 
 
 def attention_received(F: int, H: int, L: int, HD: int, scale: float) -> Launch:
     """Attention received [F, L]: one program per frame and block of key columns."""
-    constexprs = {
-        "SCALE": scale,
-        "BLOCK_M": ATTENTION_BLOCK,
-        "BLOCK_N": ATTENTION_BLOCK,
-        "BLOCK_D": max(16, next_pow2(HD)),
-    }
-    return Launch("attention_received", (F, cdiv(L, ATTENTION_BLOCK), 1), 4, constexprs, (H, L, HD), SINGLE_STAGE)
+    grid = (F, cdiv(L, ATTENTION_BLOCK), 1)
+    return Launch("attention_received", grid, 4, attention_constexprs(HD, scale), (H, L, HD), SINGLE_STAGE)
 
 
 def similarity_width(F: int, max_window: int) -> int:

@@ -42,7 +42,7 @@ from earlytom.compress.config import VARIANTS
 from earlytom.environment import missing_gpu_stack
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
-from earlytom.runtime.video import nvdec_available, stream_video
+from earlytom.runtime.video import nvdec_available, resize_rgb, stream_video
 
 PROMPT = "Describe what happens in this video."
 MODELS = ("llava-ov-0.5b", "llava-ov-7b")
@@ -266,16 +266,7 @@ def nvdec_rows(clip: Path, frames: int, size: int, repeats: int) -> list[list]:
     preprocess's bicubic) on `clip`: same indices, mean and max absolute pixel difference (0-255), decode time."""
     cpu_indices, cpu_frames, _ = decode_once(clip, frames, size=size)
     gpu_indices, gpu_frames, _ = decode_once(clip, frames, device="cuda")
-    resized = [
-        torch.nn.functional.interpolate(
-            f.permute(2, 0, 1)[None].float(), size=(size, size), mode="bicubic", antialias=True
-        )[0]
-        .clamp(0, 255)
-        .round()
-        .permute(1, 2, 0)
-        .cpu()
-        for f in gpu_frames
-    ]
+    resized = [resize_rgb(f, size).round().permute(1, 2, 0).cpu() for f in gpu_frames]  # as preprocess resizes
     diff = (torch.stack(resized) - torch.stack(cpu_frames).float()).abs()
     cpu_ms = summary([decode_once(clip, frames, size=size)[2] for _ in range(repeats)])
     gpu_ms = summary([decode_once(clip, frames, device="cuda")[2] for _ in range(repeats)])

@@ -76,7 +76,7 @@ def test_token_cosine_cubin_runs_through_the_driver_api(tmp_path):  # pragma: no
     command = [sys.executable, "-m", "earlytom.plugins.aot", "--arch", arch, "--out", tmp_path]
     subprocess.run(command, env=env, check=True)
     kernels = launcher.AotKernels(tmp_path)
-    spec_shapes = launcher.read_contract(tmp_path)[("token_cosine", "fp32")]["constexprs"]
+    spec_shapes = launcher.Contract(tmp_path).records[("token_cosine", "fp32")]["constexprs"]
     B, L, D = 32, 729, 1152
     spec = launch.token_cosine(B, L, D)
     assert spec.constexprs == spec_shapes

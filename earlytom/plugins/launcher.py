@@ -68,11 +68,6 @@ def pack_args(params: list[dict], args: list[int]) -> PackedArgs:
     return PackedArgs(tuple(values), pointers)
 
 
-def read_contract(directory: Path) -> dict[tuple[str, str], dict]:
-    """kernels.json of a plugins/<arch>/ directory as {(kernel, dtype): record}."""
-    return Contract(directory).records
-
-
 def check_spec(record: dict, spec: launch.Launch, fix: str = REBUILD) -> None:
     """A cubin is specialised for its compile-time constants; refuse a launch spec computed for other ones."""
     if record["constexprs"] != spec.constexprs:

@@ -700,12 +700,18 @@ def preprocess(frames: torch.Tensor, settings: "Preprocess") -> torch.Tensor:
     are already S x S, as stream_video(size=S) gives them), rescale, normalise. One frame at a time is float at
     its own size."""
     size = settings.size
-    mean = torch.tensor(settings.mean)[:, None, None]
-    std = torch.tensor(settings.std)[:, None, None]
+    mean = torch.tensor(settings.mean, device=frames.device)[:, None, None]
+    std = torch.tensor(settings.std, device=frames.device)[:, None, None]
     out = torch.empty(frames.shape[0], 3, size, size, dtype=torch.float32, device=frames.device)
     for n, frame in enumerate(frames):
-        x = frame.permute(2, 0, 1).float()  # [3, H, W] in 0..255
-        if x.shape[1:] != (size, size):
-            x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bicubic", antialias=True)[0]
-        out[n] = (x.clamp(0, 255) * settings.rescale - mean.to(x.device)) / std.to(x.device)
+        out[n] = (resize_rgb(frame, size) * settings.rescale - mean) / std
     return out
+
+
+def resize_rgb(frame: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 frame [H, W, 3] -> float32 [3, size, size] in 0..255: bicubic, antialiased (skipped when the frame is
+    already size x size), clamped to 0..255."""
+    x = frame.permute(2, 0, 1).float()
+    if x.shape[1:] != (size, size):
+        x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bicubic", antialias=True)[0]
+    return x.clamp(0, 255)

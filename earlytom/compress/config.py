@@ -172,16 +172,20 @@ class EarlyTomConfig:
             if self.variant == "paper" and len(self.merge_layers) != 1:
                 raise ValueError(f"merge_layers = {self.merge_layers}: variant 'paper' merges after exactly one layer")
 
-    def for_model(self, encoder_layers: int, decoder_layers: int) -> "EarlyTomConfig":
-        """This config with the model-dependent fields filled for a model of that depth: merge_layers, inner_ratio
-        (the variant's default; 0 = no inner merge when the decoder has a single layer) and inner_layer (None when
-        inner_ratio is 0). Given values are checked against the model: merge layers in [0, encoder_layers - 1],
-        inner_layer in [1, decoder_layers - 1]."""
+    def for_model(
+        self, encoder_layers: int, decoder_layers: int, *, default_layers: Sequence[int] | None = None
+    ) -> "EarlyTomConfig":
+        """This config with the model-dependent fields filled for a model of that depth: merge_layers (the model's
+        `default_layers`; None: default_merge_layers for the depth), inner_ratio (the variant's default; 0 = no
+        inner merge when the decoder has a single layer) and inner_layer (None when inner_ratio is 0). Given values
+        are checked against the model: merge layers in [0, encoder_layers - 1], inner_layer in
+        [1, decoder_layers - 1]."""
         check_int("encoder_layers", encoder_layers, 1)
         check_int("decoder_layers", decoder_layers, 1)
         layers = self.merge_layers
         if layers is None:
-            layers = default_merge_layers(self.variant, encoder_layers)
+            layers = default_merge_layers(self.variant, encoder_layers) if default_layers is None else default_layers
+            layers = tuple(layers)
         check_layers(layers, depth=encoder_layers)
         ratio = self.inner_ratio
         if ratio is None:

@@ -7,40 +7,26 @@ The vision encoder runs as a chain of stretches, one graph each, split after eve
     vision_tail   hidden_<lm> [N, L, D] (+ attention_<lm> [N, L]) -> tokens [N, T, D'], scores [N, T]
                                                    layers (lm, n), projector, pooling
 
+"Frames" here are the encoder's units (earlytom.models.backbone); pixels [B, *unit_shape].
+
 Tensors are named after the layer whose output they are, so a graph's input is the merged form of the
 previous graph's output of the same name. With the `paper` variant (one merge layer) the chain is head and
-tail; its tail computes the scores as the attention received in the last layer. With `official` every
-non-final graph also outputs the attention received in its last layer, and the tail pools the merged
-attention it is given as the scores.
+tail; its tail computes the scores as the attention received in the last layer. With `official` the graph that
+ends at the last merge layer also outputs the attention received in that layer (the only one selection reads),
+and the tail pools the merged attention it is given as the scores.
 """
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
-FORMAT = "earlytom-engine/2"
+FORMAT = "earlytom-engine/3"
 MANIFEST = "manifest.json"
-DECODER = "decoder"  # the Qwen2 decoder, a transformers checkpoint (safetensors)
+DECODER = "decoder"  # the language model, a transformers checkpoint (safetensors)
 DECODER_TRTLLM = "decoder_trtllm"  # its TensorRT-LLM engine (tensorrt backend)
 TOKENIZER = "tokenizer"
 PREPROCESSOR = "preprocessor.json"
-IMAGE_NEWLINE = "image_newline.safetensors"
+VISUAL_SUFFIX = "visual_suffix.safetensors"  # embeddings appended after the selected tokens ([0, D'] if none)
 PLUGINS = "plugins"  # plugins/<arch>/: the AOT-compiled kernels
 TIMING_CACHE = "timing.cache"
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """ "fp32" / "fp16" -> the torch dtype (a clear error for anything else)."""
-    if name not in DTYPES:
-        raise ValueError(f"dtype = {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def numpy_dtype(name: str) -> type:
-    return {torch.float32: np.float32, torch.float16: np.float16}[torch_dtype(name)]
 
 
 @dataclass(frozen=True)
@@ -92,6 +78,6 @@ def vision_chain(variant: str, merge_layers: tuple[int, ...], num_layers: int) -
     for i in range(count):
         final = i == count - 1
         inputs = ("pixels",) if i == 0 else tensors(bounds[i] - 1, official and final)
-        outputs = ("tokens", "scores") if final else tensors(bounds[i + 1] - 1, official)
+        outputs = ("tokens", "scores") if final else tensors(bounds[i + 1] - 1, official and i == count - 2)
         chain.append(GraphSpec(stretch_name(i, count), inputs, outputs, bounds[i], bounds[i + 1]))
     return tuple(chain)

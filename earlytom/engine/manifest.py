@@ -13,22 +13,23 @@ from pathlib import Path, PurePosixPath
 from packaging.version import InvalidVersion, Version
 
 from earlytom.compress import EarlyTomConfig
+from earlytom.dtypes import GRAPH_DTYPES
 from earlytom.engine.layout import (
     DECODER,
-    DTYPES,
     FORMAT,
-    IMAGE_NEWLINE,
     MANIFEST,
     PREPROCESSOR,
     TOKENIZER,
+    VISUAL_SUFFIX,
     GraphSpec,
     vision_chain,
 )
 from earlytom.environment import tool_versions
+from earlytom.models.backbone import VisionDims
 
 BACKENDS = ("onnxruntime", "tensorrt")
 # Files every engine directory has besides its graphs (what every backend opens).
-REQUIRED = (IMAGE_NEWLINE, PREPROCESSOR, f"{DECODER}/config.json", f"{TOKENIZER}/tokenizer_config.json")
+REQUIRED = (VISUAL_SUFFIX, PREPROCESSOR, f"{DECODER}/config.json", f"{TOKENIZER}/tokenizer_config.json")
 
 
 class EngineDirError(ValueError):
@@ -45,17 +46,6 @@ class ModelInfo:
     source: str  # HF id or directory
     config_hash: str  # SHA-256 of the architecture
     random_init: bool
-
-
-@dataclass(frozen=True)
-class VisionDims:
-    image_size: int  # S
-    patch_tokens: int  # L
-    hidden: int  # D
-    llm_hidden: int  # D'
-    tokens_per_frame: int  # T
-    encoder_layers: int  # n, layers used
-    heads: int  # H, attention heads of the vision encoder
 
 
 @dataclass(frozen=True)
@@ -143,14 +133,26 @@ def check_relative(path: str, where: str) -> None:
 def check_values(manifest: Manifest) -> None:
     """The values the schema's types do not cover: known backend and dtype, positive sizes, the graphs the
     EarlyTom configuration implies, and the files every backend opens among the artifacts."""
-    if manifest.backend not in BACKENDS or manifest.dtype not in DTYPES:
+    if manifest.backend not in BACKENDS or manifest.dtype not in GRAPH_DTYPES:
         raise EngineDirError(
-            f"backend {manifest.backend!r} / dtype {manifest.dtype!r} is not one of {BACKENDS} / {tuple(DTYPES)}"
+            f"backend {manifest.backend!r} / dtype {manifest.dtype!r} is not one of {BACKENDS} / {GRAPH_DTYPES}"
         )
-    sizes = {"max_frames": manifest.max_frames, **dataclasses.asdict(manifest.vision)}
-    small = {name: value for name, value in sizes.items() if value < (2 if name == "max_frames" else 1)}
+    v = manifest.vision
+    sizes = {
+        "max_frames": manifest.max_frames,
+        **{f"vision.{name}": value for name, value in dataclasses.asdict(v).items() if isinstance(value, int)},
+        **{f"vision.{name}[{i}]": n for name in ("frame_size", "unit_shape") for i, n in enumerate(getattr(v, name))},
+    }
+    least = {"max_frames": 2, "vision.suffix_tokens": 0}
+    small = {name: value for name, value in sizes.items() if value < least.get(name, 1)}
     if small:
-        raise EngineDirError(f"{small} below the smallest valid size (max_frames >= 2, others >= 1)")
+        raise EngineDirError(
+            f"{small} below the smallest valid size (max_frames >= 2, suffix_tokens >= 0, others >= 1)"
+        )
+    try:
+        v.units(manifest.max_frames)
+    except ValueError as error:
+        raise EngineDirError(f"{MANIFEST}.max_frames: {error}") from None
     config = manifest.config
     try:
         chain = vision_chain(config.variant, config.merge_layers, manifest.vision.encoder_layers)

@@ -10,6 +10,7 @@ one; replacing one needs --overwrite and only ever replaces an engine directory.
 """
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,25 +19,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM
 
 from earlytom.command_line import add_config_args, add_debug_arg, config_from_args, run_main
 from earlytom.compress import EarlyTomConfig, visual_budget
-from earlytom.engine.layout import (
-    DECODER,
-    IMAGE_NEWLINE,
-    PLUGINS,
-    PREPROCESSOR,
-    TOKENIZER,
-    GraphSpec,
-    torch_dtype,
-    vision_chain,
-)
-from earlytom.engine.manifest import Manifest, ModelInfo, TensorRTInfo, VisionDims, write_manifest
+from earlytom.dtypes import GRAPH_DTYPES, torch_dtype
+from earlytom.engine.layout import DECODER, PLUGINS, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX, GraphSpec, vision_chain
+from earlytom.engine.manifest import Manifest, ModelInfo, TensorRTInfo, write_manifest
 from earlytom.engine.staging import staged
 from earlytom.environment import missing_gpu_stack
 from earlytom.export.onnx_export import export_and_verify, vision_graphs
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter
+from earlytom.models.backbone import VisionDims
 from earlytom.models.registry import LoadedModel, known_names, load_model
 from earlytom.plugins import aot
 
@@ -70,6 +62,14 @@ def check_frames(frames: int) -> None:
         raise BuildError(f"frames = {frames!r}: engines take at least 2 frames (an integer >= 2); use --frames 32")
 
 
+def check_units(dims: VisionDims, frames: int) -> int:
+    """The encoder units of `frames` (BuildError unless they fill whole units)."""
+    try:
+        return dims.units(frames)
+    except ValueError as error:
+        raise BuildError(str(error)) from None
+
+
 def check_budget(config: EarlyTomConfig, frames: int, tokens_per_frame: int) -> None:
     """Refuse a paper-variant retain ratio that keeps no token even at the engine's largest frame count: its engine
     would refuse every request. (The official variant keeps at least one token per frame at any ratio.)"""
@@ -86,52 +86,35 @@ def check_budget(config: EarlyTomConfig, frames: int, tokens_per_frame: int) -> 
         raise BuildError(f"{error} (at --frames {frames} an engine built with it refuses every request)") from None
 
 
-def vision_dims(loaded: LoadedModel, adapter: LlavaOnevisionAdapter) -> VisionDims:
-    vision = loaded.model.config.vision_config
-    return VisionDims(
-        image_size=vision.image_size,
-        patch_tokens=adapter.grid**2,
-        hidden=vision.hidden_size,
-        llm_hidden=loaded.model.config.text_config.hidden_size,
-        tokens_per_frame=adapter.tokens_per_frame,
-        encoder_layers=adapter.num_layers,
-        heads=vision.num_attention_heads,
-    )
-
-
-def export_graphs(adapter, chain: tuple[GraphSpec, ...], staging: Path, dtype: str, frames: int, steps) -> dict:
+def export_graphs(backbone, chain: tuple[GraphSpec, ...], staging: Path, dtype: str, units: int, steps) -> dict:
     """Every graph of the chain, exported and verified against the eager model -> max rel. error per output."""
     verification = {}
-    for module, spec, inputs in vision_graphs(adapter, chain):
+    for module, spec, inputs in vision_graphs(backbone, chain):
         steps.set_postfix_str(f"export + verify {spec.file}")
         verification[spec.name] = export_and_verify(
-            module, spec, inputs, staging, dtype=dtype, max_frames=frames
+            module, spec, inputs, staging, dtype=dtype, max_frames=units
         ).max_rel_error
         steps.update()
     return verification
 
 
-def save_decoder(loaded: LoadedModel, directory: Path) -> None:
-    """The Qwen2 decoder as a standard transformers checkpoint (safetensors), the format TensorRT-LLM's
-    converters read too, plus image_newline.safetensors."""
-    with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(loaded.model.config.text_config)
-    lm.model, lm.lm_head = loaded.model.model.language_model, loaded.model.lm_head  # shared, not copied
-    lm.save_pretrained(directory / DECODER)
-    newline = loaded.model.model.image_newline.detach().contiguous()
-    save_file({"image_newline": newline}, directory / IMAGE_NEWLINE)
+def save_decoder(loaded: LoadedModel, backbone, directory: Path) -> None:
+    """The language model in the family's format (a transformers checkpoint, safetensors) and the backbone's
+    visual suffix embeddings."""
+    loaded.family.save_decoder(loaded.model, directory / DECODER)
+    save_file({"suffix": backbone.suffix().detach().contiguous()}, directory / VISUAL_SUFFIX)
 
 
 def save_text_side(loaded: LoadedModel, directory: Path) -> None:
-    """Tokenizer (with the chat template) and preprocessor settings."""
+    """Tokenizer (with the chat template) and the processor's settings."""
     loaded.tokenizer.chat_template = loaded.chat_template
     loaded.tokenizer.save_pretrained(directory / TOKENIZER)
-    loaded.preprocess.save(directory / PREPROCESSOR)
+    (directory / PREPROCESSOR).write_text(json.dumps(loaded.processor.to_dict(), indent=2) + "\n")
 
 
 def compile_plugins(staging: Path, dims: VisionDims, config: EarlyTomConfig, frames: int, dtype: str, archs, steps):
     """The AOT plugin kernels for each GPU architecture, in the graphs' dtype only."""
-    shapes = aot.Shapes(dims.hidden, dims.patch_tokens, dims.tokens_per_frame, frames, dims.llm_hidden, dims.heads)
+    shapes = aot.Shapes.of_dims(dims, frames)
     for arch in archs:
         steps.set_postfix_str(f"compile plugin kernels for {arch}")
         aot.write(aot.compile_all(arch, shapes, config, dtypes=(dtype,)), staging / PLUGINS / arch, shapes)
@@ -156,7 +139,7 @@ def build(
     check_frames(frames)
     backend = choose_backend(backend)
     dtype = default_dtype(backend) if dtype is None else dtype
-    torch_dtype(dtype)
+    torch_dtype(dtype, GRAPH_DTYPES)
     if gpu_archs is None:  # the TensorRT backend needs every architecture's kernels, ONNX Runtime none
         archs = tuple(aot.ARCHS) if backend == "tensorrt" else ()
     else:
@@ -168,25 +151,25 @@ def build(
     ):
         steps.set_postfix_str(f"load {model}")
         loaded = load_model(model, random_init=random_init)
-        adapter = LlavaOnevisionAdapter(loaded.model)
-        config = config.for_model(adapter.num_layers, loaded.model.config.text_config.num_hidden_layers)
-        check_budget(config, frames, adapter.tokens_per_frame)
+        backbone, dims = loaded.backbone(), loaded.dims
+        units = check_units(dims, frames)
+        config = loaded.resolve(config)
+        check_budget(config, units, dims.tokens_per_frame)
         notes = list(loaded.notes)
         if backend == "tensorrt" and config.inner_ratio:
             config = replace(config, inner_layer=None, inner_ratio=0.0)
             notes.append("inner merge off: the TensorRT-LLM decoder runs every visual token through every layer")
             print(f"note: {notes[-1]}", file=sys.stderr)
-        chain = vision_chain(config.variant, config.merge_layers, adapter.num_layers)
-        dims = vision_dims(loaded, adapter)
+        chain = vision_chain(config.variant, config.merge_layers, dims.encoder_layers)
         steps.total = len(chain) + 3 + len(archs) + 2 * (backend == "tensorrt")
         steps.update()
-        verification = export_graphs(adapter, chain, staging, dtype, frames, steps)
+        verification = export_graphs(backbone, chain, staging, dtype, units, steps)
         steps.set_postfix_str("save decoder, tokenizer")
-        save_decoder(loaded, staging)
+        save_decoder(loaded, backbone, staging)
         save_text_side(loaded, staging)
         steps.update()
-        compile_plugins(staging, dims, config, frames, dtype, archs, steps)
-        tensorrt = build_tensorrt(staging, config, dims, chain, frames, dtype, steps) if backend == "tensorrt" else None
+        compile_plugins(staging, dims, config, units, dtype, archs, steps)
+        tensorrt = build_tensorrt(staging, config, dims, chain, units, dtype, steps) if backend == "tensorrt" else None
         steps.set_postfix_str("hash artifacts")
         manifest = write_manifest(
             staging,
@@ -234,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=32, help="most frames a request may have (>= 2; default 32)")
     p.add_argument(
         "--dtype",
-        choices=("fp32", "fp16"),
+        choices=GRAPH_DTYPES,
         default=None,
         help="graph precision (default: fp16 for tensorrt, fp32 for onnxruntime)",
     )

@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from earlytom.compress import EarlyTomConfig, official_budget, visual_budget
+from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import DECODER, DECODER_TRTLLM, TIMING_CACHE, GraphSpec
-from earlytom.engine.manifest import VisionDims
+from earlytom.engine.sizes import k_target, row_shape, selected_bound, selection_tables
+from earlytom.models.backbone import VisionDims
 from earlytom.plugins.tensorrt import PLUGINS
 from earlytom.plugins.triton.launch import similarity_width
 
@@ -65,54 +64,6 @@ def opt_frames_after_merge(max_frames: int, merges: int = 1) -> int:
     return max(1, math.ceil(EXPECTED_KEEP**merges * max_frames))
 
 
-def k_target(config: EarlyTomConfig, dims: VisionDims, max_frames: int) -> int:
-    """K = round(r * B * T) at the largest request."""
-    T = dims.tokens_per_frame
-    return visual_budget(
-        retain_ratio=config.retain_ratio, num_frames=max_frames, tokens_per_frame=T, available=max_frames * T
-    )
-
-
-def selection_tables(config: EarlyTomConfig, dims: VisionDims, max_frames: int) -> tuple[tuple[int, ...], ...]:
-    """The official selection's counts for N = 1 .. B frames after the last merge, B = max_frames frames in:
-    (ceil(T * r_hat), ...) tokens per dynamic frame and (max(1, round(T * r_hat)), ...) windows per static
-    frame, with official_budget's arithmetic (r_hat = min(r / (N / B), 1) in double precision)."""
-    budgets = [
-        official_budget(
-            torch.tensor([[0, n - 1]]),  # the counts do not depend on the segmentation
-            tokens_per_frame=dims.tokens_per_frame,
-            retain_ratio=config.retain_ratio,
-            num_frames=max_frames,
-        )
-        for n in range(1, max_frames + 1)
-    ]
-    return tuple(b.per_dynamic for b in budgets), tuple(b.windows for b in budgets)
-
-
-def selected_bound(config: EarlyTomConfig, dims: VisionDims, max_frames: int) -> int:
-    """The most tokens the TensorRT selection returns for B = max_frames frames in: paper K = round(r * B * T);
-    official max over N of N * ceil(T * r_hat) (every frame dynamic; a static frame keeps
-    max(1, round(T * r_hat)) <= ceil(T * r_hat) tokens)."""
-    if config.variant == "paper":
-        return k_target(config, dims, max_frames)
-    per_dynamic, _ = selection_tables(config, dims, max_frames)
-    return max(n * k for n, k in enumerate(per_dynamic, start=1))
-
-
-def row_shape(name: str, dims: VisionDims) -> tuple[int, ...]:
-    """The shape of one frame of a vision plan's input (dimension 0 of every input is the frame axis):
-    pixels [3, S, S], hidden_<l> [L, D], attention_<l> [L], is_static []."""
-    if name == "pixels":
-        return (3, dims.image_size, dims.image_size)
-    if name.startswith("hidden_"):
-        return (dims.patch_tokens, dims.hidden)
-    if name.startswith("attention_"):
-        return (dims.patch_tokens,)
-    if name == "is_static":
-        return ()
-    raise ValueError(f"{name!r} is no vision plan input (pixels, hidden_<l>, attention_<l>, is_static)")
-
-
 def frame_profiles(names: tuple[str, ...], dims: VisionDims, max_frames: int, merges: int) -> tuple[Profile, ...]:
     """Inputs of a plan after `merges` merge layers: 1 .. B frames, optimum opt_frames_after_merge."""
     opt = max_frames if merges == 0 else opt_frames_after_merge(max_frames, merges)
@@ -130,9 +81,9 @@ def unmerged(name: str) -> str:
 def network_plans(
     config: EarlyTomConfig, dims: VisionDims, chain: tuple[GraphSpec, ...], max_frames: int
 ) -> list[NetworkPlan]:
-    """The networks of a vision chain for the EarlyTom parameters, the vision dims (image size S, patch tokens L,
-    width D) and B = max_frames: paper (head + FrameMerge plugins, tail + TokenSelect plugins) or official
-    (every graph but the last + compression plugins, the last + selection plugins).
+    """The networks of a vision chain for the EarlyTom parameters, the vision dims (unit shape, patch tokens L,
+    width D) and B = max_frames (encoder units): paper (head + FrameMerge plugins, tail + TokenSelect plugins) or
+    official (every graph but the last + compression plugins, the last + selection plugins).
 
     The selection is sized for B = max_frames frames in (paper: K = round(r * B * T); official: the counts for
     r_hat = min(r / (N / B), 1)): a clip with fewer frames keeps more tokens than the eager pipeline would, as
@@ -249,7 +200,8 @@ SELECTED = ("selected", "frame", "index", "selected_count")  # the last plan's o
 
 @dataclass(frozen=True)
 class DecoderPlan:
-    """TensorRT-LLM build settings: the visual tokens (K + 1 with the newline) arrive as a prompt table."""
+    """TensorRT-LLM build settings: the visual embeddings (K tokens + the backbone's suffix) arrive as a prompt
+    table."""
 
     max_multimodal_len: int
     max_input_len: int
@@ -260,7 +212,7 @@ class DecoderPlan:
 def decoder_plan(
     config: EarlyTomConfig, dims: VisionDims, max_frames: int, *, max_text_tokens: int = 512, max_new_tokens: int = 512
 ) -> DecoderPlan:
-    multimodal = selected_bound(config, dims, max_frames) + 1
+    multimodal = selected_bound(config, dims, max_frames) + dims.suffix_tokens
     return DecoderPlan(multimodal, multimodal + max_text_tokens, multimodal + max_text_tokens + max_new_tokens)
 
 
@@ -271,9 +223,8 @@ def build_vision_plans(directory: Path, plans: list[NetworkPlan]) -> None:  # pr
     import tensorrt as trt
     import tensorrt.plugin as trtp
 
-    from earlytom.plugins import tensorrt as plugins
+    import earlytom.plugins.qdp  # noqa: F401 - registers the plugins with TensorRT
 
-    plugins.register()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     cache_path = directory / TIMING_CACHE

@@ -18,10 +18,11 @@ import onnx
 import torch
 from onnxconverter_common import float16
 
-from earlytom.engine.layout import GraphSpec, numpy_dtype
+from earlytom.dtypes import numpy_dtype
+from earlytom.engine.layout import GraphSpec
+from earlytom.engine.sessions import ort_session
+from earlytom.engine.stretch import Stretch
 from earlytom.export.lint import lint_for_tensorrt
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
-from earlytom.runtime.backends.onnxruntime import ort_session
 
 OPSET = 18
 FP32_OPS = ["LayerNormalization", "Softmax", "Resize"]
@@ -141,19 +142,19 @@ def verify(path: Path, spec: GraphSpec, reference, inputs: list[tuple[torch.Tens
 
 
 def vision_graphs(
-    adapter: LlavaOnevisionAdapter, chain: tuple[GraphSpec, ...], seed: int = 0
+    backbone: torch.nn.Module, chain: tuple[GraphSpec, ...], seed: int = 0
 ) -> list[tuple[Stretch, GraphSpec, list[tuple[torch.Tensor, ...]]]]:
-    """(module, spec, inputs) for every graph of `chain`: inputs[0] is the export example (2 frames), the rest
-    (3 frames, 1 frame) are the verification inputs, so the dynamic frame axis is exercised. Each graph's inputs
-    are the eager outputs of the one before (a tail's attention input is the head's attention, unmerged)."""
-    config = adapter.model.config.vision_config
+    """(module, spec, inputs) for every graph of `chain` over `backbone` (earlytom.models.backbone): inputs[0] is
+    the export example (2 units), the rest (3 units, 1 unit) are the verification inputs, so the dynamic frame axis
+    is exercised. Each graph's inputs are the eager outputs of the one before (a tail's attention input is the
+    attention of the graph before it, unmerged). Sample pixels are uniform in [-1, 1) in the backbone's unit
+    shape."""
+    unit_shape = backbone.dims.unit_shape
     g = torch.Generator().manual_seed(seed)
-    values = [
-        {"pixels": torch.rand(b, 3, config.image_size, config.image_size, generator=g) * 2 - 1} for b in (2, 3, 1)
-    ]
+    values = [{"pixels": torch.rand(b, *unit_shape, generator=g) * 2 - 1} for b in (2, 3, 1)]
     graphs = []
     for spec in chain:
-        module = Stretch(adapter, spec).eval()
+        module = Stretch(backbone, spec).eval()
         inputs = [tuple(v[name] for name in spec.inputs) for v in values]
         graphs.append((module, spec, inputs))
         with torch.inference_mode():

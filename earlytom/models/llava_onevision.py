@@ -1,23 +1,99 @@
-"""LLaVA-OneVision as the stages of DESIGN.md section 1, built from transformers' own modules.
+"""LLaVA-OneVision (and LLaVA-Video, the same architecture) as a backbone (earlytom.models.backbone), built from
+transformers' own modules:
 
-    pixels [B, 3, H, W] --embed--> hidden [B, L, D]                      patch embedding
-    hidden [N, L, D]    --run_layers(start, stop)--> hidden [N, L, D]   encoder layers [start, stop)
-    hidden [N, L, D]    --received(i)--> attention [N, L]               attention each token receives in layer i
+    frames uint8 [B, H, W, 3] --processor--> pixels [B, 3, S, S]            resize, rescale, normalise
+    pixels [B, 3, S, S] --embed--> hidden [B, L, D]                          SigLIP patch embedding
+    hidden [N, L, D]    --run_layers(start, stop)--> hidden [N, L, D]       encoder layers [start, stop)
+    hidden [N, L, D]    --received(i)--> attention [N, L]                   attention each token receives in layer i
     hidden [N, L, D], scores [N, L] --project--> tokens [N, T, D'], scores [N, T]
                                                    projector, 2x2 bilinear pooling (scores pooled alike)
-    visual [K + 1, D'] (selected tokens + image_newline), spliced between the prompt's text embeddings for
-    the Qwen2 decoder (earlytom.runtime.decoder)
+    suffix() = image_newline [1, D'], appended once after the selected tokens of a video
 
-`Stretch` composes them into one graph of the encoder chain (earlytom.engine.layout): the eager backend runs
-it and the exporter traces it. n is the number of encoder layers the checkpoint's `vision_feature_layer` uses
-(-1: all of them); layers after it are never run. Nothing in transformers is edited or monkey-patched.
+n is the number of encoder layers the checkpoint's `vision_feature_layer` uses (-1: all of them); layers after it
+are never run. The decoder is the Qwen2 language model, positions 0..S-1 (kept tokens keep theirs through the
+inner merge). Nothing in transformers is edited or monkey-patched.
 """
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import LlavaOnevisionForConditionalGeneration
+from transformers import AutoModelForCausalLM, LlavaOnevisionForConditionalGeneration
 
-from earlytom.engine.layout import GraphSpec
+from earlytom.compress.config import default_merge_layers
+from earlytom.models.backbone import Family, VisionDims, VisualLayout
+from earlytom.runtime.video import resize_rgb
+
+ALIASES = {  # short name -> Hugging Face id; each has a packaged config, configs/<alias>.json
+    "llava-ov-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    "llava-ov-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "llava-ov-72b": "llava-hf/llava-onevision-qwen2-72b-ov-hf",
+    "llava-video-7b": "llava-hf/LLaVA-Video-7B-Qwen2-hf",
+    "tiny": None,  # random weights only, for tests and demos (configs/tiny.json)
+}
+
+# LLaVA-OneVision's processor template (Qwen2 im_start/im_end turns, visual placeholders before the text).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# The stand-in byte-level tokenizer's special tokens, ids 256 ... in this order (matching configs/tiny.json).
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>", "<image>", "<video>")
+SIGLIP_NORMALIZE = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class LlavaProcessor:
+    """How frames become pixels: resize to size x size, scale by rescale, then (x - mean) / std per channel."""
+
+    size: int
+    mean: tuple[float, float, float] = SIGLIP_NORMALIZE
+    std: tuple[float, float, float] = SIGLIP_NORMALIZE
+    rescale: float = 1 / 255
+    frames_per_unit: ClassVar[int] = 1
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, H, W, 3] -> pixels [B, 3, S, S] float32: bicubic resize (antialiased; skipped when
+        frames are already S x S, as decoding at frame_size gives them), rescale, normalise. One frame at a time is
+        float at its own size."""
+        mean = torch.tensor(self.mean, device=frames.device)[:, None, None]
+        std = torch.tensor(self.std, device=frames.device)[:, None, None]
+        out = torch.empty(frames.shape[0], 3, self.size, self.size, dtype=torch.float32, device=frames.device)
+        for n, frame in enumerate(frames):
+            out[n] = (resize_rgb(frame, self.size) * self.rescale - mean) / std
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "LlavaProcessor":
+        return cls(size=fields["size"], mean=tuple(fields["mean"]), std=tuple(fields["std"]), rescale=fields["rescale"])
+
+
+def processor(config, settings: dict | None) -> LlavaProcessor:
+    """The checkpoint's resize and normalisation (its preprocessor config `settings`); SigLIP's without one."""
+    image_size = config.vision_config.image_size
+    if settings is None:
+        return LlavaProcessor(size=image_size)
+    size = settings.get("size", {})
+    size = size.get("height", size.get("shortest_edge", image_size)) if isinstance(size, dict) else size
+    return LlavaProcessor(
+        size=int(size),
+        mean=tuple(settings.get("image_mean", SIGLIP_NORMALIZE)),
+        std=tuple(settings.get("image_std", SIGLIP_NORMALIZE)),
+        rescale=float(settings.get("rescale_factor", 1 / 255)),
+    )
 
 
 def used_layers(num_layers: int, vision_feature_layer: int) -> int:
@@ -38,6 +114,28 @@ def pooled_tokens(grid: int) -> int:
     return ((grid + 1) // 2) ** 2
 
 
+def encoder_layers(config) -> int:
+    return used_layers(config.vision_config.num_hidden_layers, config.vision_feature_layer)
+
+
+def dims(config, proc: LlavaProcessor) -> VisionDims:
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    return VisionDims(
+        family=config.model_type,
+        frame_size=proc.frame_size,
+        frames_per_unit=1,
+        unit_shape=(3, vision.image_size, vision.image_size),
+        patch_tokens=grid * grid,
+        hidden=vision.hidden_size,
+        heads=vision.num_attention_heads,
+        encoder_layers=encoder_layers(config),
+        tokens_per_frame=pooled_tokens(grid),
+        llm_hidden=config.text_config.hidden_size,
+        suffix_tokens=1,
+    )
+
+
 def attention_received(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Attention each token receives in `layer` (a SigLIP encoder layer), averaged over heads and queries.
 
@@ -53,26 +151,22 @@ def attention_received(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return probs.mean(dim=(1, 2))
 
 
-class LlavaOnevisionAdapter(nn.Module):
-    """The pipeline stages of one `LlavaOnevisionForConditionalGeneration`."""
+class LlavaOnevisionBackbone(nn.Module):
+    """The encoder stages of one `LlavaOnevisionForConditionalGeneration`."""
 
-    def __init__(self, model: LlavaOnevisionForConditionalGeneration) -> None:
+    def __init__(self, model: LlavaOnevisionForConditionalGeneration, proc: LlavaProcessor) -> None:
         super().__init__()
         self.model = model
-        config = model.config
+        self.dims = dims(model.config, proc)
         vision = model.model.vision_tower  # SiglipVisionModel: embeddings, encoder.layers
-        self.num_layers = used_layers(len(vision.encoder.layers), config.vision_feature_layer)
         self.embeddings = vision.embeddings
-        self.layers = vision.encoder.layers[: self.num_layers]
-        self.drop_first_token = config.vision_feature_select_strategy == "default"
-        self.grid = config.vision_config.image_size // config.vision_config.patch_size
-        self.tokens_per_frame = pooled_tokens(self.grid)
+        self.layers = vision.encoder.layers[: self.dims.encoder_layers]
+        self.drop_first_token = model.config.vision_feature_select_strategy == "default"
         self.eval()
 
-    @property
-    def image_newline(self) -> torch.Tensor:
-        """[D'] appended once after all visual tokens of a video."""
-        return self.model.model.image_newline
+    def suffix(self) -> torch.Tensor:
+        """image_newline [1, D'], appended once after all visual tokens of a video."""
+        return self.model.model.image_newline[None]
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, H, W] -> hidden [B, L, D] entering layer 0."""
@@ -98,27 +192,48 @@ class LlavaOnevisionAdapter(nn.Module):
         return tokens, pool(scores[..., None].float())[..., 0]
 
 
-class Stretch(nn.Module):
-    """One graph of the encoder chain (`spec`), computed with the adapter's modules: the eager backend runs it,
-    the exporter traces it. Inputs and outputs follow `spec.inputs` / `spec.outputs` in order."""
+@dataclass(frozen=True)
+class LlavaDecoderSide:
+    """The Qwen2 decoder's view of a prompt: 1-D positions 0..S-1."""
 
-    def __init__(self, adapter: LlavaOnevisionAdapter, spec: GraphSpec) -> None:
-        super().__init__()
-        self.adapter, self.spec = adapter, spec
+    def positions(self, before: int, visual: VisualLayout, after: int) -> torch.Tensor:
+        """-> position ids [1, S], S = before + the visual embeddings (suffix included) + after."""
+        return torch.arange(before + visual.length + after)[None]
 
-    def with_received(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layers [start, stop) -> (hidden leaving them, attention received in layer stop - 1)."""
-        a, last = self.adapter, self.spec.stop - 1
-        hidden = a.run_layers(hidden, self.spec.start, last)
-        return a.run_layers(hidden, last, last + 1), a.received(last, hidden)
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        a, spec = self.adapter, self.spec
-        hidden = a.embed(inputs[0]) if spec.inputs[0] == "pixels" else inputs[0]
-        if spec.takes_attention:  # official tail: the last merge layer's merged attention is the score
-            return a.project(a.run_layers(hidden, spec.start, spec.stop), inputs[1])
-        if spec.final:  # paper tail: the attention received in the last layer is the score
-            return a.project(*self.with_received(hidden))
-        if spec.gives_attention:
-            return self.with_received(hidden)
-        return (a.run_layers(hidden, spec.start, spec.stop),)
+def save_decoder(model: LlavaOnevisionForConditionalGeneration, directory: Path) -> None:
+    """The Qwen2 decoder as a standard transformers checkpoint (safetensors), the format TensorRT-LLM's
+    converters read too."""
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(model.config.text_config)
+    lm.model, lm.lm_head = model.model.language_model, model.lm_head  # shared, not copied
+    lm.save_pretrained(directory)
+
+
+def load_decoder(directory: Path, dtype: torch.dtype):
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+
+
+def preset_family(name: str) -> str:
+    """The released presets' column for a model name: LLaVA-Video-7B's scripts differ in two cells."""
+    return "llava-video" if "video" in str(name).lower() else "llava-ov"
+
+
+FAMILY = Family(
+    model_type="llava_onevision",
+    model_class=LlavaOnevisionForConditionalGeneration,
+    aliases=ALIASES,
+    chat_template=CHAT_TEMPLATE,
+    placeholder="<video>",
+    special_tokens=SPECIAL_TOKENS,
+    processor=processor,
+    processor_from_dict=LlavaProcessor.from_dict,
+    dims=dims,
+    backbone=LlavaOnevisionBackbone,
+    decoder_side=lambda config: LlavaDecoderSide(),
+    default_merge_layers=lambda variant, config: default_merge_layers(variant, encoder_layers(config)),
+    valid_merge_layers=lambda config: None,  # any layer of the encoder
+    save_decoder=save_decoder,
+    load_decoder=load_decoder,
+    preset_family=preset_family,
+)

@@ -1,30 +1,28 @@
-"""Model names -> a loaded LLaVA-OneVision model, its tokenizer, chat template and preprocessor settings.
+"""Model families by the checkpoint's `model_type`, and model names -> a loaded model with its tokenizer, chat
+template and processor.
 
-A name is an alias below, `tiny` (random weights, for tests and demos), a Hugging Face id, or a local
-checkpoint directory. Weights come from the directory or the Hugging Face cache (downloaded when a network
-exists); `random_init` builds the exact architecture from the config shipped in this package (aliases) or
-from the checkpoint's config.json, with random weights: honest for latency, never for accuracy.
+A name is an alias of a registered family (`tiny`: random weights, for tests and demos), a Hugging Face id, or a
+local checkpoint directory. Weights come from the directory or the Hugging Face cache (downloaded when a network
+exists); `random_init` builds the exact architecture from the config shipped in this package (aliases) or from the
+checkpoint's config.json, with random weights: honest for latency, never for accuracy.
 """
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import cached_file
 
-from earlytom.models.tokenizer import LLAVA_OV_CHAT_TEMPLATE, byte_level_tokenizer
+from earlytom.compress import EarlyTomConfig
+from earlytom.models import llava_onevision
+from earlytom.models.backbone import Family, VisionDims
+from earlytom.models.tokenizer import byte_level_tokenizer
 
-ALIASES = {
-    "llava-ov-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-    "llava-ov-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-    "llava-ov-72b": "llava-hf/llava-onevision-qwen2-72b-ov-hf",
-    "llava-video-7b": "llava-hf/LLaVA-Video-7B-Qwen2-hf",
-}
-TINY = "tiny"
+FAMILIES: dict[str, Family] = {}  # model_type -> family
 PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 NOT_ARCHITECTURE = {"_name_or_path", "dtype", "torch_dtype", "transformers_version", "architectures"}
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "processor_config.json")
@@ -34,34 +32,43 @@ class ModelNotFound(ValueError):
     """A model name that is no alias, no local checkpoint and not in the Hugging Face cache."""
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """How frames become pixels: resize to size x size, scale by rescale, then (x - mean) / std per channel."""
+class UnknownFamily(ValueError):
+    """A checkpoint whose model_type no registered family handles."""
 
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    rescale: float = 1 / 255
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+def register(family: Family) -> Family:
+    """Make `family` the one for checkpoints of its model_type (and its aliases known names)."""
+    FAMILIES[family.model_type] = family
+    return family
 
-    @classmethod
-    def load(cls, path: Path) -> "Preprocess":
-        fields = json.loads(path.read_text())
-        return cls(size=fields["size"], mean=tuple(fields["mean"]), std=tuple(fields["std"]), rescale=fields["rescale"])
+
+def family_of(model_type: str) -> Family:
+    if model_type not in FAMILIES:
+        raise UnknownFamily(
+            f"model_type {model_type!r} is not supported; supported model types: {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def alias_family(name: str) -> Family | None:
+    return next((f for f in FAMILIES.values() if name in f.aliases), None)
+
+
+def known_names() -> list[str]:
+    return [alias for family in FAMILIES.values() for alias in family.aliases]
 
 
 @dataclass
 class LoadedModel:
     name: str  # what the user asked for
     source: str  # HF id or directory the weights (or, with random_init, the config) came from
-    model: LlavaOnevisionForConditionalGeneration
+    family: Family
+    model: torch.nn.Module  # the family's transformers model
     tokenizer: object  # a transformers tokenizer
     chat_template: str
-    preprocess: Preprocess
+    processor: object  # the family's Processor
     random_init: bool
-    notes: list[str]  # what the user should know (random weights, stand-in tokenizer)
+    notes: list[str] = field(default_factory=list)  # what the user should know (random weights, stand-in tokenizer)
 
     @property
     def config_hash(self) -> str:
@@ -69,6 +76,28 @@ class LoadedModel:
         directories built for different models apart."""
         text = json.dumps(architecture(self.model.config.to_dict()), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def dims(self) -> VisionDims:
+        return self.family.dims(self.model.config, self.processor)
+
+    def backbone(self):
+        """The encoder stages over this model (an nn.Module sharing its weights)."""
+        return self.family.backbone(self.model, self.processor)
+
+    def resolve(self, config: EarlyTomConfig) -> EarlyTomConfig:
+        """`config` with this model's defaults filled in (its family's merge layers, the inner merge's layer for its
+        decoder depth), checked against the model: the encoder's depth, the layers its family compresses after."""
+        model_config = self.model.config
+        decoder_layers = model_config.get_text_config().num_hidden_layers
+        default = self.family.default_merge_layers(config.variant, model_config)
+        resolved = config.for_model(self.dims.encoder_layers, decoder_layers, default_layers=default)
+        valid = self.family.valid_merge_layers(model_config)
+        if valid is not None and not set(resolved.merge_layers) <= set(valid):
+            raise ValueError(
+                f"merge_layers = {resolved.merge_layers}: this model compresses only after layers {tuple(valid)}"
+            )
+        return resolved
 
 
 def architecture(config: dict) -> dict:
@@ -80,21 +109,25 @@ def architecture(config: dict) -> dict:
     }
 
 
-def known_names() -> list[str]:
-    return [*ALIASES, TINY]
-
-
-def packaged_config(name: str) -> LlavaOnevisionConfig:
-    """The architecture of an alias (published numbers) or of `tiny`, shipped in earlytom/models/configs/."""
+def packaged_config(name: str):
+    """The architecture of an alias (published numbers, or a tiny one), shipped in earlytom/models/configs/."""
     text = resources.files("earlytom.models").joinpath("configs", f"{name}.json").read_text()
-    fields = {k: v for k, v in json.loads(text).items() if k not in ("model_type", "architectures")}
-    return LlavaOnevisionConfig(**fields)
+    fields = {k: v for k, v in json.loads(text).items() if k != "architectures"}
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def packaged_dims(name: str) -> VisionDims:
+    """The vision dims of an alias, from its packaged config and the family's default processor."""
+    config = packaged_config(name)
+    family = family_of(config.model_type)
+    return family.dims(config, family.processor(config, None))
 
 
 def resolve(name: str) -> str:
     """An alias -> its HF id; a local directory or an `org/name` id -> itself; anything else -> ModelNotFound."""
-    if name in ALIASES:
-        return ALIASES[name]
+    family = alias_family(name)
+    if family is not None:
+        return family.aliases[name] or name
     if Path(name).is_dir():
         return str(Path(name).resolve())
     if name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/")):
@@ -116,54 +149,43 @@ def checkpoint_file(source: str, filenames: tuple[str, ...]) -> Path | None:
     return None
 
 
-def read_preprocess(source: str | None, image_size: int) -> Preprocess:
-    """The checkpoint's resize and normalisation; SigLIP's (size from the config, mean = std = 0.5) without one."""
+def preprocessor_settings(source: str | None) -> dict | None:
+    """The checkpoint's (video) preprocessor config, None without one."""
     path = checkpoint_file(source, PREPROCESSOR_FILES) if source else None
-    if path is None:
-        return Preprocess(size=image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    settings = json.loads(path.read_text())
-    size = settings.get("size", {})
-    size = size.get("height", size.get("shortest_edge", image_size)) if isinstance(size, dict) else size
-    return Preprocess(
-        size=int(size),
-        mean=tuple(settings.get("image_mean", (0.5, 0.5, 0.5))),
-        std=tuple(settings.get("image_std", (0.5, 0.5, 0.5))),
-        rescale=float(settings.get("rescale_factor", 1 / 255)),
-    )
+    return None if path is None else json.loads(path.read_text())
 
 
-def read_chat_template(source: str | None) -> str:
-    """The processor's chat template from the checkpoint, or LLaVA-OneVision's own format."""
+def read_chat_template(source: str | None, default: str) -> str:
+    """The processor's chat template from the checkpoint, or the family's own `default`."""
     path = checkpoint_file(source, CHAT_TEMPLATE_FILES) if source else None
     if path is None:
-        return LLAVA_OV_CHAT_TEMPLATE
+        return default
     if path.suffix == ".jinja":
         return path.read_text()
-    return json.loads(path.read_text()).get("chat_template", LLAVA_OV_CHAT_TEMPLATE)
+    return json.loads(path.read_text()).get("chat_template", default)
 
 
 def load_model(
     name: str, *, random_init: bool = False, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> LoadedModel:
-    """Load `name` for inference (eval mode, `dtype`). `tiny` always has random weights."""
-    random_init = random_init or name == TINY
+    """Load `name` for inference (eval mode, `dtype`). An alias without a Hugging Face id (`tiny`) always has
+    random weights."""
+    alias = alias_family(name)
+    packaged_only = alias is not None and alias.aliases[name] is None
+    random_init = random_init or packaged_only
+    source = resolve(name)
+    # A packaged architecture has no checkpoint files: never reach for the hub on its behalf.
+    hub_source = None if alias is not None and random_init else source
     notes = []
-    if name in ALIASES or name == TINY:
-        source = ALIASES.get(name, TINY)
-        config = packaged_config(name) if random_init else None
-    else:
-        source = resolve(name)
-        config = None
     try:
+        config = packaged_config(name) if hub_source is None else AutoConfig.from_pretrained(source)
+        family = family_of(config.model_type)
         if random_init:
-            config = config or AutoConfig.from_pretrained(source)
             torch.manual_seed(seed)
-            model = LlavaOnevisionForConditionalGeneration(config)
+            model = family.model_class(config)
             notes.append(f"{name}: random weights (--random-init): timings are real, answers are noise")
         else:
-            model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-                source, dtype=dtype, attn_implementation="sdpa"
-            )
+            model = family.model_class.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
     except OSError as error:
         raise ModelNotFound(
             f"cannot load {name!r} ({source}): not a checkpoint directory and not in the Hugging Face cache, "
@@ -171,23 +193,26 @@ def load_model(
             "(huggingface-cli download ...), pass a local directory, or use --random-init for latency work"
         ) from error
     model = model.to(dtype).eval()
-    # A packaged architecture has no checkpoint files: never reach for the hub on its behalf.
-    hub_source = None if name in ALIASES and random_init or name == TINY else source
     try:
         tokenizer = AutoTokenizer.from_pretrained(hub_source) if hub_source else None
     except (OSError, ValueError):
         tokenizer = None
+    chat_template = read_chat_template(hub_source, family.chat_template)
     if tokenizer is None:
-        tokenizer = byte_level_tokenizer()
+        eos = model.config.get_text_config().eos_token_id
+        tokenizer = byte_level_tokenizer(family.special_tokens, chat_template, eos)
         notes.append(f"{name}: no tokenizer in the checkpoint; using the built-in byte-level tokenizer")
-    vision = model.config.vision_config
     return LoadedModel(
         name=name,
         source=source,
+        family=family,
         model=model,
         tokenizer=tokenizer,
-        chat_template=read_chat_template(hub_source),
-        preprocess=read_preprocess(hub_source, vision.image_size),
+        chat_template=chat_template,
+        processor=family.processor(model.config, preprocessor_settings(hub_source)),
         random_init=random_init,
         notes=notes,
     )
+
+
+register(llava_onevision.FAMILY)

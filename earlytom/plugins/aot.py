@@ -30,12 +30,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from earlytom import dtypes
 from earlytom.command_line import add_config_args, config_from_args
 from earlytom.compress import EarlyTomConfig, visual_budget
+from earlytom.models.backbone import VisionDims
 from earlytom.plugins.triton import kernels, launch
 
 ARCHS = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = tuple(dtypes.DTYPES)  # every precision the kernels are compiled in
 TRITON_VERSION = "3.5.0"
 HIDDEN_PARAMS = ("global_scratch", "profile_scratch")  # what Triton 3.5.0 appends to every entry, in order
 
@@ -53,26 +55,15 @@ class Shapes:
 
     @classmethod
     def of_model(cls, name: str, max_frames: int) -> "Shapes":
-        from earlytom.models.registry import packaged_config
+        """The shapes of a packaged model (an alias) at `max_frames` units."""
+        from earlytom.models.registry import packaged_dims
 
-        return cls.of_config(packaged_config(name), max_frames)
+        return cls.of_dims(packaged_dims(name), max_frames)
 
     @classmethod
-    def of_config(cls, config, max_frames: int) -> "Shapes":
-        """The shapes of a model of `config` (transformers LlavaOnevisionConfig)."""
-        from earlytom.models.llava_onevision import pooled_tokens
-
-        v = config.vision_config
-        grid = v.image_size // v.patch_size
-        tokens_per_frame = pooled_tokens(grid)
-        return cls(
-            v.hidden_size,
-            grid * grid,
-            tokens_per_frame,
-            max_frames,
-            config.text_config.hidden_size,
-            v.num_attention_heads,
-        )
+    def of_dims(cls, dims: VisionDims, max_frames: int) -> "Shapes":
+        """The shapes of a model of vision dims `dims` at `max_frames` units."""
+        return cls(dims.hidden, dims.patch_tokens, dims.tokens_per_frame, max_frames, dims.llm_hidden, dims.heads)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from earlytom.compress import EarlyTomConfig
+from earlytom.dtypes import dtype_name
+from earlytom.models.backbone import VisionDims
 from earlytom.plugins import aot
 from earlytom.plugins.triton import launch
 from earlytom.plugins.triton.ops import KernelOps
@@ -29,7 +31,6 @@ from earlytom.plugins.triton.ops import KernelOps
 # How each PTX parameter type is passed: a 64-bit device address or a 32-bit integer.
 PARAM_CTYPES = {"ptr": ctypes.c_uint64, "u32": ctypes.c_uint32}
 INT32_MAX = 2**31 - 1
-DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}  # kernels.json's keys
 REBUILD = "rebuild the kernels for these shapes (python -m earlytom.plugins.aot, or build_engine)"
 
 
@@ -83,7 +84,7 @@ def launch_dtype(spec: launch.Launch, tensors: tuple) -> str:
     data = {t.dtype for kind, t in zip(pointers, tensors, strict=True) if kind == "*x"}
     if len(data) > 1:
         raise ValueError(f"{spec.kernel}: its data tensors mix dtypes {sorted(map(str, data))}")
-    return DTYPE_NAMES[data.pop()] if data else "fp32"
+    return dtype_name(data.pop()) if data else "fp32"
 
 
 def run_dtypes(kernel: str, variant: str, dtype: str) -> set[str]:
@@ -199,10 +200,10 @@ class AotOps:
     contract: Contract
     ops: KernelOps
 
-    def check_run(self, model_config, config: EarlyTomConfig, num_frames: int, dtype: torch.dtype) -> None:
-        """Contract.check_run for a run of `num_frames` frames of the model of `model_config` (transformers
-        LlavaOnevisionConfig) in `dtype`."""
-        self.contract.check_run(aot.Shapes.of_config(model_config, num_frames), config, DTYPE_NAMES[dtype])
+    def check_run(self, dims: VisionDims, config: EarlyTomConfig, num_frames: int, dtype: torch.dtype) -> None:
+        """Contract.check_run for a run of `num_frames` frames of a model of vision `dims` in `dtype`."""
+        shapes = aot.Shapes.of_dims(dims, dims.units(num_frames))
+        self.contract.check_run(shapes, config, dtype_name(dtype))
 
 
 def has_driver_api() -> bool:

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from earlytom import compress
+from earlytom.compress.ops import REFERENCE, CompressOps
 from earlytom.engine.layout import GraphSpec
 from earlytom.runtime.backends.base import RunOptions, Visual
 
 
-# The operations merge_step and select_step take from the kernel module, per variant.
-def kernel_ops(kernels: str, device: torch.device, aot_ops=None):
+def kernel_ops(kernels: str, device: torch.device, aot_ops: CompressOps | None = None) -> CompressOps:
     """The compression implementation (both variants): the AOT-compiled kernels `aot_ops` (a KernelOps, loaded
     with the eager model) for "aot", the Triton JIT kernels on CUDA (or when forced), the PyTorch reference
     otherwise. Triton is imported only for the JIT: its interpreter mode is read at import."""
@@ -36,15 +36,15 @@ def kernel_ops(kernels: str, device: torch.device, aot_ops=None):
             )
         return aot_ops
     if not (kernels == "triton" or (kernels == "auto" and device.type == "cuda")):
-        return compress
+        return REFERENCE
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             "kernels = 'triton' needs a CUDA device, or TRITON_INTERPRET=1 in the environment to interpret "
             "the kernels on CPU; use kernels = 'reference' (or 'auto') here"
         )
-    from earlytom.plugins.triton import ops
+    from earlytom.plugins.triton.ops import JIT
 
-    return ops
+    return JIT
 
 
 def compose_source(source: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
@@ -54,23 +54,25 @@ def compose_source(source: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
     return torch.stack([source[merged[:, 0], 0], source[merged[:, 1], 1]], 1)
 
 
-def merge_step(ops, options: RunOptions, outputs: tuple[torch.Tensor, ...], *, last: bool):
-    """One compression between stretches: a stretch's outputs (hidden [F, L, D], and with `official` attention
-    [F, L]) -> (the same merged to N frames, [N, 2] input rows merged, what selection needs: static labels
-    (paper) or segments (official))."""
+def merge_step(ops: CompressOps, options: RunOptions, outputs: tuple[torch.Tensor, ...], *, last: bool):
+    """One compression between stretches: a stretch's outputs (hidden [F, L, D], and with `official` at the last
+    merge layer attention [F, L]) -> (the same merged to N frames, [N, 2] input rows merged, what selection needs:
+    static labels (paper) or segments (official))."""
     c = options.config
     if c.variant == "paper":
         (hidden,) = outputs
         merged = ops.frame_merge(hidden, alpha=c.alpha, tau_seg=c.tau_seg, tau_merge=c.tau_merge)
         return (merged.hidden,), merged.source, merged.is_static
-    hidden, attention = outputs
+    hidden, attention = outputs if last else (outputs[0], None)
     merged = ops.official_compress(
         hidden, attention, tau_seg=c.tau_seg, alpha=c.alpha, max_window=c.max_window, final=last
     )
-    return (merged.hidden, merged.attention), merged.source, merged.segments
+    return (merged.hidden, merged.attention)[: len(outputs)], merged.source, merged.segments
 
 
-def select_step(ops, options: RunOptions, tokens, scores, labels, *, num_frames: int) -> compress.SelectResult:
+def select_step(
+    ops: CompressOps, options: RunOptions, tokens, scores, labels, *, num_frames: int
+) -> compress.SelectResult:
     """tokens [N, T, D'], scores [N, T] -> the tokens the method keeps (every one for "full")."""
     r = options.config.retain_ratio
     if options.method == "global_topk":
@@ -83,7 +85,7 @@ def select_step(ops, options: RunOptions, tokens, scores, labels, *, num_frames:
 
 
 def first_stretch(stretch, spec: GraphSpec, chunks: Iterable[torch.Tensor], timer) -> dict[str, torch.Tensor]:
-    """The first stretch over pixel chunks [b, 3, S, S] as they arrive (frames are independent until the first
+    """The first stretch over pixel chunks [b, *unit_shape] as they arrive (frames are independent until the first
     merge, so it starts before the last frame is decoded) -> its outputs by name, concatenated along frames."""
     parts = []
     for chunk in chunks:
@@ -98,12 +100,12 @@ def encode_chain(
     pixels: Iterable[torch.Tensor],
     options: RunOptions,
     timer,
-    image_newline: torch.Tensor,
-    aot_ops=None,
+    suffix: torch.Tensor,
+    aot_ops: CompressOps | None = None,
 ) -> Visual:
-    """pixels: chunks [b, 3, S, S] of B frames in all, through `stretches` (one per spec, taking the spec's inputs
-    and returning its outputs in order; the first takes the pixels chunk by chunk) with the compression of
-    `options` between them -> Visual (K selected tokens + image_newline)."""
+    """pixels: chunks [b, *unit_shape] of B units in all, through `stretches` (one per spec, taking the spec's
+    inputs and returning its outputs in order; the first takes the pixels chunk by chunk) with the compression of
+    `options` between them -> Visual (K selected tokens + the backbone's `suffix` [s, D'])."""
     chunks = iter(pixels)
     first = next(chunks, None)
     if first is None:
@@ -128,5 +130,5 @@ def encode_chain(
     tokens, scores = values["tokens"], values["scores"]
     with timer.stage("token_select"):
         picked = select_step(ops, options, tokens, scores, labels, num_frames=B)
-        embeds = torch.cat([picked.tokens, image_newline[None].to(picked.tokens)])
-    return Visual(embeds=embeds, frame=picked.frame, index=picked.index, source=source, frames_after=frames_after)
+        embeds = torch.cat([picked.tokens, suffix.to(picked.tokens)])
+    return Visual(embeds, picked.frame, picked.index, source, units=B, frames_after=frames_after)

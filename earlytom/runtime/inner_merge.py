@@ -2,9 +2,10 @@
 
 Prefill runs layers [0, k) over the whole prompt, takes the attention the last prompt token gives the visual
 tokens in layer k - 1, merges them (earlytom.compress.inner) and runs layers [k, L) over the shorter sequence
-at the kept tokens' original positions. The DynamicCache then holds the full prompt in layers [0, k) and the
-shorter one in [k, L); decoding steps run layer by layer too, at the original positions, each layer attending
-to everything in its own cache (the stock forward sizes one mask for all layers, from layer 0's length).
+at the kept tokens' original positions (position ids [..., S] as the model family's decoder side gives them). The
+DynamicCache then holds the full prompt in layers [0, k) and the shorter one in [k, L); decoding steps run layer
+by layer too, at the positions after the last, each layer attending to everything in its own cache (the stock
+forward sizes one mask for all layers, from layer 0's length).
 """
 
 import torch
@@ -38,10 +39,9 @@ class InnerMergeRunner:
         self.ratio = DEFAULT_INNER_RATIO["official"] if ratio is None else ratio
         check_inner_ratio(self.ratio)
 
-    def run_layers(self, hidden: torch.Tensor, positions: torch.Tensor, layers: range, cache) -> torch.Tensor:
-        """hidden [1, S, D] at `positions` [S] through decoder layers `layers`, causal over these S tokens and
-        whatever each layer already holds in `cache` (which they extend) -> hidden [1, S, D]."""
-        position_ids = positions[None]
+    def run_layers(self, hidden: torch.Tensor, position_ids: torch.Tensor, layers: range, cache) -> torch.Tensor:
+        """hidden [1, S, D] at `position_ids` [..., S] through decoder layers `layers`, causal over these S tokens
+        and whatever each layer already holds in `cache` (which they extend) -> hidden [1, S, D]."""
         rope = self.text.rotary_emb(hidden, position_ids)
         causal = hidden.shape[1] > 1  # a single query attends to everything its layer holds
         mask = create_causal_mask(self.text.config, hidden, attention_mask=None, cache=None) if causal else None
@@ -56,37 +56,38 @@ class InnerMergeRunner:
             )
         return hidden
 
-    def last_query_attention(self, hidden_in: torch.Tensor, position: int, cache) -> torch.Tensor:
+    def last_query_attention(self, hidden_in: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
         """Attention of the last token in layer k - 1, mean over heads [S]: hidden_in [1, S, D] is that layer's
         input; its query comes from the layer's own norm, q projection and RoPE, its keys from the cache."""
         layer = self.text.layers[self.layer - 1]
         attn = layer.self_attn
         query = attn.q_proj(layer.input_layernorm(hidden_in[:, -1:]))  # [1, 1, H * hd]
         query = query.view(1, 1, -1, attn.head_dim).transpose(1, 2)  # [1, H, 1, hd]
-        cos, sin = self.text.rotary_emb(hidden_in, torch.tensor([[position]], device=hidden_in.device))
+        cos, sin = self.text.rotary_emb(hidden_in, position)
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
         keys = repeat_kv(cache.layers[self.layer - 1].keys, attn.num_key_value_groups)  # [1, H, S, hd]
         scores = (query.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [1, H, 1, S]
         return scores.softmax(dim=-1)[0, :, 0].mean(dim=0)
 
-    def prefill(self, embeds: torch.Tensor, visual: slice) -> tuple[torch.Tensor, DynamicCache, InnerMerged]:
-        """embeds [S, D] with the visual embeddings at `visual` (image_newline included) -> (logits of the last
-        position [V], cache, the kept visual tokens: index into the visual span, merged states at layer k)."""
+    def prefill(
+        self, embeds: torch.Tensor, positions: torch.Tensor, visual: slice
+    ) -> tuple[torch.Tensor, DynamicCache, InnerMerged]:
+        """embeds [S, D] at position ids `positions` [..., S] with the visual embeddings at `visual` (the backbone's
+        suffix included) -> (logits of the last position [V], cache, the kept visual tokens: index into the visual
+        span, merged states at layer k)."""
         cache = DynamicCache(config=self.text.config)
-        positions = torch.arange(embeds.shape[0], device=embeds.device)
         hidden_in = self.run_layers(embeds[None], positions, range(self.layer - 1), cache)
         hidden = self.run_layers(hidden_in, positions, range(self.layer - 1, self.layer), cache)
-        attention = self.last_query_attention(hidden_in, int(positions[-1]), cache)
+        attention = self.last_query_attention(hidden_in, positions[..., -1:], cache)
         kept = inner_merge(hidden[0, visual], attention[visual], self.ratio)
         hidden = torch.cat([hidden[:, : visual.start], kept.tokens[None], hidden[:, visual.stop :]], dim=1)
-        positions = torch.cat([positions[: visual.start], visual.start + kept.index, positions[visual.stop :]])
+        kept_positions = positions[..., visual][..., kept.index]
+        positions = torch.cat([positions[..., : visual.start], kept_positions, positions[..., visual.stop :]], -1)
         hidden = self.run_layers(hidden, positions, range(self.layer, len(self.text.layers)), cache)
         return self.logits(hidden), cache, kept
 
-    def step(self, token: int, cache) -> tuple[torch.Tensor, DynamicCache]:
-        """One greedy step at the next original position (layer 0 holds every position so far) -> (logits [V],
-        cache)."""
-        position = torch.tensor([cache.get_seq_length(0)], device=self.lm.device)
+    def step(self, token: int, cache, position: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        """One greedy step at `position` [..., 1] -> (logits [V], cache)."""
         hidden = self.lm.get_input_embeddings()(torch.tensor([[token]], device=self.lm.device))
         return self.logits(self.run_layers(hidden, position, range(len(self.text.layers)), cache)), cache
 

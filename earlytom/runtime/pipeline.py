@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from earlytom.compress import EarlyTomConfig, visual_budget
-from earlytom.models.registry import LoadedModel, Preprocess
+from earlytom.models.backbone import VisionDims
+from earlytom.models.registry import LoadedModel
 from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
 from earlytom.runtime.backends.eager import EagerBackend, eager_device, load_eager
 from earlytom.runtime.timing import StageTimer
-from earlytom.runtime.video import preprocess, read_ahead, stack, stream_video
+from earlytom.runtime.video import read_ahead, stack, stream_video
 
 if TYPE_CHECKING:
     from earlytom.plugins.launcher import AotOps
@@ -52,11 +53,11 @@ class Result:
         return {"text": self.text, "timings_ms": self.timings_ms, "counts": self.counts, "notes": self.notes}
 
 
-def most_visual_tokens(options: RunOptions, tokens_per_frame: int) -> int:
-    """Visual tokens (without the newline) the decoder gets at most for B = options.num_frames: B*T with full
-    tokens, K = round(r*B*T) for the paper variant and top-K; the official variant keeps up to ceil(T*r_hat)
-    per frame with r_hat = r*B/N, at most r*B*T + N <= r*B*T + B in all."""
-    B, T, r = options.num_frames, tokens_per_frame, options.config.retain_ratio
+def most_visual_tokens(options: RunOptions, dims: VisionDims) -> int:
+    """Visual tokens (without the suffix) the decoder gets at most for B units of options.num_frames frames: B*T
+    with full tokens, K = round(r*B*T) for the paper variant and top-K; the official variant keeps up to
+    ceil(T*r_hat) per unit with r_hat = r*B/N, at most r*B*T + N <= r*B*T + B in all."""
+    B, T, r = dims.units(options.num_frames), dims.tokens_per_frame, options.config.retain_ratio
     if options.method == "full":
         return B * T
     if options.method == "earlytom" and options.config.variant == "official":
@@ -64,13 +65,14 @@ def most_visual_tokens(options: RunOptions, tokens_per_frame: int) -> int:
     return visual_budget(retain_ratio=r, num_frames=B, tokens_per_frame=T, available=B * T)
 
 
-def pixel_chunks(frames: Iterable[torch.Tensor], settings: Preprocess, timer) -> Iterator[torch.Tensor]:
-    """uint8 frames [H, W, 3] as they decode -> pixels [b, 3, S, S] in chunks of up to CHUNK_FRAMES, each
-    preprocessed in the stage "preprocess"."""
+def pixel_chunks(frames: Iterable[torch.Tensor], processor, timer) -> Iterator[torch.Tensor]:
+    """uint8 frames [H, W, 3] as they decode -> pixel units [b, *unit_shape] in chunks of up to CHUNK_FRAMES
+    frames (a multiple of the processor's frames per unit), each made by `processor` in the stage "preprocess"."""
     source = iter(frames)
-    for batch in iter(lambda: list(itertools.islice(source, CHUNK_FRAMES)), []):
+    size = CHUNK_FRAMES * processor.frames_per_unit
+    for batch in iter(lambda: list(itertools.islice(source, size)), []):
         with timer.stage("preprocess"):
-            pixels = preprocess(stack(batch), settings)
+            pixels = processor(stack(batch))
         yield pixels
 
 
@@ -179,7 +181,7 @@ class Pipeline:
         text = self.tokenizer.apply_chat_template(
             conversation, chat_template=self.backend.text.chat_template, tokenize=False, add_generation_prompt=True
         )
-        before, after = text.split("<video>", 1)
+        before, after = text.split(self.backend.text.placeholder, 1)
         head, tail = after.split(PROMPT_SLOT, 1)
 
         def encode(s: str, split: bool = False) -> list[int]:
@@ -190,7 +192,8 @@ class Pipeline:
 
     def check_context(self, text_tokens: int, max_new_tokens: int, limit: int) -> None:
         """PromptTooLong unless the prompt, the most visual tokens and the answer fit `limit` (the context window)."""
-        visual = most_visual_tokens(self.options, self.backend.text.tokens_per_frame) + 1
+        dims = self.backend.text.dims
+        visual = most_visual_tokens(self.options, dims) + dims.suffix_tokens
         if text_tokens + visual + max_new_tokens > limit:
             raise PromptTooLong(
                 f"the prompt ({text_tokens} tokens) + up to {visual} visual tokens + {max_new_tokens} new tokens "
@@ -209,30 +212,30 @@ class Pipeline:
         before, after = self.prompt_ids(prompt)
         decoder = self.decoder
         self.check_context(len(before) + len(after), max_new_tokens, decoder.context_length)
-        settings = self.backend.text.preprocess
+        processor = self.backend.text.processor
         with timer.stage("video_decode"):  # planning: open the file, find the frames (or keyframes) to decode
             stream = stream_video(
                 video,
                 self.options.num_frames,
-                size=settings.size,
+                size=processor.frame_size,
                 sampling=self.options.sampling,
                 device=self.backend.video_device,  # a GPU encoder: NVDEC when installed
             )
         frames = read_ahead(timer.timed(stream, "video_decode"), READ_AHEAD)  # decodes in a background thread
         try:
-            visual = self.backend.encode(pixel_chunks(frames, settings, timer), self.options, timer)
+            visual = self.backend.encode(pixel_chunks(frames, processor, timer), self.options, timer)
         finally:
             frames.close()  # stops the decoding thread and closes the file if the encoder stopped early
         eos = self.tokenizer.eos_token_id
         generated = decoder.greedy(
-            before, visual.embeds, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
+            before, visual, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
         )
         answer = generated[:-1] if generated[-1] == eos else generated
         counts = {
             "frames_in": len(stream),
             **{f"frames_after_layer_{layer}": n for layer, n in visual.frames_after.items()},
             "frames_after_merge": int(visual.source.shape[0]),
-            "visual_tokens": int(visual.embeds.shape[0] - 1),
+            "visual_tokens": len(visual.frame),
             **(decoder.inner_counts or {}),
         }
         return Result(

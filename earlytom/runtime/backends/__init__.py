@@ -3,31 +3,25 @@ siblings behind the protocol in `base`. `open_engine_dir` opens the backend a ve
 
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
-from earlytom.engine.layout import PREPROCESSOR, TOKENIZER
-from earlytom.engine.manifest import EngineDirError, Manifest, read_manifest
-from earlytom.engine.staging import recover
+from earlytom.engine.directory import EngineDir, open_dir
+from earlytom.engine.manifest import EngineDirError
 from earlytom.environment import missing_gpu_stack
-from earlytom.models.registry import Preprocess
 from earlytom.runtime.backends.base import Text
 
 
-def engine_text(directory: Path, manifest: Manifest) -> Text:
-    tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER)
-    preprocess = Preprocess.load(directory / PREPROCESSOR)
-    return Text(tokenizer, tokenizer.chat_template, preprocess, manifest.vision.tokens_per_frame, list(manifest.notes))
+def engine_text(engine: EngineDir) -> Text:
+    tokenizer, family = engine.tokenizer, engine.family
+    return Text(
+        tokenizer, tokenizer.chat_template, family.placeholder, engine.processor, engine.manifest.vision, engine.notes
+    )
 
 
 def open_engine_dir(directory: str | Path, *, model: str | None = None, providers=None):
     """The backend of an engine directory, after finishing any interrupted replacement of it and verifying its
     manifest (refused if tampered, incomplete, or built for another `model`). `providers` (onnxruntime.Providers,
     None: CPU) choose where an onnxruntime directory's graphs run; TensorRT engines refuse them."""
-    directory = Path(directory)
-    recover(directory)
-    manifest = read_manifest(directory, expect_model=model)
-    text = engine_text(directory, manifest)
-    if manifest.backend == "tensorrt":
+    engine = open_dir(directory, model=model)
+    if engine.manifest.backend == "tensorrt":
         if providers is not None:
             raise EngineDirError(
                 f"{directory} holds TensorRT engines, which always run on the GPU; drop --providers (it chooses "
@@ -41,7 +35,7 @@ def open_engine_dir(directory: str | Path, *, model: str | None = None, provider
             )
         from earlytom.runtime.backends.tensorrt import TensorRTBackend  # pragma: no cover - GPU only
 
-        return TensorRTBackend(directory, manifest, text)  # pragma: no cover - GPU only
+        return TensorRTBackend(engine, engine_text(engine))  # pragma: no cover - GPU only
     from earlytom.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(directory, manifest, text, providers)
+    return OnnxRuntimeBackend(engine, engine_text(engine), providers)

@@ -3,9 +3,10 @@
 A backend is opened from a model (eager) or a verified engine directory (onnxruntime, tensorrt) and has:
 
     name                    "eager" | "onnxruntime" | "tensorrt"
-    text                    Text: tokenizer, chat template, preprocessing, notes
+    text                    Text: tokenizer, chat template and its video placeholder, the model's processor and
+                            vision dims, notes
     decoder(config)         the decoder for these EarlyTom parameters (the inner merge's): greedy(before [P],
-                            visual [K+1, D'], after [Q], *, max_new_tokens, eos, timer, on_token) -> ids;
+                            visual: Visual, after [Q], *, max_new_tokens, eos, timer, on_token) -> ids;
                             context_length; inner_counts (None without an inner merge)
     defaults                RunOptions the backend was built or loaded with
     video_device            where decoded frames should land: "cuda" when the vision encoder runs on a GPU (NVDEC
@@ -13,7 +14,8 @@ A backend is opened from a model (eager) or a verified engine directory (onnxrun
     check(options)          -> options, or UnsupportedOption when the backend cannot run them (TensorRT engines
                             fix the method and the EarlyTom parameters at build time, ONNX graphs the merge
                             layers, an engine directory the largest frame count)
-    encode(pixels, options, timer) -> Visual   pixels: chunks [b, 3, S, S] as the video decodes (B frames in all)
+    encode(pixels, options, timer) -> Visual   pixels: chunks [b, *unit_shape] of encoder units as the video decodes
+                                               (B units in all)
 """
 
 from collections.abc import Iterable
@@ -23,7 +25,7 @@ from typing import Protocol
 import torch
 
 from earlytom.compress import EarlyTomConfig
-from earlytom.models.registry import Preprocess
+from earlytom.models.backbone import VisionDims, VisualLayout
 from earlytom.runtime.video import SAMPLINGS
 
 METHODS = ("earlytom", "full", "global_topk")
@@ -84,27 +86,33 @@ def with_changes(options: RunOptions, *, retain_ratio: float | None = None, **ch
 
 @dataclass
 class Text:
-    """The text side every backend shares: tokenizer (with the chat template), preprocessing, and notes for the
-    user (random weights, stand-in tokenizer)."""
+    """What every backend shares around the encoder: tokenizer, chat template and the video placeholder it
+    renders, the model family's processor (frames -> pixel units) and vision dims, and notes for the user (random
+    weights, stand-in tokenizer)."""
 
     tokenizer: object
     chat_template: str
-    preprocess: Preprocess
-    tokens_per_frame: int
+    placeholder: str
+    processor: object
+    dims: VisionDims
     notes: list[str]
 
 
 @dataclass
 class Visual:
-    """The vision side's output for one video: embeds [K+1, D'] (selected tokens, then image_newline), the
-    (frame, index) of each selected token, each frame's first and last source frame after the last merge, and
-    the frame count after each merge layer."""
+    """The vision side's output for one video of `units` encoder units: embeds [K + s, D'] (selected tokens, then
+    the backbone's s suffix embeddings), the (frame, index) of each selected token (frame: unit after the last
+    merge), each such unit's first and last source unit, and the unit count after each merge layer."""
 
     embeds: torch.Tensor
     frame: torch.Tensor
     index: torch.Tensor
     source: torch.Tensor
+    units: int
     frames_after: dict[int, int] = field(default_factory=dict)
+
+    def layout(self, seconds_per_unit: float | None = None) -> VisualLayout:
+        return VisualLayout(len(self.embeds), self.frame, self.index, self.source, self.units, seconds_per_unit)
 
 
 class Backend(Protocol):

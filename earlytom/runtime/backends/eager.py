@@ -1,5 +1,6 @@
-"""The eager backend: the transformers model itself, its encoder run as `Stretch` modules split wherever the
-run options put the merge layers (nothing is fixed at load time). The oracle for every other backend.
+"""The eager backend: the transformers model itself, its encoder run through the model family's backbone as
+`Stretch` modules split wherever the run options put the merge layers (nothing is fixed at load time). The oracle
+for every other backend.
 
 Device and precision are load-time choices (`load_eager`): the model, the pixels, and every tensor of the
 vision chain live on the model's device in its dtype (attention received and merge similarities in float32).
@@ -12,15 +13,15 @@ from dataclasses import replace
 
 import torch
 
+from earlytom.dtypes import torch_dtype
 from earlytom.engine.layout import vision_chain
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
+from earlytom.engine.stretch import Stretch
 from earlytom.models.registry import LoadedModel, load_model
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
 
 DEVICES = ("cpu", "cuda")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def eager_device(name: str) -> torch.device:
@@ -42,16 +43,9 @@ def eager_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def eager_dtype(name: str) -> torch.dtype:
-    """ "fp32" / "fp16" / "bf16" -> the torch dtype the eager model runs in."""
-    if name not in DTYPES:
-        raise ValueError(f"dtype = {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
 def load_eager(name: str, *, random_init: bool = False, device: str = "cpu", dtype: str = "fp32") -> LoadedModel:
     """`name` loaded (registry.load_model) in `dtype` and moved to `device`; both are checked before loading."""
-    where, precision = eager_device(device), eager_dtype(dtype)
+    where, precision = eager_device(device), torch_dtype(dtype)
     loaded = load_model(name, random_init=random_init, dtype=precision)
     loaded.model.to(where)
     return loaded
@@ -63,12 +57,14 @@ class EagerBackend:
     def __init__(self, loaded: LoadedModel, defaults: RunOptions, aot=None) -> None:
         """`aot`: the AOT kernels (launcher.AotOps) kernels="aot" runs on (None: refused)."""
         self.aot = aot
-        self.adapter = LlavaOnevisionAdapter(loaded.model)
+        self.loaded = loaded
+        self.backbone = loaded.backbone()
+        self.side = loaded.family.decoder_side(loaded.model.config)
+        dims = self.backbone.dims
         self.text = Text(
-            loaded.tokenizer, loaded.chat_template, loaded.preprocess, self.adapter.tokens_per_frame, loaded.notes
+            loaded.tokenizer, loaded.chat_template, loaded.family.placeholder, loaded.processor, dims, loaded.notes
         )
         self.lm = loaded.model
-        self.num_decoder_layers = loaded.model.config.text_config.num_hidden_layers
         self.defaults = self.check(defaults)
 
     @property
@@ -84,13 +80,14 @@ class EagerBackend:
         return self.lm.dtype
 
     def decoder(self, config):
-        return decoder_for(self.lm, config)
+        return decoder_for(self.lm, self.side, config)
 
     def check(self, options: RunOptions) -> RunOptions:
         """`options` with the model-dependent EarlyTom defaults filled in (merge layers), checked against the
-        encoder's depth."""
-        config = options.config.for_model(self.adapter.num_layers, self.num_decoder_layers)
-        vision_chain(config.variant, config.merge_layers, self.adapter.num_layers)
+        encoder and the frames per unit."""
+        config = self.loaded.resolve(options.config)
+        vision_chain(config.variant, config.merge_layers, self.text.dims.encoder_layers)
+        self.text.dims.units(options.num_frames)
         checked = replace(options, config=config)
         self.check_aot(checked)
         return checked
@@ -108,19 +105,19 @@ class EagerBackend:
             )
         if options.method == "earlytom":  # the other methods launch no kernel
             try:
-                self.aot.check_run(self.lm.config, options.config, options.num_frames, self.dtype)
+                self.aot.check_run(self.text.dims, options.config, options.num_frames, self.dtype)
             except ValueError as error:
                 raise UnsupportedOption(str(error)) from None
 
     def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
-        """pixels: chunks [b, 3, S, S] (float32, any device; each copied to the model's device in the timed stage
+        """pixels: chunks [b, *unit_shape] (float32, any device; each copied to the model's device in the timed stage
         "to_device", cast to its dtype by the patch embedding) -> Visual on the model's device."""
         c = options.config
-        specs = vision_chain(c.variant, c.merge_layers, self.adapter.num_layers)
-        stretches = [Stretch(self.adapter, spec) for spec in specs]
+        specs = vision_chain(c.variant, c.merge_layers, self.text.dims.encoder_layers)
+        stretches = [Stretch(self.backbone, spec) for spec in specs]
         aot_ops = None if self.aot is None else self.aot.ops
         chunks = self.on_device(pixels, timer)
-        return encode_chain(stretches, specs, chunks, options, timer, self.adapter.image_newline, aot_ops)
+        return encode_chain(stretches, specs, chunks, options, timer, self.backbone.suffix(), aot_ops)
 
     def on_device(self, chunks: Iterable[torch.Tensor], timer) -> Iterator[torch.Tensor]:
         for chunk in chunks:

@@ -1,167 +1,22 @@
-"""The ONNX Runtime backend: one session per graph of the engine directory's vision chain, compression between
-them as in the eager backend, and the decoder in PyTorch (transformers).
-
-The graphs run on ONNX Runtime execution providers (`Providers`): CPU (the default; threads = cores), CUDA, or
-TensorRT. CUDA and TensorRT need the `onnxruntime-gpu` package in place of `onnxruntime` (README, "GPU"). The
-TensorRT execution provider builds its engines on first use with one optimisation profile per graph (frames 1 to
-the directory's maximum) and caches them OUTSIDE the engine directory, whose files must stay exactly its
-manifest's: in `<cache>/<SHA-256 of manifest.json>/`, `<cache>` = `Providers.trt_cache` or
-`$XDG_CACHE_HOME/earlytom/trt-ep` (`~/.cache/earlytom/trt-ep`). A rebuilt directory has a new manifest, hence
-a new cache. Between graphs the tensors pass through host memory (compression runs in PyTorch on the CPU); with a
-GPU provider the decoder runs on that GPU (decoder_placement).
+"""The ONNX Runtime backend: one session per graph of the engine directory's vision chain (earlytom.engine.sessions:
+CPU, CUDA or TensorRT execution providers), compression between them as in the eager backend, and the decoder in
+PyTorch (transformers). Between graphs the tensors pass through host memory (compression runs in PyTorch on the
+CPU); with a GPU provider the decoder runs on that GPU (decoder_placement).
 """
 
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 
-import onnx
-import onnxruntime as ort
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
-from earlytom.engine.layout import DECODER, IMAGE_NEWLINE, MANIFEST, numpy_dtype, torch_dtype
-from earlytom.engine.manifest import Manifest, sha256
+from earlytom.dtypes import numpy_dtype, torch_dtype
+from earlytom.engine.directory import EngineDir
+from earlytom.engine.sessions import Providers, graph_sessions
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
 
 # The graphs are split at the merge layers: the rest of the EarlyTom parameters may change per run.
 FIXED = ("variant", "merge_layers")
-
-# --providers value -> ONNX Runtime's providers in priority order (each falls back to the next for the
-# operators it does not take).
-PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
-INSTALL_GPU = (
-    "pip uninstall -y onnxruntime && pip install -c constraints.txt onnxruntime-gpu (CUDA 12 and cuDNN 9; "
-    "the TensorRT provider also needs TensorRT 10 libraries)"
-)
-
-
-class ProviderUnavailable(ValueError):
-    """An execution provider this ONNX Runtime installation does not have or could not load."""
-
-
-@dataclass(frozen=True)
-class Providers:
-    """Where an onnxruntime engine directory's graphs run: `kind` cpu | cuda | tensorrt, on GPU `device_id`;
-    TensorRT's engine cache under `trt_cache` (None: $XDG_CACHE_HOME/earlytom/trt-ep) and its builder workspace
-    `trt_workspace` bytes (None: ONNX Runtime's default)."""
-
-    kind: str = "cpu"
-    device_id: int = 0
-    trt_cache: Path | None = None
-    trt_workspace: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in PROVIDERS:
-            raise ValueError(f"providers = {self.kind!r}; choose one of {', '.join(PROVIDERS)}")
-        if isinstance(self.device_id, bool) or not isinstance(self.device_id, int) or self.device_id < 0:
-            raise ValueError(f"device_id = {self.device_id!r}: give a GPU index (an integer >= 0)")
-        if self.trt_workspace is not None and (not isinstance(self.trt_workspace, int) or self.trt_workspace < 1):
-            raise ValueError(f"trt_workspace = {self.trt_workspace!r}: give a size in bytes (an integer >= 1)")
-        if self.kind != "tensorrt" and (self.trt_cache is not None or self.trt_workspace is not None):
-            raise ValueError(f"the TensorRT cache and workspace apply to providers = 'tensorrt', not {self.kind!r}")
-
-
-def check_available(kind: str, available: list[str]) -> None:
-    """ProviderUnavailable unless every provider `kind` needs is in `available` (ort.get_available_providers())."""
-    missing = [name for name in PROVIDERS[kind] if name not in available]
-    if missing:
-        raise ProviderUnavailable(
-            f"providers = {kind!r} needs {', '.join(missing)}, but this ONNX Runtime has {', '.join(available)}; "
-            f"install the GPU build: {INSTALL_GPU}"
-        )
-
-
-def check_loaded(kind: str, loaded: list[str]) -> None:
-    """ProviderUnavailable if a session fell back from the provider asked for (ONNX Runtime warns and falls
-    back when a provider's libraries fail to load)."""
-    wanted = PROVIDERS[kind][0]
-    if wanted not in loaded:
-        raise ProviderUnavailable(
-            f"ONNX Runtime could not load {wanted} (the session got {', '.join(loaded)}; its warning above names "
-            f"the library it missed); install the CUDA/cuDNN/TensorRT libraries it needs: {INSTALL_GPU}"
-        )
-
-
-def trt_cache_dir(manifest_sha: str, directory: Path, cache: Path | None) -> Path:
-    """The TensorRT provider's cache for the engine directory `directory` whose manifest.json has SHA-256
-    `manifest_sha`: `<cache>/<manifest_sha>`, never inside `directory` (whose files are exactly its manifest's)."""
-    if cache is None:
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "earlytom" / "trt-ep"
-    path = Path(cache).expanduser().resolve() / manifest_sha
-    if path.is_relative_to(Path(directory).resolve()):
-        raise ValueError(
-            f"trt_cache = {cache} lies inside the engine directory {directory}, whose files must be exactly its "
-            "manifest's; choose a directory outside it"
-        )
-    return path
-
-
-def profile_shapes(graph: onnx.ModelProto, max_frames: int) -> dict[str, str]:
-    """The TensorRT provider's explicit optimisation profile for `graph`: each input with its symbolic (frame)
-    dimensions from 1 to `max_frames` (optimum: max_frames), as `trt_profile_{min,opt,max}_shapes` options."""
-
-    def shapes(frames: int) -> str:
-        return ",".join(
-            f"{x.name}:" + "x".join(str(d.dim_value) if d.HasField("dim_value") else str(frames) for d in dims)
-            for x in graph.graph.input
-            for dims in [x.type.tensor_type.shape.dim]
-        )
-
-    return {
-        "trt_profile_min_shapes": shapes(1),
-        "trt_profile_opt_shapes": shapes(max_frames),
-        "trt_profile_max_shapes": shapes(max_frames),
-    }
-
-
-def provider_list(
-    providers: Providers, *, cache: Path | None = None, fp16: bool = False, profile: dict[str, str] | None = None
-) -> list[tuple[str, dict[str, str]]]:
-    """ONNX Runtime's `providers` argument (name, options) in priority order. TensorRT takes its engine `cache`
-    directory (required), `fp16` (the graphs' precision) and an optimisation `profile` (profile_shapes)."""
-    device = {"device_id": str(providers.device_id)}
-    options = {"CPUExecutionProvider": {}, "CUDAExecutionProvider": device}
-    if providers.kind == "tensorrt":
-        if cache is None:
-            raise ValueError("the TensorRT provider needs its engine cache directory (trt_cache_dir)")
-        trt = {
-            **device,
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": str(cache),
-            "trt_fp16_enable": str(fp16),
-            **({} if profile is None else profile),
-        }
-        if providers.trt_workspace is not None:
-            trt["trt_max_workspace_size"] = str(providers.trt_workspace)
-        options["TensorrtExecutionProvider"] = trt
-    return [(name, options[name]) for name in PROVIDERS[providers.kind]]
-
-
-def ort_session(
-    path: Path, threads: int | None = None, providers: list[tuple[str, dict[str, str]]] | None = None
-) -> ort.InferenceSession:
-    """An ONNX Runtime session on `providers` (provider_list; None: CPU) using `threads` (None: every core) for
-    one CPU operator. The memory arena and memory patterns are off: requests come with different frame counts,
-    and a per-shape arena grows a long-running process without bound."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = (os.cpu_count() or 1) if threads is None else threads
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False
-    options.enable_mem_pattern = False
-    chosen = provider_list(Providers()) if providers is None else providers
-    return ort.InferenceSession(str(path), options, providers=chosen)
-
 
 def decoder_placement(providers: Providers, graphs_dtype: str) -> tuple[torch.device, torch.dtype, str | None]:
     """Where the PyTorch decoder runs: with the CPU provider on the CPU in float32; with a GPU provider on that
@@ -177,44 +32,24 @@ def decoder_placement(providers: Providers, graphs_dtype: str) -> tuple[torch.de
     return torch.device("cuda", providers.device_id), torch_dtype(graphs_dtype), None
 
 
-def graph_sessions(directory: Path, manifest: Manifest, providers: Providers) -> list[ort.InferenceSession]:
-    """One session per vision graph of `directory` on `providers`, refused before any is made if this ONNX
-    Runtime lacks them, and after if one fell back to another provider."""
-    check_available(providers.kind, ort.get_available_providers())
-    cache = None
-    if providers.kind == "tensorrt":
-        cache = trt_cache_dir(sha256(directory / MANIFEST), directory, providers.trt_cache)
-        cache.mkdir(parents=True, exist_ok=True)
-    sessions = []
-    for graph in manifest.graphs:
-        path = directory / graph.file
-        profile = None
-        if providers.kind == "tensorrt":
-            profile = profile_shapes(onnx.load(path, load_external_data=False), manifest.max_frames)
-        chosen = provider_list(providers, cache=cache, fp16=manifest.dtype == "fp16", profile=profile)
-        session = ort_session(path, providers=chosen)
-        check_loaded(providers.kind, session.get_providers())
-        sessions.append(session)
-    return sessions
-
-
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     video_device = torch.device("cpu")  # the sessions read host arrays, whatever their provider
 
-    def __init__(self, directory: Path, manifest: Manifest, text: Text, providers: Providers | None = None) -> None:
-        self.manifest, self.text = manifest, text
+    def __init__(self, engine: EngineDir, text: Text, providers: Providers | None = None) -> None:
+        manifest = engine.manifest
+        self.manifest, self.text, self.suffix = manifest, text, engine.suffix
         self.providers = Providers() if providers is None else providers
-        self.sessions = graph_sessions(directory, manifest, self.providers)
+        self.sessions = graph_sessions(engine.path, manifest, self.providers)
         self.np_dtype = numpy_dtype(manifest.dtype)
-        self.image_newline = load_file(directory / IMAGE_NEWLINE)["image_newline"].float()
         device, dtype, note = decoder_placement(self.providers, manifest.dtype)
-        self.lm = AutoModelForCausalLM.from_pretrained(directory / DECODER, dtype=dtype).to(device).eval()
+        self.lm = engine.load_decoder(dtype).to(device)
+        self.side = engine.family.decoder_side(self.lm.config)
         self.text.notes.extend([note] if note else [])
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
 
     def decoder(self, config):
-        return decoder_for(self.lm, config)
+        return decoder_for(self.lm, self.side, config)
 
     def check(self, options: RunOptions) -> RunOptions:
         refuse_changes(self.name, self.defaults, options, FIXED, "rebuild the engine directory with build_engine")
@@ -224,6 +59,7 @@ class OnnxRuntimeBackend:
                 "--aot-kernels DIR); the onnxruntime backend's compression runs in PyTorch or Triton: use "
                 "--kernels auto, reference or triton"
             )
+        self.text.dims.units(options.num_frames)
         if options.num_frames > self.manifest.max_frames:
             raise UnsupportedOption(
                 f"frames = {options.num_frames} exceeds the {self.manifest.max_frames} frames the engines were built "
@@ -238,9 +74,9 @@ class OnnxRuntimeBackend:
         return tuple(torch.from_numpy(y).float() for y in self.sessions[index].run(list(graph.outputs), feed))
 
     def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
-        """pixels: chunks [b, 3, S, S] -> Visual, its embeddings on the decoder's device in its dtype."""
+        """pixels: chunks [b, *unit_shape] -> Visual, its embeddings on the decoder's device in its dtype."""
         stretches = [lambda *x, i=i: self.run(i, *x) for i in range(len(self.sessions))]
-        visual = encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.image_newline)
+        visual = encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.suffix)
         if visual.embeds.device != self.lm.device:
             with timer.stage("to_device"):
                 visual.embeds = visual.embeds.to(self.lm.device)

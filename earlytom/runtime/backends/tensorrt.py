@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from earlytom.engine.layout import DECODER, DECODER_TRTLLM, IMAGE_NEWLINE, torch_dtype
+from earlytom.dtypes import torch_dtype
+from earlytom.engine.directory import EngineDir
 from earlytom.engine.manifest import Manifest, check_compatible
-from earlytom.engine_builder.tensorrt import row_shape, selected_bound
+from earlytom.engine.sizes import row_shape, selected_bound
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 from earlytom.runtime.chain import compose_source
 
@@ -32,9 +32,11 @@ class BufferSpec:
 
 
 def buffer_specs(manifest: Manifest) -> dict[str, BufferSpec]:
-    """Every I/O tensor of every plan at its largest shape (B = max_frames frames, K = selected_bound), one buffer
-    per name: a plan's input is the buffer the earlier plan of the same output name wrote (read in place)."""
-    v, B, dtype, config = manifest.vision, manifest.max_frames, torch_dtype(manifest.dtype), manifest.config
+    """Every I/O tensor of every plan at its largest shape (B = the units of max_frames frames, K = selected_bound),
+    one buffer per name: a plan's input is the buffer the earlier plan of the same output name wrote (read in
+    place)."""
+    v, dtype, config = manifest.vision, torch_dtype(manifest.dtype), manifest.config
+    B = v.units(manifest.max_frames)
     K = selected_bound(config, v, B)
     i32 = torch.int32
     frames = {  # every graph input: pixels, then what each merge writes for the next graph (attention in fp32)
@@ -67,7 +69,7 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
     """Runs the vision plans of an engine directory in chain order (paper: vision_head + FrameMerge,
     vision_tail + TokenSelect; official: each stretch + its compression, the tail + selection)."""
 
-    def __init__(self, directory: Path, manifest: Manifest, image_newline: torch.Tensor):
+    def __init__(self, directory: Path, manifest: Manifest, suffix: torch.Tensor):
         import tensorrt as trt
 
         major, minor = torch.cuda.get_device_capability()
@@ -88,7 +90,7 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
                 context.set_tensor_address(tensor, self.buffers[tensor].data_ptr())
             self.inputs.append([n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT])
         self.stream = torch.cuda.Stream()
-        self.image_newline = image_newline.cuda()
+        self.suffix = suffix.cuda()
 
     def run_plan(self, i: int, rows: int) -> None:
         """Plan i on `rows` frames (every input's dimension 0), enqueued on the stream."""
@@ -112,12 +114,13 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
                     source = compose_source(source, merged)  # before the next merge overwrites first / last
                     frames_after[graph.stop - 1] = rows = count
             K = count
-            embeds = torch.cat([b["selected"][:K], self.image_newline[None].to(b["selected"].dtype)])
+            embeds = torch.cat([b["selected"][:K], self.suffix.to(b["selected"].dtype)])
         return Visual(
             embeds=embeds,
             frame=b["frame"][:K].long().cpu(),
             index=b["index"][:K].long().cpu(),
             source=source.cpu(),
+            units=B,
             frames_after=frames_after,
         )
 
@@ -132,7 +135,11 @@ class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
         self.vocab_size, self.context_length, self.dtype = vocab_size, context_length, dtype
         self.inner_counts = None  # TensorRT-LLM runs no inner merge
 
-    def greedy(self, before, visual, after, *, max_new_tokens: int, eos: int, timer, on_token=None) -> list[int]:
+    def greedy(
+        self, before, visual: Visual, after, *, max_new_tokens: int, eos: int, timer, on_token=None, **_
+    ) -> list[int]:
+        """As Decoder.greedy, with the visual embeddings as TensorRT-LLM's prompt table (1-D positions)."""
+        visual = visual.embeds
         ids = prompt_table_ids(before, visual.shape[0], after, self.vocab_size)
         with timer.stage("prefill"):  # TensorRT-LLM prefills and samples the first token in one call
             stream = self.runner.generate(
@@ -167,13 +174,13 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
     name = "tensorrt"
     video_device = torch.device("cuda")
 
-    def __init__(self, directory: Path, manifest: Manifest, text: Text) -> None:
+    def __init__(self, engine: EngineDir, text: Text) -> None:
+        manifest = engine.manifest
         self.manifest, self.text = manifest, text
-        newline = load_file(directory / IMAGE_NEWLINE)["image_newline"]
-        self.vision = TensorRTVision(directory, manifest, newline)
-        lm = AutoConfig.from_pretrained(directory / DECODER)
+        self.vision = TensorRTVision(engine.path, manifest, engine.suffix)
+        lm = AutoConfig.from_pretrained(engine.decoder_path).get_text_config()
         dtype = torch_dtype(manifest.dtype)
-        self.llm = TensorRTLLMDecoder(directory / DECODER_TRTLLM, lm.vocab_size, lm.max_position_embeddings, dtype)
+        self.llm = TensorRTLLMDecoder(engine.trtllm_path, lm.vocab_size, lm.max_position_embeddings, dtype)
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
 
     def decoder(self, config):
@@ -183,7 +190,7 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
         return check_fixed(self.defaults, options)
 
     def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
-        """pixels: chunks [b, 3, S, S], joined first: the head plan merges frames, so it needs all of them (no
+        """pixels: chunks [b, *unit_shape], joined first: the head plan merges frames, so it needs all of them (no
         overlap of decoding and encoding here)."""
         return self.vision.encode_video(torch.cat(list(pixels)), timer)
 

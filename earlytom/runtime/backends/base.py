@@ -24,7 +24,7 @@ import torch
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.models.registry import Preprocess
-from earlytom.runtime.video import SAMPLINGS
+from earlytom.video import SAMPLINGS
 
 METHODS = ("earlytom", "full", "global_topk")
 KERNELS = ("auto", "triton", "aot", "reference")

@@ -14,7 +14,7 @@ class VideoError(ValueError):
 
 @dataclass
 class Video:
-    """frames: uint8 [B, H, W, 3] ([B, size, size, 3] when a size was given); timestamps: [B] seconds;
+    """frames: uint8 [B, H, W, 3] ([B, height, width, 3] when a size was given); timestamps: [B] seconds;
     indices: [B] positions of the frames in the source (presentation order); notes: what the user should know."""
 
     frames: torch.Tensor
@@ -49,10 +49,25 @@ def stack(frames: list[torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(np.stack([frame.numpy() for frame in frames]))
 
 
-def resize_rgb(frame: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 frame [H, W, 3] -> float32 [3, size, size] in 0..255: bicubic, antialiased (skipped when the frame is
-    already size x size), clamped to 0..255."""
+def resize_rgb(frame: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 frame [H, W, 3] -> float32 [3, height, width] in 0..255 (size: (height, width), or an int for a
+    square): bicubic, antialiased (skipped when the frame is already that size), clamped to 0..255."""
+    size = frame_size(size)
     x = frame.permute(2, 0, 1).float()
-    if x.shape[1:] != (size, size):
-        x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bicubic", antialias=True)[0]
+    if x.shape[1:] != size:
+        x = torch.nn.functional.interpolate(x[None], size=size, mode="bicubic", antialias=True)[0]
     return x.clamp(0, 255)
+
+
+def is_count(value) -> bool:
+    """An integer >= 1 (Python's or NumPy's; not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= 1
+
+
+def frame_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """A frame size as (height, width): an integer is a square, a (height, width) pair (tuple or list) itself;
+    anything else is refused."""
+    sides = tuple(size) if isinstance(size, tuple | list) else (size, size)
+    if len(sides) != 2 or not all(is_count(side) for side in sides):
+        raise VideoError(f"size = {size!r}: must be an integer >= 1 (a square) or a (height, width) pair of them")
+    return int(sides[0]), int(sides[1])

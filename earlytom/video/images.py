@@ -33,9 +33,9 @@ def rgb_image(image: Image.Image, path: Path) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: Path, size: int | None) -> np.ndarray:
-    """uint8 [size, size, 3] (or [H, W, 3]); images above Pillow's pixel limit are refused as decompression
-    bombs, before their pixels are decoded."""
+def read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 [height, width, 3] at size = (height, width) (or [H, W, 3]); images above Pillow's pixel limit are
+    refused as decompression bombs, before their pixels are decoded."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -49,18 +49,20 @@ def read_image(path: Path, size: int | None) -> np.ndarray:
         except OSError as error:
             raise VideoError(f"cannot read image {path}: {error}") from error
     if size is not None:
-        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     return np.array(rgb)
 
 
-def resize_frame(frame: torch.Tensor, size: int | None) -> torch.Tensor:
-    """uint8 [H, W, 3] -> [size, size, 3] with Pillow's bicubic (antialiased); unchanged when size is None."""
+def resize_frame(frame: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """uint8 [H, W, 3] -> [height, width, 3] at size = (height, width) with Pillow's bicubic (antialiased);
+    unchanged when size is None."""
     if size is None:
         return frame
-    return torch.from_numpy(np.array(Image.fromarray(frame.numpy()).resize((size, size), Image.Resampling.BICUBIC)))
+    resized = Image.fromarray(frame.numpy()).resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(resized))
 
 
-def stream_image_dir(path: Path, num_frames: int, size: int | None, fps: float) -> FrameStream:
+def stream_image_dir(path: Path, num_frames: int, size: tuple[int, int] | None, fps: float) -> FrameStream:
     files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=natural_key)
     if not files:
         raise VideoError(
@@ -72,7 +74,7 @@ def stream_image_dir(path: Path, num_frames: int, size: int | None, fps: float) 
     return FrameStream(indices, [i / fps for i in indices], shortfall_note(len(files), num_frames, str(path)), frames)
 
 
-def stream_array(source, num_frames: int, size: int | None, fps: float) -> FrameStream:
+def stream_array(source, num_frames: int, size: tuple[int, int] | None, fps: float) -> FrameStream:
     array = torch.as_tensor(source)
     if array.dim() != 4 or array.shape[-1] != 3 or array.dtype != torch.uint8 or array.shape[0] == 0:
         raise VideoError(f"a frame array must be uint8 [B, H, W, 3] with B >= 1, got {array.dtype} {list(array.shape)}")

@@ -50,12 +50,13 @@ def set_threads(stream, threads: bool) -> None:
         stream.thread_count = 1
 
 
-def to_rgb(frame: av.VideoFrame, size: int | None) -> torch.Tensor:
-    """A decoded frame -> uint8 [size, size, 3] (swscale's bicubic, antialiased when shrinking), converted and
-    resized in one step; [H, W, 3] at its own size when size is None."""
+def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> torch.Tensor:
+    """A decoded frame -> uint8 [height, width, 3] at size = (height, width) (swscale's bicubic, antialiased when
+    shrinking), converted and resized in one step; [H, W, 3] at its own size when size is None."""
     if size is None:
         return torch.from_numpy(frame.to_ndarray(format="rgb24"))
-    return torch.from_numpy(frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BICUBIC"))
+    height, width = size
+    return torch.from_numpy(frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BICUBIC"))
 
 
 def damaged_error(path: Path, grid: Grid, reached: int, error: Exception | None = None) -> VideoError:
@@ -72,7 +73,7 @@ def count_packets(container, stream) -> int:
     return sum(1 for packet in container.demux(stream) if packet.size)
 
 
-def decode_full(container, stream, path: Path, grid: Grid, indices: list[int], size: int | None):
+def decode_full(container, stream, path: Path, grid: Grid, indices: list[int], size: tuple[int, int] | None):
     """The reference: decode every frame in order and keep `indices` (sorted); yields (frame, seconds)."""
     wanted, position = iter(indices), -1
     target = next(wanted, None)
@@ -151,7 +152,7 @@ def seek_runs(container, stream, grid: Grid, indices: list[int]) -> list[list[in
     return forward_runs(indices, [None if key is None else grid.index(key.pts) for key in keys])
 
 
-def decode_run(container, stream, path: Path, grid: Grid, run: list[int], size: int | None, position: int):
+def decode_run(container, stream, path: Path, grid: Grid, run: list[int], size: tuple[int, int] | None, position: int):
     """Decode the frames of one forward run (a seek to the keyframe before `run[0]`, then forward, dropping the
     non-reference frames not sampled: `skips_nonref`); yields (frame, seconds) per index of `run`. position: the
     last frame decoded before the run (the previous run's last sample, -1 for none), which a failure before the
@@ -174,7 +175,7 @@ def decode_run(container, stream, path: Path, grid: Grid, run: list[int], size: 
         yield to_rgb(frame, size), float(frame.time or 0.0)
 
 
-def decode_seeking(container, stream, path: Path, grid: Grid, runs: list[list[int]], size: int | None):
+def decode_seeking(container, stream, path: Path, grid: Grid, runs: list[list[int]], size: tuple[int, int] | None):
     """Decode the sampled frames only, run after run (`seek_runs`) with one decoder. Yields (frame, seconds)
     exactly as decode_full does."""
     position = -1
@@ -191,7 +192,9 @@ def usable_cores() -> int:
     return 1 if count is None else count
 
 
-def decode_parallel(container, path: Path, grid: Grid, runs: list[list[int]], size: int | None, workers: int):
+def decode_parallel(
+    container, path: Path, grid: Grid, runs: list[list[int]], size: tuple[int, int] | None, workers: int
+):
     """Decode the forward runs on `workers` threads, each with its own container and a single-threaded decoder
     (FFmpeg and swscale release the GIL), the first reusing `container` (set to one thread, not yet decoding). Each
     worker takes the next run not yet taken, so runs start in order and the workers stay busy until the last. Yields
@@ -279,7 +282,7 @@ def nearest_keyframes(container, stream, grid: Grid, indices: list[int]) -> list
     return chosen
 
 
-def decode_keyframes(codec, path: Path, grid: Grid, packets: list[av.Packet], size: int | None):
+def decode_keyframes(codec, path: Path, grid: Grid, packets: list[av.Packet], size: tuple[int, int] | None):
     """Decode the keyframe packets alone, one after another (no seeks, no inter frames: frame threading decodes
     several at once); yields (frame, seconds) in the packets' order."""
     expected = iter([grid.index(packet.pts) for packet in packets])
@@ -311,7 +314,9 @@ def keyframe_plan(container, stream, grid: Grid, indices: list[int], path: Path)
     return [], [note]
 
 
-def stream_file(path: Path, num_frames: int, size, sampling: str, decode: str, threads: bool) -> FrameStream:
+def stream_file(
+    path: Path, num_frames: int, size: tuple[int, int] | None, sampling: str, decode: str, threads: bool
+) -> FrameStream:
     """Plan the sampling of a video file (frame count, indices, keyframes) and return its decoding iterator."""
     container = open_container(path)
     try:

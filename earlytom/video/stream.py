@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from earlytom.video.frames import FrameStream, Video, VideoError, stack
+from earlytom.video.frames import FrameStream, Video, VideoError, frame_size, is_count, stack
 from earlytom.video.images import stream_array, stream_image_dir
 from earlytom.video.nvdec import nvdec_available, stream_nvdec
 from earlytom.video.pyav import stream_file
@@ -62,13 +62,12 @@ def read_ahead(frames: Iterator[torch.Tensor], depth: int) -> Iterator[torch.Ten
         worker.join()
 
 
-def check_arguments(num_frames, size, sampling: str, decode: str, fps: float) -> None:
-    """Refuse arguments outside their range, naming the value and the range."""
-    for name, value in (("frames", num_frames), ("size", size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
-            raise VideoError(f"{name} = {value!r}: must be an integer >= 1")
+def check_arguments(num_frames, sampling: str, decode: str, fps: float) -> None:
+    """Refuse arguments outside their range, naming the value and the range (size: see frame_size)."""
     if num_frames is None:
         raise VideoError("frames = None: give the number of frames to sample (an integer >= 1)")
+    if not is_count(num_frames):
+        raise VideoError(f"frames = {num_frames!r}: must be an integer >= 1")
     if sampling not in SAMPLINGS:
         raise VideoError(f"sampling = {sampling!r}: must be one of {', '.join(SAMPLINGS)}")
     if decode not in DECODES:
@@ -81,7 +80,7 @@ def stream_video(
     source: str | Path | np.ndarray | torch.Tensor,
     num_frames: int,
     *,
-    size: int | None = None,
+    size: int | tuple[int, int] | None = None,
     sampling: str = "uniform",
     decode: str = "seek",
     threads: bool = True,
@@ -90,12 +89,14 @@ def stream_video(
 ) -> FrameStream:
     """Plan the sampling of up to `num_frames` frames and return them as an iterator that decodes on demand.
 
-    size: frames come out uint8 [size, size, 3] (the model's input size), resized per frame as they decode;
-    None keeps each source's own size. sampling: "uniform" (LLaVA-OneVision's linspace) or "keyframe" (the
-    keyframe nearest each uniform sample). decode: "seek" or "full" (every frame, the reference). threads:
-    FFmpeg's threading. device: a CUDA device selects NVDEC when PyNvVideoCodec is installed (uniform sampling;
-    frames stay on the GPU at their own size). fps: the frame rate of image directories and arrays."""
-    check_arguments(num_frames, size, sampling, decode, fps)
+    size: frames come out uint8 [height, width, 3] for size = (height, width), [size, size, 3] for an int (the
+    model's input size), resized per frame as they decode; None keeps each source's own size. sampling: "uniform"
+    (LLaVA-OneVision's linspace) or "keyframe" (the keyframe nearest each uniform sample). decode: "seek" or "full"
+    (every frame, the reference). threads: FFmpeg's threading. device: a CUDA device selects NVDEC when
+    PyNvVideoCodec is installed (uniform sampling; frames stay on the GPU at their own size). fps: the frame rate of
+    image directories and arrays."""
+    check_arguments(num_frames, sampling, decode, fps)
+    size = None if size is None else frame_size(size)
     if isinstance(source, np.ndarray | torch.Tensor):
         return stream_array(source, num_frames, size, fps)
     path = Path(source)

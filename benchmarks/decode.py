@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks.common import OUT, print_table
 from earlytom.runtime.synthetic import write_panning_clip
-from earlytom.runtime.video import load_video
+from earlytom.video import load_video
 
 RESOLUTIONS = {"240p": (426, 240), "1080p": (1920, 1080)}
 DURATIONS = {"20 s": 20, "10 min": 600, "60 min": 3600}

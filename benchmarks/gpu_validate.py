@@ -42,7 +42,7 @@ from earlytom.compress.config import VARIANTS
 from earlytom.environment import missing_gpu_stack
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
-from earlytom.runtime.video import nvdec_available, resize_rgb, stream_video
+from earlytom.video import nvdec_available, resize_rgb, stream_video
 
 PROMPT = "Describe what happens in this video."
 MODELS = ("llava-ov-0.5b", "llava-ov-7b")

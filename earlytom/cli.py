@@ -21,8 +21,8 @@ from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.backends.onnxruntime import PROVIDERS, Providers
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
-from earlytom.runtime.video import SAMPLINGS
 from earlytom.serve.cli import add_parser as add_serve_parser
+from earlytom.video import SAMPLINGS
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:

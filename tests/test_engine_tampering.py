@@ -16,9 +16,9 @@ from earlytom.engine.layout import MANIFEST
 from earlytom.engine.manifest import EngineDirError, files_on_disk, read_manifest
 from earlytom.engine_builder.build import build
 from earlytom.runtime.pipeline import Pipeline
+from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames
 from earlytom.runtime.timing import StageTimer
-from earlytom.runtime.video import preprocess
 
 FRAMES = 4
 

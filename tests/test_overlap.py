@@ -13,9 +13,9 @@ from earlytom.models.llava_onevision import Stretch
 from earlytom.runtime.backends.base import RunOptions
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.pipeline import CHUNK_FRAMES, Pipeline, pixel_chunks
+from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames
 from earlytom.runtime.timing import StageTimer
-from earlytom.runtime.video import preprocess
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
 from earlytom.models.registry import ModelNotFound, load_model, packaged_config
 from earlytom.runtime.decoder import Decoder
 from earlytom.runtime.pipeline import Pipeline, PromptTooLong
+from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.runtime.timing import StageTimer
-from earlytom.runtime.video import VideoError, load_video, preprocess
+from earlytom.video import VideoError, load_video
 
 PAPER = EarlyTomConfig(variant="paper", merge_layers=(0,))  # layers [0, 1) see every frame, as k = 1 before
 

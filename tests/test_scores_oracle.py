@@ -17,9 +17,9 @@ from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import vision_chain
 from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
 from earlytom.runtime.pipeline import Pipeline
+from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames
 from earlytom.runtime.timing import StageTimer
-from earlytom.runtime.video import preprocess
 
 FRAMES = 3
 

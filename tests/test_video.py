@@ -19,16 +19,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from earlytom.models.registry import Preprocess
+from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import frame_index, indexed_frames, moving_square_frames, write_clip, write_long_clip
-from earlytom.runtime.video import (
-    VideoError,
-    load_video,
-    nvdec_available,
-    preprocess,
-    read_ahead,
-    stream_video,
-    uniform_indices,
-)
+from earlytom.video import VideoError, load_video, nvdec_available, read_ahead, stream_video, uniform_indices
 
 TOTAL = 120  # frames in the indexed clips, 8 fps
 
@@ -310,7 +303,8 @@ def test_array_frames_are_resized_per_frame_without_full_size_floats(tmp_path):
 
 MEMORY_PROBE = """
 import json, resource, sys, types
-from earlytom.runtime.video import load_video, preprocess
+from earlytom.runtime.preprocess import preprocess
+from earlytom.video import load_video
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 frames = load_video(sys.argv[1], 4, size=72).frames
 pixels = preprocess(frames, types.SimpleNamespace(size=72, mean=(0.5,) * 3, std=(0.5,) * 3, rescale=1 / 255))

@@ -10,20 +10,11 @@ import time
 import av
 import pytest
 
-from earlytom.runtime import video
 from earlytom.runtime.synthetic import frame_index, indexed_frames, write_clip, write_panning_clip
-from earlytom.runtime.video import (
-    Grid,
-    VideoError,
-    decoded,
-    forward_runs,
-    load_video,
-    read_ahead,
-    skips_nonref,
-    stream_grid,
-    stream_video,
-    uniform_indices,
-)
+from earlytom.video import VideoError, load_video, read_ahead, stream_video, uniform_indices
+from earlytom.video import pyav as video  # the module whose names the fixtures patch (decode_parallel, to_rgb, ...)
+from earlytom.video.pyav import decoded, skips_nonref
+from earlytom.video.sampling import Grid, forward_runs, stream_grid
 
 TOTAL, GOP = 150, 30  # 5 GOPs of 30 frames, 8 fps
 # name: (encoder, options, whether skipping is allowed): B-frames in every codec that has them

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, LlavaOnevisionForConditionalGener
 
 from earlytom.compress.config import default_merge_layers
 from earlytom.models.backbone import Family, VisionDims, VisualLayout
-from earlytom.runtime.video import resize_rgb
+from earlytom.video import resize_rgb
 
 ALIASES = {  # short name -> Hugging Face id; each has a packaged config, configs/<alias>.json
     "llava-ov-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",

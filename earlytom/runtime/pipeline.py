@@ -25,7 +25,7 @@ from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
 from earlytom.runtime.backends.eager import EagerBackend, eager_device, load_eager
 from earlytom.runtime.timing import StageTimer
-from earlytom.runtime.video import read_ahead, stack, stream_video
+from earlytom.video import read_ahead, stack, stream_video
 
 if TYPE_CHECKING:
     from earlytom.plugins.launcher import AotOps

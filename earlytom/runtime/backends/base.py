@@ -26,7 +26,7 @@ import torch
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.models.backbone import VisionDims, VisualLayout
-from earlytom.runtime.video import SAMPLINGS
+from earlytom.video import SAMPLINGS
 
 METHODS = ("earlytom", "full", "global_topk")
 KERNELS = ("auto", "triton", "aot", "reference")

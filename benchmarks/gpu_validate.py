@@ -180,7 +180,7 @@ def eager_cuda(kernels: str) -> Callable[..., Pipeline]:
 def onnxruntime_on(kind: str) -> Callable[..., Pipeline]:
     def make(work, model, frames, dtype, config):
         from earlytom.engine_builder.build import build
-        from earlytom.runtime.backends.onnxruntime import Providers
+        from earlytom.engine.sessions import Providers
 
         out = work / f"{model}-onnxruntime-{config.variant}-{dtype}-{frames}"
         if not out.exists():

@@ -68,7 +68,7 @@ void check_layout(const ICudaEngine& engine, const std::string& plan, const char
     fail(plan, std::string("tensor ") + name + " is not a linear device tensor; rebuild the plan with earlytom");
 }
 
-// Frame axis set to `frames` on every input of `plan` ([F, 3, S, S] pixels, [N, L, D] hidden, [N] is_static).
+// Frame axis set to `frames` on every input of `plan` ([F, *unit_shape] pixels, [N, L, D] hidden, [N] is_static).
 void set_input_shapes(nvinfer1::IExecutionContext& context, const ICudaEngine& engine, const std::string& plan,
                       int frames) {
   for (int i = 0; i < engine.getNbIOTensors(); ++i) {

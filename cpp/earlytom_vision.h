@@ -7,7 +7,7 @@
 // The plans run in the order given; each is a stretch of the vision encoder with its plugin layers
 // (FrameMerge after a stretch, TokenSelect after the last). The plugins are compiled ahead of time into the
 // plans, so no Python and no plugin library are needed at run time. What the plans must look like:
-//   - the first plan's one input is "pixels" [F, 3, S, S];
+//   - the first plan's one input is "pixels" [F, *unit_shape] (manifest vision.unit_shape; LLaVA-OV: [F, 3, S, S]);
 //   - every later input reads the latest earlier output of the same name (hidden_<l>: the merged frames);
 //   - dimension 0 of every input is the frame axis (F at first, N after a plan that writes "count");
 //   - "count" (the frames after a merge; an official plan writes [N, segments], only N is read) and
@@ -31,7 +31,7 @@ namespace earlytom {
 
 struct VisualTokens {
   const void* tokens;      // device, [count, llm_hidden] in the last plan's dtype; valid until the next run()
-  int count;               // K selected tokens (the caller appends the image_newline)
+  int count;               // K selected tokens (the caller appends visual_suffix.safetensors)
   int frames_after_merge;  // N frames left after the last FrameMerge
 };
 
@@ -43,9 +43,9 @@ class Vision {
   Vision& operator=(const Vision&) = delete;
 
   int max_frames() const;                      // F of the first plan's largest "pixels" profile shape
-  std::size_t pixel_bytes(int frames) const;   // bytes of "pixels" [frames, 3, S, S] in the plan's dtype
+  std::size_t pixel_bytes(int frames) const;   // bytes of "pixels" [frames, *unit_shape] in the plan's dtype
 
-  // pixels: device pointer (256-byte aligned, as cudaMalloc gives) to [frames, 3, S, S] in the first plan's
+  // pixels: device pointer (256-byte aligned, as cudaMalloc gives) to [frames, *unit_shape] in the first plan's
   // dtype, 1 <= frames <= max_frames(). Enqueues every plan on `stream` (use a non-default stream) and
   // synchronises it once per merge and once at the end. One run at a time per Vision.
   VisualTokens run(const void* pixels, int frames, cudaStream_t stream);

@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   try {
     earlytom::Vision vision(plans);
     const int frames = argc > 2 ? parse_frames(argv[2]) : vision.max_frames();
-    const std::size_t bytes = vision.pixel_bytes(frames);  // [frames, 3, S, S] in the plan's dtype
+    const std::size_t bytes = vision.pixel_bytes(frames);  // [frames, *unit_shape] in the plan's dtype
     void* raw = nullptr;
     check(cudaMalloc(&raw, bytes), "allocate pixels");
     const std::unique_ptr<void, decltype(&cudaFree)> pixels(raw, &cudaFree);

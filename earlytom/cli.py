@@ -15,10 +15,10 @@ from pathlib import Path
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
 from earlytom.compress import EarlyTomConfig
 from earlytom.dtypes import DTYPES
+from earlytom.engine.sessions import PROVIDERS, Providers
 from earlytom.eval.cli import add_parser as add_compare_parser
 from earlytom.models.registry import known_names
 from earlytom.runtime.backends.base import KERNELS, METHODS
-from earlytom.runtime.backends.onnxruntime import PROVIDERS, Providers
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.serve.cli import add_parser as add_serve_parser

@@ -18,7 +18,8 @@ import threading
 
 from transformers.utils import logging as hf_logging
 
-from earlytom.compress import EarlyTomConfig, preset_fields
+from earlytom.compress import EarlyTomConfig
+from earlytom.models.presets import preset_fields
 
 FIXES = {
     errno.ENOSPC: "free disk space or write elsewhere",

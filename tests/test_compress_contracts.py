@@ -13,13 +13,12 @@ from earlytom.compress import (
     global_topk,
     official_budget,
     official_select,
-    preset_config,
     selection_budget,
     token_select,
     uniform,
     visual_budget,
-    with_preset,
 )
+from earlytom.models.presets import preset_config, with_preset
 
 
 def drifting(count: int, seed: int) -> torch.Tensor:

@@ -11,7 +11,8 @@ from benchmarks.gpu_validate import MAKERS, NVDEC, Installed, agreement, plan, p
 from benchmarks.gpu_validate import main as gpu_validate_main
 from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig
-from earlytom.runtime.backends.eager import eager_device, eager_dtype, load_eager
+from earlytom.dtypes import torch_dtype
+from earlytom.runtime.backends.eager import eager_device, load_eager
 from earlytom.runtime.chain import kernel_ops
 from earlytom.runtime.pipeline import Pipeline
 
@@ -37,9 +38,9 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 
 def test_dtype_names():
-    assert [eager_dtype(n) for n in ("fp32", "fp16", "bf16")] == [torch.float32, torch.float16, torch.bfloat16]
+    assert [torch_dtype(n) for n in ("fp32", "fp16", "bf16")] == [torch.float32, torch.float16, torch.bfloat16]
     with pytest.raises(ValueError, match="choose one of fp32, fp16, bf16"):
-        eager_dtype("float16")
+        torch_dtype("float16")
 
 
 def test_device_and_dtype_are_checked_before_the_model_is_loaded():
@@ -79,7 +80,7 @@ def test_low_precision_eager_pipeline_runs_in_that_dtype_and_decides_like_fp32(r
     """bf16 / fp16 on CPU: the model's dtype reaches the visual tokens, the merges are the fp32 merges, and the
     selected tokens are (nearly) the fp32 ones with close embeddings."""
     low, ref = runs[variant, dtype], runs[variant, "fp32"]
-    assert low.visual.embeds.dtype == eager_dtype(dtype)
+    assert low.visual.embeds.dtype == torch_dtype(dtype)
     assert low.visual.embeds.device == low.visual.source.device == low.visual.frame.device == torch.device("cpu")
     assert low.counts == ref.counts
     assert torch.equal(low.visual.source, ref.visual.source)  # same frames merged

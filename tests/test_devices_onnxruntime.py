@@ -11,18 +11,18 @@ from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import MANIFEST
 from earlytom.engine.manifest import read_manifest, sha256
-from earlytom.engine_builder.build import build
-from earlytom.runtime.backends.onnxruntime import (
+from earlytom.engine.sessions import (
     PROVIDERS,
     Providers,
     ProviderUnavailable,
     check_available,
     check_loaded,
-    decoder_placement,
     profile_shapes,
     provider_list,
     trt_cache_dir,
 )
+from earlytom.engine_builder.build import build
+from earlytom.runtime.backends.onnxruntime import decoder_placement
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.synthetic import moving_square_frames
 

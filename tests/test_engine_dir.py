@@ -41,7 +41,7 @@ def test_directory_layout_and_manifest(engine):
         *(f"{name}.onnx" for name in chain),
         "decoder/config.json",
         "decoder/model.safetensors",
-        "image_newline.safetensors",
+        "visual_suffix.safetensors",
         "preprocessor.json",
         "tokenizer/tokenizer.json",
     }

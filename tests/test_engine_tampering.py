@@ -1,7 +1,7 @@
 """A built engine directory refuses every tampered file, and its ONNX Runtime graphs match transformers' forward.
 
 One tiny directory (frames = 4) is built per module. Each artifact its manifest lists (graphs, decoder weights and
-config, tokenizer, preprocessing, image_newline) is altered by one byte in turn and must be refused by its
+config, tokenizer, preprocessing, visual suffix) is altered by one byte in turn and must be refused by its
 SHA-256; the manifest itself is checked for corruption, a changed hash and a broken schema."""
 
 import json
@@ -16,7 +16,6 @@ from earlytom.engine.layout import MANIFEST
 from earlytom.engine.manifest import EngineDirError, files_on_disk, read_manifest
 from earlytom.engine_builder.build import build
 from earlytom.runtime.pipeline import Pipeline
-from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames
 from earlytom.runtime.timing import StageTimer
 
@@ -44,7 +43,7 @@ def flip_last_byte(path):
 def test_every_file_is_listed_with_its_hash(engine):
     manifest = read_manifest(engine)
     assert sorted(manifest.artifacts) == files_on_disk(engine)
-    assert {"decoder/model.safetensors", "decoder/config.json", "image_newline.safetensors"} <= set(manifest.artifacts)
+    assert {"decoder/model.safetensors", "decoder/config.json", "visual_suffix.safetensors"} <= set(manifest.artifacts)
     assert all(len(digest) == 64 for digest in manifest.artifacts.values())
 
 
@@ -112,7 +111,7 @@ def test_onnxruntime_graphs_match_transformers(engine, tiny):
     method "full" the backend's visual embeds are HF's get_video_features (no adapter code on the oracle side)."""
     pipe = Pipeline.from_engine_dir(engine).with_options(method="full")
     backend, manifest = pipe.backend, pipe.backend.manifest
-    pixels = preprocess(torch.from_numpy(moving_square_frames(FRAMES)), tiny.preprocess)
+    pixels = tiny.processor(torch.from_numpy(moving_square_frames(FRAMES)))
     tower = tiny.model.model.vision_tower
     config = tiny.model.config
     previous = tower.config._attn_implementation

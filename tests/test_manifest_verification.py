@@ -16,7 +16,6 @@ from earlytom.engine.manifest import (
     Manifest,
     ModelInfo,
     TensorRTInfo,
-    VisionDims,
     check_compatible,
     check_relative,
     files_on_disk,
@@ -28,13 +27,14 @@ from earlytom.engine.manifest import (
     write_manifest,
 )
 from earlytom.environment import tool_versions
+from earlytom.models.backbone import VisionDims
 
 FILES = {
     "vision_head.onnx": b"head",
     "vision_tail.onnx": b"tail",
     "decoder/model.safetensors": b"weights" * 100,
     "decoder/config.json": b"{}",
-    "image_newline.safetensors": b"newline",
+    "visual_suffix.safetensors": b"suffix",
     "preprocessor.json": b"{}",
     "tokenizer/tokenizer_config.json": b"{}",
 }
@@ -45,7 +45,7 @@ def fields(**changes) -> dict:
         "model": ModelInfo("tiny", "builtin:tiny", "c" * 64, True),
         "earlytom": EarlyTomConfig(variant="paper", merge_layers=(0,)).to_dict(),
         "max_frames": 4,
-        "vision": VisionDims(72, 81, 32, 64, 25, 4, 4),
+        "vision": VisionDims("llava_onevision", (72, 72), 1, (3, 72, 72), 81, 32, 4, 4, 25, 64, 1),
         "graphs": vision_chain("paper", (0,), 4),
         "backend": "onnxruntime",
         "dtype": "fp32",
@@ -85,7 +85,7 @@ def test_written_manifest_reads_back_equal(directory):
     )
     assert manifest.tensorrt is None and manifest.config == EarlyTomConfig(variant="paper", merge_layers=(0,))
     assert load_manifest(str(directory)) == manifest  # a str path works too
-    assert raw(directory)["format"] == "earlytom-engine/2"
+    assert raw(directory)["format"] == "earlytom-engine/3"
     text = (directory / MANIFEST).read_text()
     assert text == manifest.to_json() and text.endswith("\n}\n") and '\n  "format": ' in text  # for people to read
 
@@ -174,7 +174,7 @@ def test_corrupt_manifest_is_refused(directory, content):
 def test_other_format_is_refused(directory, data, found):
     rewrite(directory, data)
     message = (
-        rf"^{directory} has format {found}, this earlytom reads 'earlytom-engine/2'; rebuild it with build_engine$"
+        rf"^{directory} has format {found}, this earlytom reads 'earlytom-engine/3'; rebuild it with build_engine$"
     )
     with pytest.raises(EngineDirError, match=message):
         read_manifest(directory)

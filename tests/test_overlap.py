@@ -9,11 +9,10 @@ import torch
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import vision_chain
-from earlytom.models.llava_onevision import Stretch
+from earlytom.engine.stretch import Stretch
 from earlytom.runtime.backends.base import RunOptions
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.pipeline import CHUNK_FRAMES, Pipeline, pixel_chunks
-from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames
 from earlytom.runtime.timing import StageTimer
 
@@ -21,7 +20,7 @@ from earlytom.runtime.timing import StageTimer
 @pytest.fixture(scope="module")
 def pixels(tiny):
     """[9, 3, S, S]: a clip with a scene cut at frame 5."""
-    return preprocess(torch.from_numpy(moving_square_frames(9, cut_at=5)), tiny.preprocess)
+    return tiny.processor(torch.from_numpy(moving_square_frames(9, cut_at=5)))
 
 
 def encode(pipe: Pipeline, chunks: list[torch.Tensor]):
@@ -45,7 +44,7 @@ def test_first_stretch_runs_before_the_last_chunk_exists(tiny, pixels):
     """The chunks are pulled one at a time, each encoded before the next is asked for."""
     pipe = Pipeline.from_model(tiny, num_frames=9)
     options: RunOptions = pipe.options
-    specs = vision_chain(options.config.variant, options.config.merge_layers, pipe.backend.adapter.num_layers)
+    specs = vision_chain(options.config.variant, options.config.merge_layers, pipe.backend.adapter.dims.encoder_layers)
     events = []
 
     def chunks():
@@ -60,9 +59,9 @@ def test_first_stretch_runs_before_the_last_chunk_exists(tiny, pixels):
 
         return run
 
-    stretches = [logged(Stretch(pipe.backend.adapter, spec), spec.name) for spec in specs]
+    stretches = [logged(Stretch(pipe.backend.backbone, spec), spec.name) for spec in specs]
     with torch.inference_mode():
-        encode_chain(stretches, specs, chunks(), options, StageTimer(), pipe.backend.adapter.image_newline)
+        encode_chain(stretches, specs, chunks(), options, StageTimer(), pipe.backend.backbone.suffix())
     head = specs[0].name
     assert events[:6] == ["decoded 0", f"{head} 3", "decoded 1", f"{head} 3", "decoded 2", f"{head} 3"]
     assert all(not event.startswith(head) for event in events[6:])  # later stretches see every frame at once
@@ -77,12 +76,12 @@ def test_pixel_chunks_pull_one_chunk_at_a_time(tiny):
             pulled.append(n)
             yield frame
 
-    chunks = pixel_chunks(source(), tiny.preprocess, StageTimer())
+    chunks = pixel_chunks(source(), tiny.processor, StageTimer())
     first = next(chunks)
     assert first.shape[0] == CHUNK_FRAMES and len(pulled) == CHUNK_FRAMES
     rest = list(chunks)
     assert [c.shape[0] for c in [first, *rest]] == [4, 4, 2]
-    torch.testing.assert_close(torch.cat([first, *rest]), preprocess(frames, tiny.preprocess))
+    torch.testing.assert_close(torch.cat([first, *rest]), tiny.processor(frames))
 
 
 def test_ttft_is_wall_time_and_covers_every_stage_in_the_request_thread(tiny, clips):

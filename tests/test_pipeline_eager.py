@@ -13,11 +13,10 @@ from PIL import Image
 from earlytom.cli import main
 from earlytom.compress import EarlyTomConfig, frame_merge
 from earlytom.engine.layout import vision_chain
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
+from earlytom.engine.stretch import Stretch
 from earlytom.models.registry import ModelNotFound, load_model, packaged_config
 from earlytom.runtime.decoder import Decoder
 from earlytom.runtime.pipeline import Pipeline, PromptTooLong
-from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.runtime.timing import StageTimer
 from earlytom.video import VideoError, load_video
@@ -33,9 +32,9 @@ def pipeline(tiny):
 def test_uncompressed_adapter_equals_transformers_forward(tiny):
     """Split encoder + spliced embeddings + decoder == LlavaOnevisionForConditionalGeneration on the same input."""
     model, config = tiny.model, tiny.model.config
-    adapter = LlavaOnevisionAdapter(model)
+    backbone = tiny.backbone()
     decoder = Decoder(model)
-    pixels = preprocess(torch.from_numpy(moving_square_frames(5)), tiny.preprocess)  # [5, 3, 72, 72]
+    pixels = tiny.processor(torch.from_numpy(moving_square_frames(5)))  # [5, 3, 72, 72]
     pipe = Pipeline.from_model(tiny, method="full")  # the official chain, nothing merged
     before, after = pipe.prompt_ids("Describe the video.")
     with torch.inference_mode():
@@ -44,18 +43,18 @@ def test_uncompressed_adapter_equals_transformers_forward(tiny):
         n_visual = visual.embeds.shape[0]
         ids = torch.cat([before, torch.full((n_visual,), config.video_token_index), after])
         reference = model(input_ids=ids[None], pixel_values_videos=pixels[None]).logits[0, -1]
-    assert n_visual == 5 * adapter.tokens_per_frame + 1
+    assert n_visual == 5 * backbone.dims.tokens_per_frame + 1
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_scores_are_attention_received_in_last_layer(tiny):
-    adapter = LlavaOnevisionAdapter(tiny.model)
-    head, tail = (Stretch(adapter, spec) for spec in vision_chain("paper", (0,), adapter.num_layers))
-    pixels = preprocess(torch.from_numpy(moving_square_frames(2)), tiny.preprocess)
+    adapter = tiny.backbone()
+    head, tail = (Stretch(adapter, spec) for spec in vision_chain("paper", (0,), adapter.dims.encoder_layers))
+    pixels = tiny.processor(torch.from_numpy(moving_square_frames(2)))
     with torch.inference_mode():
         tokens, scores = tail(*head(pixels))
-    grid = adapter.grid
-    assert tokens.shape == (2, adapter.tokens_per_frame, tiny.model.config.text_config.hidden_size)
+    grid = 9  # the tiny model's patch grid: 72 px frames, 8 px patches
+    assert tokens.shape == (2, adapter.dims.tokens_per_frame, tiny.model.config.text_config.hidden_size)
     assert scores.shape == (2, ((grid + 1) // 2) ** 2)
     # Unpooled, attention received averages to 1/L per query row; bilinear pooling keeps the mean near 1/L.
     assert scores.mean().item() == pytest.approx(1 / grid**2, rel=0.1)
@@ -67,10 +66,10 @@ def test_compressed_request_reaches_decoder_with_k_plus_newline(pipeline, clips)
     assert counts["frames_in"] == 12
     N = counts["frames_after_merge"]
     assert N == visual.source.shape[0] <= 12
-    T = pipeline.backend.text.tokens_per_frame
+    T = pipeline.backend.text.dims.tokens_per_frame
     K = min(round(0.15 * 12 * T), N * T)
     assert counts["visual_tokens"] == K == visual.embeds.shape[0] - 1
-    torch.testing.assert_close(visual.embeds[-1], pipeline.backend.adapter.image_newline)
+    torch.testing.assert_close(visual.embeds[-1], pipeline.backend.backbone.suffix()[0])
     flat = visual.frame * T + visual.index
     assert bool((flat.diff() > 0).all()) and int(visual.frame.max()) < N
     stages = ["video_decode", "preprocess", "vision_head", "frame_merge", "vision_tail", "token_select", "prefill"]
@@ -79,11 +78,11 @@ def test_compressed_request_reaches_decoder_with_k_plus_newline(pipeline, clips)
 
 
 def test_scene_cut_starts_a_segment(tiny, clips):
-    adapter = LlavaOnevisionAdapter(tiny.model)
-    head = Stretch(adapter, vision_chain("paper", (0,), adapter.num_layers)[0])
+    adapter = tiny.backbone()
+    head = Stretch(adapter, vision_chain("paper", (0,), adapter.dims.encoder_layers)[0])
     clip = load_video(clips["cut"], 24)
     with torch.inference_mode():
-        (hidden,) = head(preprocess(clip.frames, tiny.preprocess))
+        (hidden,) = head(tiny.processor(clip.frames))
     merged = frame_merge(hidden)
     assert int(merged.similarity.argmin()) == 11  # frames 11 | 12 straddle the cut
     first = merged.source[:, 0].tolist()
@@ -96,7 +95,7 @@ def test_identical_frames_merge_in_the_model(tiny):
     frames = moving_square_frames(6)
     frames = np.stack([frames[0], frames[1], frames[1], frames[3], frames[4], frames[5]])  # frames 1 and 2 identical
     pipe = Pipeline.from_model(tiny, num_frames=6, config=EarlyTomConfig(variant="paper", tau_seg=-1.0))
-    pixels = preprocess(torch.from_numpy(frames), tiny.preprocess)
+    pixels = tiny.processor(torch.from_numpy(frames))
     with torch.inference_mode():
         visual = pipe.backend.encode([pixels], pipe.options, StageTimer())
     assert [1, 2] in visual.source.tolist()
@@ -106,7 +105,7 @@ def test_full_and_global_topk_methods(tiny, clips):
     pipe = Pipeline.from_model(tiny, num_frames=8, config=PAPER)
     full = pipe.with_options(method="full").generate(clips["moving"], "Hi", 2)
     top = pipe.with_options(method="global_topk").generate(clips["moving"], "Hi", 2)
-    T = LlavaOnevisionAdapter(tiny.model).tokens_per_frame
+    T = tiny.dims.tokens_per_frame
     assert full.counts == {"frames_in": 8, "frames_after_merge": 8, "visual_tokens": 8 * T}
     assert top.counts == {"frames_in": 8, "frames_after_merge": 8, "visual_tokens": round(0.15 * 8 * T)}
     assert "frame_merge" not in full.timings_ms

@@ -3,7 +3,8 @@ options winning over a preset."""
 
 import pytest
 
-from earlytom.compress import EarlyTomConfig, preset_config, with_preset
+from earlytom.compress import EarlyTomConfig
+from earlytom.models.presets import preset_config, with_preset
 
 # The table of section 4b, typed in again from DESIGN.md: task -> {r: (tau_seg, merge_layers)}.
 DESIGN_TABLE = {

@@ -22,7 +22,7 @@ def save_checkpoint(tiny, directory):
 def test_local_directory_loads_weights_tokenizer_and_preprocessor(tiny, tmp_path):
     loaded = load_model(str(save_checkpoint(tiny, tmp_path / "ckpt")))
     assert not loaded.random_init and loaded.notes == []
-    assert loaded.preprocess.size == 64 and loaded.preprocess.mean == (0.4, 0.5, 0.6)
+    assert loaded.processor.size == 64 and loaded.processor.mean == (0.4, 0.5, 0.6)
     for (name, a), (_, b) in zip(tiny.model.state_dict().items(), loaded.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert loaded.tokenizer("hi <|im_end|>").input_ids == tiny.tokenizer("hi <|im_end|>").input_ids
@@ -36,7 +36,7 @@ def test_hf_cache_works_offline(tiny, tmp_path):
     (tmp_path / "hub" / "models--acme--tiny-ov" / "refs").mkdir()
     (tmp_path / "hub" / "models--acme--tiny-ov" / "refs" / "main").write_text("0" * 40)
     env = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = "from earlytom.models.registry import load_model; m = load_model('acme/tiny-ov'); print(m.preprocess.size)"
+    code = "from earlytom.models.registry import load_model; m = load_model('acme/tiny-ov'); print(m.processor.size)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "64"

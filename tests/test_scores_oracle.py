@@ -15,18 +15,19 @@ import torch.nn.functional as F
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import vision_chain
-from earlytom.models.llava_onevision import LlavaOnevisionAdapter, Stretch
+from earlytom.engine.stretch import Stretch
 from earlytom.runtime.pipeline import Pipeline
-from earlytom.runtime.preprocess import preprocess
 from earlytom.runtime.synthetic import moving_square_frames
 from earlytom.runtime.timing import StageTimer
 
 FRAMES = 3
 
+GRID = 9  # the tiny model's patch grid: 72 px frames, 8 px patches
+
 
 @pytest.fixture(scope="module")
 def pixels(tiny):
-    return preprocess(torch.from_numpy(moving_square_frames(FRAMES)), tiny.preprocess)  # [3, 3, 72, 72]
+    return tiny.processor(torch.from_numpy(moving_square_frames(FRAMES)))  # [3, 3, 72, 72]
 
 
 @pytest.fixture(scope="module")
@@ -56,31 +57,31 @@ def run_unmerged(adapter, variant: str, merge_layers: tuple[int, ...], pixels: t
     """Every stretch of the chain, each fed the previous one's outputs as they are -> all named tensors."""
     values = {"pixels": pixels}
     with torch.inference_mode():
-        for spec in vision_chain(variant, merge_layers, adapter.num_layers):
+        for spec in vision_chain(variant, merge_layers, adapter.dims.encoder_layers):
             values |= zip(spec.outputs, Stretch(adapter, spec)(*(values[n] for n in spec.inputs)), strict=True)
     return values
 
 
 @pytest.mark.parametrize("merge_layers", [(0,), (1,), (2,)])
 def test_paper_scores_are_the_last_layers_attention_received(tiny, pixels, hf_attentions, merge_layers):
-    adapter = LlavaOnevisionAdapter(tiny.model)
-    assert adapter.num_layers == 4 and not adapter.drop_first_token
+    adapter = tiny.backbone()
+    assert adapter.dims.encoder_layers == 4 and not adapter.drop_first_token
     scores = run_unmerged(adapter, "paper", merge_layers, pixels)["scores"]
-    expected = pooled(received_in(hf_attentions, adapter.num_layers - 1), adapter.grid)
+    expected = pooled(received_in(hf_attentions, adapter.dims.encoder_layers - 1), GRID)
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-7)
-    for other in range(adapter.num_layers - 1):  # no other layer would pass: the check tells layers apart
-        assert not torch.allclose(scores, pooled(received_in(hf_attentions, other), adapter.grid), rtol=1e-3)
+    for other in range(adapter.dims.encoder_layers - 1):  # no other layer would pass: the check tells layers apart
+        assert not torch.allclose(scores, pooled(received_in(hf_attentions, other), GRID), rtol=1e-3)
 
 
 @pytest.mark.parametrize("merge_layers", [(0, 2, 3), (1,), (0, 1), (2, 3)])
-def test_official_attention_outputs_are_each_merge_layers_attention_received(tiny, pixels, hf_attentions, merge_layers):
-    adapter = LlavaOnevisionAdapter(tiny.model)
+def test_official_chain_outputs_only_the_last_merge_layers_attention(tiny, pixels, hf_attentions, merge_layers):
+    adapter = tiny.backbone()
     values = run_unmerged(adapter, "official", merge_layers, pixels)
-    for layer in merge_layers:
-        expected = received_in(hf_attentions, layer)
-        torch.testing.assert_close(values[f"attention_{layer}"], expected, rtol=1e-5, atol=1e-7)
+    expected = received_in(hf_attentions, merge_layers[-1])
+    torch.testing.assert_close(values[f"attention_{merge_layers[-1]}"], expected, rtol=1e-5, atol=1e-7)
+    assert not [layer for layer in merge_layers[:-1] if f"attention_{layer}" in values]  # selection never reads them
     # Nothing merged: the tail's scores are the last merge layer's attention received, pooled.
-    expected = pooled(received_in(hf_attentions, merge_layers[-1]), adapter.grid)
+    expected = pooled(received_in(hf_attentions, merge_layers[-1]), GRID)
     torch.testing.assert_close(values["scores"], expected, rtol=1e-5, atol=1e-7)
 
 

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from earlytom.models.llava_onevision import FAMILY
 from earlytom.models.tokenizer import byte_level_tokenizer
 from earlytom.serve.text import TextStream, cut_at_stop, stop_prefix_length
 
-TOKENIZER = byte_level_tokenizer()
+TOKENIZER = byte_level_tokenizer(FAMILY.special_tokens, FAMILY.chat_template, eos="<|im_end|>")
 EOS = TOKENIZER.eos_token_id
 
 

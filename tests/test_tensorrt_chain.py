@@ -15,18 +15,40 @@ from test_tensorrt_plans import manifest_for as plans_manifest
 from earlytom.compress import EarlyTomConfig
 from earlytom.compress.official import official_compress
 from earlytom.compress.select import official_select, segment_labels
+from earlytom.engine import sizes
 from earlytom.engine.layout import vision_chain
-from earlytom.engine.manifest import Manifest, VisionDims
+from earlytom.engine.manifest import Manifest
 from earlytom.engine_builder import tensorrt as trt_build
+from earlytom.models.backbone import VisionDims
 from earlytom.plugins import tensorrt as plugins
 from earlytom.plugins.triton import launch
 from earlytom.runtime.backends.tensorrt import buffer_specs
 
 OV_DIMS = VisionDims(
-    image_size=384, patch_tokens=729, hidden=1152, llm_hidden=3584, tokens_per_frame=196, encoder_layers=26, heads=16
+    family="llava_onevision",
+    frame_size=(384, 384),
+    frames_per_unit=1,
+    unit_shape=(3, 384, 384),
+    suffix_tokens=1,
+    patch_tokens=729,
+    hidden=1152,
+    llm_hidden=3584,
+    tokens_per_frame=196,
+    encoder_layers=26,
+    heads=16,
 )
 TINY_DIMS = VisionDims(
-    image_size=72, patch_tokens=81, hidden=32, llm_hidden=64, tokens_per_frame=25, encoder_layers=4, heads=2
+    family="llava_onevision",
+    frame_size=(72, 72),
+    frames_per_unit=1,
+    unit_shape=(3, 72, 72),
+    suffix_tokens=1,
+    patch_tokens=81,
+    hidden=32,
+    llm_hidden=64,
+    tokens_per_frame=25,
+    encoder_layers=4,
+    heads=2,
 )
 OV = EarlyTomConfig().for_model(26, 28)  # official, (8, 21, 23), r = 0.2, tau_seg 0.5, M 6
 TINY = EarlyTomConfig().for_model(4, 2)  # official, (0, 2, 3)
@@ -69,7 +91,7 @@ def test_llava_ov_chain_has_four_plans_with_compression_then_selection():
     keep = tail.layers[2].attributes
     assert keep["k_dynamic"][31] == 40 and keep["windows"][31] == 39  # N = B: ceil / round of 196 * 0.2 = 39.2
     assert keep["k_dynamic"][15] == 79 and keep["k_dynamic"][0] == 196  # N = 16: r_hat 0.4; N = 1: all tokens
-    assert tail.layers[3].attributes == {"k_bound": trt_build.selected_bound(OV, OV_DIMS, 32), "max_frames": 32}
+    assert tail.layers[3].attributes == {"k_bound": sizes.selected_bound(OV, OV_DIMS, 32), "max_frames": 32}
 
 
 @pytest.mark.parametrize("case", list(WITH_PAPER))
@@ -106,7 +128,7 @@ def test_each_plan_reads_what_an_earlier_plan_wrote_under_the_same_name(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_profiles_cover_one_to_max_frames_for_every_input(case):
     config, dims, chain = CASES[case]
-    L, D, S = dims.patch_tokens, dims.hidden, dims.image_size
+    L, D, S = dims.patch_tokens, dims.hidden, dims.frame_size[0]  # LLaVA-OV: square frames, pixels [3, S, S]
     for i, (plan, graph) in enumerate(zip(plans_of(case, 32), chain, strict=True)):
         assert [p.tensor for p in plan.profiles] == list(graph.inputs)
         opt = 32 if i == 0 else trt_build.opt_frames_after_merge(32, i)
@@ -131,7 +153,7 @@ def test_buffers_cover_every_io_tensor_at_its_largest_shape(case):
     for plan in plans:  # an input's buffer holds its largest profile shape
         for p in plan.profiles:
             assert specs[p.tensor].shape == p.max
-    K = trt_build.selected_bound(config, dims, 32)
+    K = sizes.selected_bound(config, dims, 32)
     assert specs["selected"].shape == (K, dims.llm_hidden) and specs["selected"].dtype == torch.float16
     assert specs["count"].shape == (2,) and specs["count"].dtype == torch.int32  # (N, segments)
     (attention,) = [n for n in specs if n.startswith("attention_")]  # the last merge layer's, the tail's scores
@@ -139,7 +161,7 @@ def test_buffers_cover_every_io_tensor_at_its_largest_shape(case):
 
 
 def test_decoder_prompt_table_holds_the_largest_selection():
-    K = trt_build.selected_bound(OV, OV_DIMS, 32)
+    K = sizes.selected_bound(OV, OV_DIMS, 32)
     assert trt_build.decoder_plan(OV, OV_DIMS, 32).max_multimodal_len == K + 1
     assert 32 * 40 <= K <= 32 * 196  # at least N = B frames of ceil(196 * 0.2) tokens
 
@@ -156,9 +178,19 @@ def test_count_tables_give_what_official_select_keeps(B, T, r, data):
     k_dynamic[N - 1] + (static frames) x windows[N - 1] tokens, never more than the plan's bound."""
     config = EarlyTomConfig(retain_ratio=r).for_model(4, 2)
     dims = VisionDims(
-        image_size=8, patch_tokens=4, hidden=4, llm_hidden=3, tokens_per_frame=T, encoder_layers=4, heads=1
+        family="llava_onevision",
+        frame_size=(8, 8),
+        frames_per_unit=1,
+        unit_shape=(3, 8, 8),
+        suffix_tokens=1,
+        patch_tokens=4,
+        hidden=4,
+        llm_hidden=3,
+        tokens_per_frame=T,
+        encoder_layers=4,
+        heads=1,
     )
-    k_dynamic, windows = trt_build.selection_tables(config, dims, B)
+    k_dynamic, windows = sizes.selection_tables(config, dims, B)
     N = data.draw(st.integers(1, B))
     cuts = sorted(data.draw(st.sets(st.integers(1, N - 1), max_size=N - 1))) if N > 1 else []
     bounds = [0, *cuts, N]
@@ -166,7 +198,7 @@ def test_count_tables_give_what_official_select_keeps(B, T, r, data):
     picked = official_select(torch.zeros(N, T, 3), torch.rand(N, T), segments, retain_ratio=r, num_frames=B)
     static = sum(segment_labels(segments.tolist()))
     assert picked.frame.numel() == (N - static) * k_dynamic[N - 1] + static * windows[N - 1]
-    assert picked.frame.numel() <= trt_build.selected_bound(config, dims, B)
+    assert picked.frame.numel() <= sizes.selected_bound(config, dims, B)
 
 
 @settings(max_examples=40, deadline=None)
@@ -177,7 +209,7 @@ def test_table_lookup_is_the_table_entry_for_every_frame_count(table):
 
 
 def test_table_lookup_of_the_llava_ov_tables():
-    k_dynamic, windows = trt_build.selection_tables(OV, OV_DIMS, 32)
+    k_dynamic, windows = sizes.selection_tables(OV, OV_DIMS, 32)
     for table in (k_dynamic, windows):
         assert [plugins.table_lookup(n, table) for n in range(1, 33)] == list(table)
     with pytest.raises(ValueError, match="empty table"):
@@ -257,7 +289,17 @@ def scene_clip(F: int, L: int, D: int, cuts: tuple[int, ...], seed: int) -> tupl
 
 
 DIMS = VisionDims(
-    image_size=16, patch_tokens=6, hidden=16, llm_hidden=8, tokens_per_frame=16, encoder_layers=4, heads=2
+    family="llava_onevision",
+    frame_size=(16, 16),
+    frames_per_unit=1,
+    unit_shape=(3, 16, 16),
+    suffix_tokens=1,
+    patch_tokens=6,
+    hidden=16,
+    llm_hidden=8,
+    tokens_per_frame=16,
+    encoder_layers=4,
+    heads=2,
 )
 CONFIG = EarlyTomConfig(retain_ratio=0.3, tau_seg=0.3).for_model(4, 2)
 CHAIN = vision_chain("official", CONFIG.merge_layers, 4)

@@ -11,8 +11,9 @@ import torch
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import vision_chain
-from earlytom.engine.manifest import IncompatibleEngine, Manifest, TensorRTInfo, VisionDims, check_compatible
+from earlytom.engine.manifest import IncompatibleEngine, Manifest, TensorRTInfo, check_compatible
 from earlytom.engine_builder import tensorrt as trt_build
+from earlytom.models.backbone import VisionDims
 from earlytom.plugins import tensorrt as plugins
 from earlytom.plugins.triton import launch
 from earlytom.runtime.backends.base import RunOptions, UnsupportedOption
@@ -20,7 +21,17 @@ from earlytom.runtime.backends.tensorrt import buffer_specs, check_fixed, prompt
 
 PAPER = EarlyTomConfig(variant="paper").for_model(26, 28)  # LLaVA-OV-7B: merge after layer 5 (k = 6)
 OV_DIMS = VisionDims(
-    image_size=384, patch_tokens=729, hidden=1152, llm_hidden=3584, tokens_per_frame=196, encoder_layers=26, heads=16
+    family="llava_onevision",
+    frame_size=(384, 384),
+    frames_per_unit=1,
+    unit_shape=(3, 384, 384),
+    suffix_tokens=1,
+    patch_tokens=729,
+    hidden=1152,
+    llm_hidden=3584,
+    tokens_per_frame=196,
+    encoder_layers=26,
+    heads=16,
 )
 CHAIN = vision_chain("paper", PAPER.merge_layers, 26)
 
@@ -186,7 +197,7 @@ def test_buffers_hold_the_largest_request():
 
 def test_decoder_prompt_table_layout():
     plan = trt_build.decoder_plan(PAPER, OV_DIMS, 32)
-    assert plan.max_multimodal_len == 942  # K + the image_newline
+    assert plan.max_multimodal_len == 942  # K + the suffix (LLaVA's image_newline)
     assert plan.max_input_len == 942 + 512 and plan.max_seq_len == 942 + 1024
     ids = prompt_table_ids(torch.tensor([5, 6]), 3, torch.tensor([7]), vocab_size=100)
     assert ids.tolist() == [5, 6, 100, 101, 102, 7] and ids.dtype == torch.int32

@@ -18,8 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from earlytom.models.registry import Preprocess
-from earlytom.runtime.preprocess import preprocess
+from earlytom.models.llava_onevision import LlavaProcessor
 from earlytom.runtime.synthetic import frame_index, indexed_frames, moving_square_frames, write_clip, write_long_clip
 from earlytom.video import VideoError, load_video, nvdec_available, read_ahead, stream_video, uniform_indices
 
@@ -275,9 +274,9 @@ def test_decompression_bomb_image_is_refused_before_decoding(tmp_path):
 def test_resizing_while_decoding_matches_resizing_after(clips):
     """Frames resized by swscale as they decode, then normalised, against today's path (full-size frames resized
     in float by torch): the same pixels up to the two bicubic implementations' differences."""
-    settings = Preprocess(size=72, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    before = preprocess(load_video(clips["cut"], 8).frames, settings)  # 96 x 96 frames resized in preprocess
-    after = preprocess(load_video(clips["cut"], 8, size=72).frames, settings)  # 72 x 72 from the decoder
+    settings = LlavaProcessor(size=72, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    before = settings(load_video(clips["cut"], 8).frames)  # 96 x 96 frames resized in preprocess
+    after = settings(load_video(clips["cut"], 8, size=72).frames)  # 72 x 72 from the decoder
     difference = (after - before).abs() / 2 * 255  # in 0..255 pixel units
     assert after.shape == before.shape == (8, 3, 72, 72)
     assert difference.mean() < 2.0 and difference.quantile(0.99) < 8  # measured 1.1 and 4.0; edges differ most
@@ -286,9 +285,9 @@ def test_resizing_while_decoding_matches_resizing_after(clips):
 def test_resizing_arrays_per_frame_matches_resizing_after():
     """Pillow's bicubic on uint8 frames against torch's antialiased bicubic in float: the same up to rounding."""
     frames = moving_square_frames(8, size=96, cut_at=4)
-    settings = Preprocess(size=72, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    before = preprocess(torch.from_numpy(frames), settings)
-    after = preprocess(load_video(frames, 8, size=72).frames, settings)
+    settings = LlavaProcessor(size=72, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    before = settings(torch.from_numpy(frames))
+    after = settings(load_video(frames, 8, size=72).frames)
     difference = (after - before).abs() / 2 * 255
     assert difference.mean() < 0.5 and difference.quantile(0.99) < 1.0  # measured 0.23 and 0.50
 
@@ -302,12 +301,12 @@ def test_array_frames_are_resized_per_frame_without_full_size_floats(tmp_path):
 
 
 MEMORY_PROBE = """
-import json, resource, sys, types
-from earlytom.runtime.preprocess import preprocess
+import json, resource, sys
+from earlytom.models.llava_onevision import LlavaProcessor
 from earlytom.video import load_video
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 frames = load_video(sys.argv[1], 4, size=72).frames
-pixels = preprocess(frames, types.SimpleNamespace(size=72, mean=(0.5,) * 3, std=(0.5,) * 3, rescale=1 / 255))
+pixels = LlavaProcessor(size=72)(frames)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"grown_kib": after - before, "shape": list(pixels.shape)}))
 """

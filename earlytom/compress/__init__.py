@@ -21,7 +21,6 @@ from earlytom.compress.official import (
     segment_frames,
     window_similarity,
 )
-from earlytom.compress.presets import preset_config, preset_fields, with_preset
 from earlytom.compress.select import (
     OfficialBudget,
     SelectResult,
@@ -62,8 +61,6 @@ __all__ = [
     "plan_merge",
     "plan_middles",
     "plan_segments",
-    "preset_config",
-    "preset_fields",
     "segment_frames",
     "segment_labels",
     "selection_budget",
@@ -71,5 +68,4 @@ __all__ = [
     "uniform",
     "visual_budget",
     "window_similarity",
-    "with_preset",
 ]

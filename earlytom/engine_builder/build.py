@@ -122,7 +122,7 @@ def compile_plugins(staging: Path, dims: VisionDims, config: EarlyTomConfig, fra
 
 
 def build(
-    model: str,
+    model: str | LoadedModel,
     output: str | Path,
     *,
     backend: str = "auto",
@@ -134,8 +134,9 @@ def build(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Manifest:
-    """Build the engine directory `output` for `model`; returns its manifest. `gpu_archs` (None: all four for
-    the TensorRT backend, none for ONNX Runtime) selects the AOT-compiled plugin kernels stored."""
+    """Build the engine directory `output` for `model` (a name for registry.load_model, or a model already loaded);
+    returns its manifest. `gpu_archs` (None: all four for the TensorRT backend, none for ONNX Runtime) selects the
+    AOT-compiled plugin kernels stored."""
     check_frames(frames)
     backend = choose_backend(backend)
     dtype = default_dtype(backend) if dtype is None else dtype
@@ -149,8 +150,8 @@ def build(
         staged(Path(output), overwrite=overwrite) as staging,
         tqdm(desc="build_engine", unit="step", disable=not progress, file=sys.stderr) as steps,
     ):
-        steps.set_postfix_str(f"load {model}")
-        loaded = load_model(model, random_init=random_init)
+        steps.set_postfix_str(f"load {getattr(model, 'name', model)}")
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, random_init=random_init)
         backbone, dims = loaded.backbone(), loaded.dims
         units = check_units(dims, frames)
         config = loaded.resolve(config)

@@ -3,7 +3,8 @@ an engine directory (`engine`) or a model name on the eager backend (`model`).""
 
 from pathlib import Path
 
-from earlytom.compress import EarlyTomConfig, preset_fields
+from earlytom.compress import EarlyTomConfig
+from earlytom.models.presets import preset_fields
 from earlytom.runtime.pipeline import Pipeline
 
 

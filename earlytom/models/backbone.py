@@ -107,6 +107,7 @@ class Family:
     chat_template: str  # when the checkpoint has none
     placeholder: str  # what the chat template renders for a video: the prompt is split there
     special_tokens: tuple[str, ...]  # of the stand-in byte-level tokenizer (ids 256 ... in this order)
+    eos_token: str  # the stand-in tokenizer's end of turn, one of special_tokens
     processor: Callable  # (config, the checkpoint's preprocessor settings dict | None) -> Processor
     processor_from_dict: Callable  # Processor.to_dict() -> Processor
     dims: Callable  # (config, processor) -> VisionDims
@@ -116,4 +117,3 @@ class Family:
     valid_merge_layers: Callable  # (config) -> the layers compression may follow (None: any encoder layer)
     save_decoder: Callable  # (model, directory: Path) -> None: the causal LM an engine directory runs
     load_decoder: Callable  # (directory: Path, dtype) -> that causal LM
-    preset_family: Callable  # (model name or source) -> the released presets' model family

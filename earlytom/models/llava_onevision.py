@@ -214,11 +214,6 @@ def load_decoder(directory: Path, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
 
 
-def preset_family(name: str) -> str:
-    """The released presets' column for a model name: LLaVA-Video-7B's scripts differ in two cells."""
-    return "llava-video" if "video" in str(name).lower() else "llava-ov"
-
-
 FAMILY = Family(
     model_type="llava_onevision",
     model_class=LlavaOnevisionForConditionalGeneration,
@@ -226,6 +221,7 @@ FAMILY = Family(
     chat_template=CHAT_TEMPLATE,
     placeholder="<video>",
     special_tokens=SPECIAL_TOKENS,
+    eos_token="<|im_end|>",
     processor=processor,
     processor_from_dict=LlavaProcessor.from_dict,
     dims=dims,
@@ -235,5 +231,4 @@ FAMILY = Family(
     valid_merge_layers=lambda config: None,  # any layer of the encoder
     save_decoder=save_decoder,
     load_decoder=load_decoder,
-    preset_family=preset_family,
 )

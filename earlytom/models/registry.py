@@ -199,8 +199,7 @@ def load_model(
         tokenizer = None
     chat_template = read_chat_template(hub_source, family.chat_template)
     if tokenizer is None:
-        eos = model.config.get_text_config().eos_token_id
-        tokenizer = byte_level_tokenizer(family.special_tokens, chat_template, eos)
+        tokenizer = byte_level_tokenizer(family.special_tokens, chat_template, family.eos_token)
         notes.append(f"{name}: no tokenizer in the checkpoint; using the built-in byte-level tokenizer")
     return LoadedModel(
         name=name,

@@ -33,6 +33,7 @@ from triton.compiler import ASTSource
 from earlytom import dtypes
 from earlytom.command_line import add_config_args, config_from_args
 from earlytom.compress import EarlyTomConfig, visual_budget
+from earlytom.models import DEFAULT_MODEL
 from earlytom.models.backbone import VisionDims
 from earlytom.plugins.triton import kernels, launch
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m earlytom.plugins.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=list(ARCHS), required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="llava-ov-7b", help="whose vision dims to compile for")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"whose vision dims to compile for ({DEFAULT_MODEL})")
     parser.add_argument("--frames", type=int, default=32, help="most frames a request may have")
     add_config_args(parser)  # the variant and its thresholds are compile-time constants
     args = parser.parse_args(argv)

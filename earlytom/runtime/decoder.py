@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from earlytom.runtime.backends.base import Visual
+from earlytom.models.backbone import VisualLayout
 from earlytom.runtime.inner_merge import InnerMergeRunner
 
 
@@ -21,11 +21,12 @@ def decoder_for(lm, side, config) -> "Decoder":
 
 
 class Decoder:
-    """`inner_layer` None (the default): no inner merge. Otherwise the inner merge at that decoder layer,
-    merging away `inner_ratio` (None: the released 0.5) of the visual tokens; after each `greedy`,
-    `inner_counts` gives the visual embeddings (the backbone's suffix included) before and after it."""
+    """`side`: the family's decoder side (None: the model's own positions 0..S-1). `inner_layer` None (the
+    default): no inner merge. Otherwise the inner merge at that decoder layer, merging away `inner_ratio` (None: the
+    released 0.5) of the visual tokens; after each `greedy`, `inner_counts` gives the visual embeddings (the
+    backbone's suffix included) before and after it."""
 
-    def __init__(self, lm, side, *, inner_layer: int | None = None, inner_ratio: float | None = None) -> None:
+    def __init__(self, lm, side=None, *, inner_layer: int | None = None, inner_ratio: float | None = None) -> None:
         self.lm, self.side = lm, side
         if inner_layer is None and inner_ratio is not None:
             raise ValueError(f"inner_ratio = {inner_ratio} needs inner_layer (the decoder layer to merge at)")
@@ -40,43 +41,50 @@ class Decoder:
         """input_ids [S] -> text embeddings [S, D']."""
         return self.lm.get_input_embeddings()(input_ids.to(self.lm.device))
 
-    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor):
-        """embeds [S, D'] at position ids `positions` [..., S] -> (logits of the last position [V], KV cache)."""
+    def positions(self, before: int, visual: VisualLayout, after: int) -> torch.Tensor | None:
+        """Position ids [..., S] of a prompt of `before` tokens, the visual embeddings of `visual`, `after` tokens
+        (None: the model's own, 0..S-1)."""
+        return None if self.side is None else self.side.positions(before, visual, after).to(self.lm.device)
+
+    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor | None = None):
+        """embeds [S, D'] at position ids `positions` [..., S] (None: 0..S-1) -> (logits of the last position [V],
+        KV cache)."""
         out = self.lm(inputs_embeds=embeds[None], position_ids=positions, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1], out.past_key_values
 
-    def step(self, token: int, cache, position: torch.Tensor):
-        """One greedy decoding step at `position` [..., 1] from the cache: -> (logits [V], cache)."""
+    def step(self, token: int, cache, position: torch.Tensor | None = None):
+        """One greedy decoding step at `position` [..., 1] (None: after the cache's) -> (logits [V], cache)."""
         ids = torch.tensor([[token]], device=self.lm.device)
-        out = self.lm(input_ids=ids, position_ids=position, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.lm(input_ids=ids, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1], out.past_key_values
 
     def greedy(
         self,
         before: torch.Tensor,
-        visual: Visual,
+        visual: torch.Tensor,
         after: torch.Tensor,
         *,
         max_new_tokens: int,
         eos: int,
         timer,
         on_token: Callable[[int], None] | None = None,
-        seconds_per_unit: float | None = None,
+        positions: torch.Tensor | None = None,
     ) -> list[int]:
-        """Greedy answer to the prompt `before` [P] ids + `visual` embeddings [K+s, D'] + `after` [Q] ids: up to
-        max_new_tokens ids, ending with `eos` if it came. Times the "prefill" and "first_token" stages;
-        `on_token` (if given) is called with each id as soon as it exists (streaming)."""
+        """Greedy answer to the prompt `before` [P] ids + `visual` embeddings [K+s, D'] + `after` [Q] ids at
+        `positions` [..., P+K+s+Q] (None: 0..S-1; see `positions`): up to max_new_tokens ids, ending with `eos` if
+        it came. Times the "prefill" and "first_token" stages; `on_token` (if given) is called with each id as soon
+        as it exists (streaming)."""
         with timer.stage("prefill"):
-            layout = visual.layout(seconds_per_unit)
-            positions = self.side.positions(len(before), layout, len(after)).to(self.lm.device)
-            embeds = torch.cat([self.embed(before), visual.embeds, self.embed(after)])
+            embeds = torch.cat([self.embed(before), visual, self.embed(after)])
+            if positions is None:
+                positions = torch.arange(len(embeds), device=self.lm.device)[None]
             if self.inner is None:
                 logits, cache = self.prefill(embeds, positions)
             else:
-                span = slice(len(before), len(before) + layout.length)
-                logits, cache, kept = self.inner.prefill(embeds, positions, span)
+                span = slice(len(before), len(before) + len(visual))
+                logits, cache, kept = self.inner.prefill(embeds, span, positions)
                 self.inner_counts = {
-                    "visual_embeds_before_inner": layout.length,
+                    "visual_embeds_before_inner": len(visual),
                     "visual_embeds_after_inner": len(kept.index),
                 }
         step = self.step if self.inner is None else self.inner.step

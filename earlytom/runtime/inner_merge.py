@@ -70,12 +70,14 @@ class InnerMergeRunner:
         return scores.softmax(dim=-1)[0, :, 0].mean(dim=0)
 
     def prefill(
-        self, embeds: torch.Tensor, positions: torch.Tensor, visual: slice
+        self, embeds: torch.Tensor, visual: slice, positions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, DynamicCache, InnerMerged]:
-        """embeds [S, D] at position ids `positions` [..., S] with the visual embeddings at `visual` (the backbone's
-        suffix included) -> (logits of the last position [V], cache, the kept visual tokens: index into the visual
-        span, merged states at layer k)."""
+        """embeds [S, D] with the visual embeddings at `visual` (the backbone's suffix included), at position ids
+        `positions` [..., S] (None: 0..S-1) -> (logits of the last position [V], cache, the kept visual tokens:
+        index into the visual span, merged states at layer k)."""
         cache = DynamicCache(config=self.text.config)
+        if positions is None:
+            positions = torch.arange(embeds.shape[0], device=embeds.device)[None]
         hidden_in = self.run_layers(embeds[None], positions, range(self.layer - 1), cache)
         hidden = self.run_layers(hidden_in, positions, range(self.layer - 1, self.layer), cache)
         attention = self.last_query_attention(hidden_in, positions[..., -1:], cache)
@@ -86,8 +88,11 @@ class InnerMergeRunner:
         hidden = self.run_layers(hidden, positions, range(self.layer, len(self.text.layers)), cache)
         return self.logits(hidden), cache, kept
 
-    def step(self, token: int, cache, position: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
-        """One greedy step at `position` [..., 1] -> (logits [V], cache)."""
+    def step(self, token: int, cache, position: torch.Tensor | None = None) -> tuple[torch.Tensor, DynamicCache]:
+        """One greedy step at `position` [..., 1] (None: the next original position; layer 0 holds every position
+        so far) -> (logits [V], cache)."""
+        if position is None:
+            position = torch.tensor([[cache.get_seq_length(0)]], device=self.lm.device)
         hidden = self.lm.get_input_embeddings()(torch.tensor([[token]], device=self.lm.device))
         return self.logits(self.run_layers(hidden, position, range(len(self.text.layers)), cache)), cache
 

@@ -28,8 +28,8 @@ from earlytom.runtime.timing import StageTimer
 from earlytom.video import read_ahead, stack, stream_video
 
 if TYPE_CHECKING:
+    from earlytom.engine.sessions import Providers
     from earlytom.plugins.launcher import AotOps
-    from earlytom.runtime.backends.onnxruntime import Providers
 
 PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
 CHUNK_FRAMES = 4  # frames per call of the first vision stretch: the encoder starts once this many are decoded
@@ -227,8 +227,16 @@ class Pipeline:
         finally:
             frames.close()  # stops the decoding thread and closes the file if the encoder stopped early
         eos = self.tokenizer.eos_token_id
+        positions = decoder.positions(len(before), visual.layout(), len(after))
         generated = decoder.greedy(
-            before, visual, after, max_new_tokens=max_new_tokens, eos=eos, timer=timer, on_token=on_token
+            before,
+            visual.embeds,
+            after,
+            max_new_tokens=max_new_tokens,
+            eos=eos,
+            timer=timer,
+            on_token=on_token,
+            positions=positions,
         )
         answer = generated[:-1] if generated[-1] == eos else generated
         counts = {

@@ -131,13 +131,13 @@ def test_bad_values_are_refused(scratch, original, change, needle):
     assert_refused(scratch, needle)
 
 
-@pytest.mark.parametrize("data", [[], "manifest", 42, None, [{"format": "earlytom-engine/2"}]], ids=repr)
+@pytest.mark.parametrize("data", [[], "manifest", 42, None, [{"format": "earlytom-engine/3"}]], ids=repr)
 def test_wrong_json_type_is_refused(scratch, data):
     write(scratch, data)
     assert_refused(scratch)
 
 
-@pytest.mark.parametrize("text", ["", "{", "\xff\xfe", '{"format": "earlytom-engine/2"'])
+@pytest.mark.parametrize("text", ["", "{", "\xff\xfe", '{"format": "earlytom-engine/3"'])
 def test_corrupt_json_is_refused(scratch, text):
     (scratch / "manifest.json").write_bytes(text.encode("latin-1"))
     assert_refused(scratch, "corrupt")

@@ -135,11 +135,14 @@ class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
         self.vocab_size, self.context_length, self.dtype = vocab_size, context_length, dtype
         self.inner_counts = None  # TensorRT-LLM runs no inner merge
 
+    def positions(self, before, visual, after) -> None:
+        """TensorRT-LLM numbers the prompt 0..S-1 itself."""
+        return None
+
     def greedy(
-        self, before, visual: Visual, after, *, max_new_tokens: int, eos: int, timer, on_token=None, **_
+        self, before, visual, after, *, max_new_tokens: int, eos: int, timer, on_token=None, positions=None
     ) -> list[int]:
-        """As Decoder.greedy, with the visual embeddings as TensorRT-LLM's prompt table (1-D positions)."""
-        visual = visual.embeds
+        """As Decoder.greedy, with the visual embeddings as TensorRT-LLM's prompt table (positions: None only)."""
         ids = prompt_table_ids(before, visual.shape[0], after, self.vocab_size)
         with timer.stage("prefill"):  # TensorRT-LLM prefills and samples the first token in one call
             stream = self.runner.generate(

@@ -179,8 +179,8 @@ def eager_cuda(kernels: str) -> Callable[..., Pipeline]:
 
 def onnxruntime_on(kind: str) -> Callable[..., Pipeline]:
     def make(work, model, frames, dtype, config):
-        from earlytom.engine_builder.build import build
         from earlytom.engine.sessions import Providers
+        from earlytom.engine_builder.build import build
 
         out = work / f"{model}-onnxruntime-{config.variant}-{dtype}-{frames}"
         if not out.exists():

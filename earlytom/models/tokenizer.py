@@ -3,6 +3,7 @@
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+
 def byte_level_tokenizer(special_tokens: tuple[str, ...], chat_template: str, eos: str) -> PreTrainedTokenizerFast:
     """Every UTF-8 byte is one token (no merges), then `special_tokens` (ids 256 ...): the first is the BOS token,
     `eos` (one of them) the EOS token, "<pad>" (if listed) the padding token."""

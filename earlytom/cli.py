@@ -3,6 +3,7 @@
 earlytom run --model llava-ov-0.5b --video clip.mp4 --prompt "What happens?" [--json]
 earlytom run --engine engines/ov7b --video clip.mp4 --prompt "What happens?"
 earlytom demo        # the tiny model on a synthetic clip, end to end, on CPU
+earlytom plan --model llava-ov-7b --frames 64 --target-gpu rtx4090   # will the engine fit? (configs only)
 """
 
 import argparse
@@ -12,10 +13,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+from transformers import AutoConfig, PretrainedConfig
+
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
 from earlytom.compress import EarlyTomConfig
+from earlytom.engine.memory_plan import (
+    GPUS_GIB,
+    PRECISIONS,
+    VisionShape,
+    check_fits,
+    memory_sizes,
+    parse_target,
+    plan_memory,
+)
 from earlytom.eval.cli import add_parser as add_compare_parser
-from earlytom.models.registry import known_names
+from earlytom.models.llava_onevision import pooled_tokens
+from earlytom.models.registry import ALIASES, TINY, ModelNotFound, known_names, packaged_config, resolve
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.backends.eager import DTYPES
 from earlytom.runtime.backends.onnxruntime import PROVIDERS, Providers
@@ -156,6 +169,67 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="dry run: will the engine fit the GPU? (from the configs alone, no weights)")
+    p.add_argument("--model", required=True, help=f"{', '.join(known_names())}, or a checkpoint directory")
+    p.add_argument("--frames", type=int, required=True, help="B, the most frames the engine takes")
+    p.add_argument("--target-gpu", required=True, help=f"{', '.join(GPUS_GIB)} or a memory size such as 16GiB")
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="the longest context in tokens (default: every visual token of every frame + 512 prompt + 512 new)",
+    )
+    p.add_argument("--decoder-precision", choices=PRECISIONS, default="fp16", help="default fp16")
+    p.add_argument("--random-init", action="store_true", help="as build_engine's: random weights take the same memory")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    add_debug_arg(p)
+    p.set_defaults(func=plan)
+
+
+def plan_config(name: str) -> PretrainedConfig:
+    """The architecture of an alias (shipped in the package) or of a checkpoint directory / cached HF id."""
+    if name in ALIASES or name == TINY:
+        return packaged_config(name)
+    try:
+        return AutoConfig.from_pretrained(resolve(name), local_files_only=True)
+    except OSError as error:
+        raise ModelNotFound(
+            f"no config.json for {name!r} in that directory or the Hugging Face cache: pass a checkpoint directory "
+            f"or one of {', '.join(known_names())}"
+        ) from error
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Print the memory plan; a plan that does not fit is refused (exit 2) with the options that would."""
+    parse_target(args.target_gpu)  # a bad target fails before the model is instantiated
+    config = plan_config(args.model)
+    if not hasattr(config, "vision_config"):
+        raise ValueError(f"{args.model!r} has no vision_config: plan takes a LLaVA-OneVision checkpoint")
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    shape = VisionShape(
+        image_size=vision.image_size,
+        patch_tokens=grid**2,
+        hidden=vision.hidden_size,
+        heads=vision.num_attention_heads,
+        mlp_hidden=vision.intermediate_size,
+        tokens_per_frame=pooled_tokens(grid),
+        llm_hidden=config.get_text_config().hidden_size,
+    )
+    memory = plan_memory(
+        memory_sizes(config, shape),
+        args.frames,
+        args.target_gpu,
+        max_context=args.max_context,
+        decoder_precision=args.decoder_precision,
+        model=args.model,
+    )
+    print(json.dumps(memory.to_dict()) if args.json else memory.table())
+    check_fits(memory)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,6 +244,7 @@ def parser() -> argparse.ArgumentParser:
     demo_parser.set_defaults(func=demo)
     add_serve_parser(sub)
     add_compare_parser(sub)
+    add_plan_parser(sub)
     return p
 
 

@@ -354,7 +354,7 @@ def plan_rows(sizes: MemorySizes, frames: int, max_context: int, precision: str)
         *rows,
         Row("CUDA context", CUDA_CONTEXT),
         Row("TensorRT / TensorRT-LLM workspace", RUNTIME_WORKSPACE),
-        Row(f"margin ({FRAGMENTATION:.0%} of the above: fragmentation)", margin),
+        Row(f"margin ({FRAGMENTATION:.0%} of the counted rows above: fragmentation)", margin),
     )
 
 
@@ -393,17 +393,17 @@ def settled_plan(
 
 
 def find_fixes(sizes: MemorySizes, plan: MemoryPlan, max_context: int | None) -> Fixes:
-    """Each change alone, everything else as planned (a default context follows the frame count)."""
+    """Each change alone, everything else as planned (a default context follows the frame count). Every row
+    grows with the frames and with the context, so the largest that fits is found by bisection."""
 
     def fits(frames: int = plan.frames, context: int | None = max_context, precision: str = plan.decoder_precision):
         return settled_plan(sizes, frames, context, precision, plan.target, plan.capacity, plan.model).fits
 
-    frames = next((f for f in range(plan.frames - 1, MIN_FRAMES - 1, -1) if fits(frames=f)), None)
     planned = plan.decoder_weights[plan.decoder_precision]
     cheaper = [p for p in QUANTIZED if plan.decoder_weights[p] < planned]
     precision = next((p for p in cheaper if fits(precision=p)), None)
     return Fixes(
-        frames=frames,
+        frames=largest(lambda f: fits(frames=f), MIN_FRAMES, plan.frames - 1),
         max_context=largest(lambda c: fits(context=c), 1, plan.max_context - 1),
         decoder_precision=precision,
         gpu=smallest_gpu(plan.total),

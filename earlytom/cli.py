@@ -3,6 +3,7 @@
 earlytom run --model llava-ov-0.5b --video clip.mp4 --prompt "What happens?" [--json]
 earlytom run --engine engines/ov7b --video clip.mp4 --prompt "What happens?"
 earlytom demo        # the tiny model on a synthetic clip, end to end, on CPU
+earlytom plan --model llava-ov-7b --frames 64 --target-gpu rtx4090   # will the engine fit? (configs only)
 """
 
 import argparse
@@ -12,12 +13,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+from transformers import AutoConfig, PretrainedConfig
+
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, run_main
 from earlytom.compress import EarlyTomConfig
 from earlytom.dtypes import DTYPES
+from earlytom.engine.memory_plan import (
+    GPUS_GIB,
+    PRECISIONS,
+    VisionShape,
+    check_fits,
+    memory_sizes,
+    parse_target,
+    plan_memory,
+)
 from earlytom.engine.sessions import PROVIDERS, Providers
 from earlytom.eval.cli import add_parser as add_compare_parser
-from earlytom.models.registry import known_names
+from earlytom.models.registry import ModelNotFound, alias_family, family_of, known_names, packaged_config, resolve
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
@@ -156,6 +168,57 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="dry run: will the engine fit the GPU? (from the configs alone, no weights)")
+    p.add_argument("--model", required=True, help=f"{', '.join(known_names())}, or a checkpoint directory")
+    p.add_argument("--frames", type=int, required=True, help="B, the most frames the engine takes")
+    p.add_argument("--target-gpu", required=True, help=f"{', '.join(GPUS_GIB)} or a memory size such as 16GiB")
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="the longest context in tokens (default: every visual token of every frame + 512 prompt + 512 new)",
+    )
+    p.add_argument("--decoder-precision", choices=PRECISIONS, default="fp16", help="default fp16")
+    p.add_argument("--random-init", action="store_true", help="as build_engine's: random weights take the same memory")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    add_debug_arg(p)
+    p.set_defaults(func=plan)
+
+
+def plan_config(name: str) -> PretrainedConfig:
+    """The architecture of an alias (shipped in the package) or of a checkpoint directory / cached HF id."""
+    if alias_family(name) is not None:
+        return packaged_config(name)
+    try:
+        return AutoConfig.from_pretrained(resolve(name), local_files_only=True)
+    except OSError as error:
+        raise ModelNotFound(
+            f"no config.json for {name!r} in that directory or the Hugging Face cache: pass a checkpoint directory "
+            f"or one of {', '.join(known_names())}"
+        ) from error
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Print the memory plan; a plan that does not fit is refused (exit 2) with the options that would."""
+    parse_target(args.target_gpu)  # a bad target fails before the model is instantiated
+    config = plan_config(args.model)
+    family = family_of(config.model_type)
+    dims = family.dims(config, family.processor(config, None))
+    shape = VisionShape.of(dims, mlp_hidden=config.vision_config.intermediate_size)
+    memory = plan_memory(
+        memory_sizes(config, shape),
+        args.frames,
+        args.target_gpu,
+        max_context=args.max_context,
+        decoder_precision=args.decoder_precision,
+        model=args.model,
+    )
+    print(json.dumps(memory.to_dict()) if args.json else memory.table())
+    check_fits(memory)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,6 +233,7 @@ def parser() -> argparse.ArgumentParser:
     demo_parser.set_defaults(func=demo)
     add_serve_parser(sub)
     add_compare_parser(sub)
+    add_plan_parser(sub)
     return p
 
 

@@ -335,3 +335,60 @@ def test_streaming_refuses_mismatched_frames():
         merger.push(torch.randn(4, 3), torch.rand(4))
     with pytest.raises(ValueError, match="before any push"):
         StreamingOfficialCompress(tau_seg=0.5).finish()
+
+
+# ---------------------------------------------------------------- blocked similarity pass, attention left out
+
+
+def test_similarity_over_several_token_blocks_is_each_pairs_cosine_bit_for_bit():
+    """window_similarity works through the tokens block by block; on a clip spanning several blocks, with runs of
+    identical frames (exact ties), every value is the streaming form's per-pair cosine bit for bit, close to the
+    double oracle, and streaming makes the batch's decisions."""
+    from earlytom.compress.official import frame_cosine, token_blocks, token_norms
+
+    F, L, D = 9, 300, 512
+    assert len(token_blocks(F, L, D)) > 1
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(L, D, generator=g)
+    frames = [base + 0.3 * torch.randn(L, D, generator=g) for _ in range(4)]
+    hidden = torch.stack([frames[k] for k in (0, 1, 1, 1, 2, 2, 3, 3, 3)])
+    similarity = window_similarity(hidden, 4)
+    norm = token_norms(hidden)
+    H = hidden.double()
+    for i in range(F):
+        for d in range(1, 5):
+            if i < d:
+                assert math.isnan(similarity[i, d - 1])
+                continue
+            pair = frame_cosine(hidden[i - d], hidden[i], norm[i - d], norm[i])
+            assert torch.equal(similarity[i, d - 1], pair)
+            expected = torch.nn.functional.cosine_similarity(H[i - d], H[i], dim=-1).mean()
+            assert similarity[i, d - 1].item() == pytest.approx(expected.item(), abs=1e-6)
+    attention = torch.rand(F, L, generator=g)
+    for options in ({"tau_seg": -1.0, "max_window": 8}, {"tau_seg": 0.5, "max_window": 6}):
+        batch = official_compress(hidden, attention, final=True, **options)
+        chunks, last = stream(hidden, attention, final=True, **options)
+        assert torch.equal(torch.cat([c.source for c in [*chunks, last]]), batch.source)
+        assert torch.equal(torch.cat([c.hidden for c in [*chunks, last]]), batch.hidden)
+        assert torch.equal(torch.cat([c.segments for c in [*chunks, last]]), batch.segments)
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_attention_none_merges_hidden_alone(final):
+    """A merge layer before the last passes attention=None (no selection reads it): the same decisions and
+    hidden, and None back."""
+    g = torch.Generator().manual_seed(4)
+    a, b, c = torch.randn(3, 2, 3, generator=g)
+    hidden = torch.stack([a, b, b + 0.0, c])  # frames 1 and 2 identical: (1, 2) merge, as in the case above
+    with_attention = official_compress(hidden, torch.rand(4, 2, generator=g), tau_seg=-1.0, final=final)
+    without = official_compress(hidden, None, tau_seg=-1.0, final=final)
+    assert without.attention is None
+    assert without.source.tolist() == [[0, 0], [1, 2], [3, 3]]
+    assert torch.equal(without.source, with_attention.source)
+    assert torch.equal(without.hidden, with_attention.hidden)
+    if final:
+        assert torch.equal(without.segments, with_attention.segments)
+    with pytest.raises(ValueError, match=r"hidden must be 3-D \[F, L, D\]"):
+        official_compress(torch.randn(4, 2), None, tau_seg=0.5)
+    with pytest.raises(ValueError, match=r"F = 0 frames"):
+        official_compress(torch.randn(0, 2, 2), None, tau_seg=0.5)

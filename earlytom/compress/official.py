@@ -10,6 +10,8 @@ The batch path is small steps, each usable alone (the Triton kernels are checked
 
 A segment holds at most M - 1 frames and its EMA is compared with frames since its first one, so every similarity
 the plan reads lies within M - 1 frames: one banded similarity pass of width W = min(M - 1, F - 1) serves it all.
+The tensor work (similarities, merges) runs once over all F frames; only the decisions, each depending on the one
+before (the EMA's reset, the scan's j += 2 or j += 1), are a loop, over the F floats of that band.
 
 Scalar arithmetic is float32 throughout (as the similarities are): the EMA is e = f32(f32(a * c) + f32(b * e))
 with a = f32(alpha), b = f32(1 - alpha); thresholds are rounded to float32 before comparing; a merge weight is
@@ -49,14 +51,15 @@ class CompressPlan:
 class CompressResult:
     """official_compress output.
 
-    hidden: [N, L, D] in the input dtype; attention: [N, L], rows combined with the same weights as hidden.
+    hidden: [N, L, D] in the input dtype; attention: [N, L], rows combined with the same weights as hidden (None
+    when official_compress was given None).
     source: [N, 2] int64, first and last input frame each output row came from (equal when kept as is).
     segments: [S, 2] int64, the re-segmentation of the N output frames (inclusive (first, last)) when final=True,
     else None.
     """
 
     hidden: torch.Tensor
-    attention: torch.Tensor
+    attention: torch.Tensor | None
     source: torch.Tensor
     segments: torch.Tensor | None
 
@@ -67,20 +70,35 @@ def check_options(alpha: float, tau_seg: float, max_window: int) -> None:
     check_int("max_window", max_window, 2, why=" (a segment holds at most max_window - 1 frames)")
 
 
-def token_norms(hidden: torch.Tensor) -> torch.Tensor:
-    """hidden: [..., L, D] float32 -> per-token norms [..., L]; refuses NaN/Inf (a non-finite value anywhere in a
-    token makes its norm non-finite)."""
-    norm = torch.linalg.vector_norm(hidden, dim=-1)
+# Bytes of float32 frames per token block in window_similarity: small enough that a block's W products stay in
+# cache, large enough that the per-block op overhead is small.
+BLOCK_BYTES = 1 << 22
+
+
+def check_norms(norm: torch.Tensor) -> None:
+    """Refuse NaN/Inf by the per-token norms [..., L] (a non-finite value anywhere in a token makes its norm
+    non-finite)."""
     if not bool(torch.isfinite(norm).all()):
         bad = int((~torch.isfinite(norm)).sum())
         raise ValueError(f"hidden contains NaN/Inf in {bad} of {norm.numel()} tokens; all values must be finite")
+
+
+def token_norms(hidden: torch.Tensor) -> torch.Tensor:
+    """hidden: [..., L, D] float32 -> per-token norms [..., L]; refuses NaN/Inf."""
+    norm = torch.linalg.vector_norm(hidden, dim=-1)
+    check_norms(norm)
     return norm
+
+
+def token_cosine(a: torch.Tensor, b: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
+    """cos(a[l], b[l]) per token: a, b [..., L, D] float32 with norms [..., L] -> [..., L]."""
+    return (a * b).sum(-1) / (norm_a * norm_b).clamp_min(NORM_EPS)
 
 
 def frame_cosine(a: torch.Tensor, b: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
     """mean over tokens l of cos(a[l], b[l]): a, b [..., L, D] float32 with norms [..., L] -> [...].
     Each token's cosine first, then the mean over L (the released code's F.cosine_similarity(...).mean())."""
-    return ((a * b).sum(-1) / (norm_a * norm_b).clamp_min(NORM_EPS)).mean(-1)
+    return token_cosine(a, b, norm_a, norm_b).mean(-1)
 
 
 def band_width(max_window: int, num_frames: int) -> int:
@@ -88,17 +106,31 @@ def band_width(max_window: int, num_frames: int) -> int:
     return min(max_window - 1, num_frames - 1)
 
 
+def token_blocks(num_frames: int, num_tokens: int, dim: int) -> list[slice]:
+    """Slices covering the L tokens, each holding at most BLOCK_BYTES of F float32 frames (at least 1 token)."""
+    size = max(1, BLOCK_BYTES // (4 * num_frames * dim))
+    return [slice(start, start + size) for start in range(0, num_tokens, size)]
+
+
 def window_similarity(hidden: torch.Tensor, width: int) -> torch.Tensor:
     """similarity[i, d - 1] = mean_l cos(H[i - d][l], H[i][l]) for d = 1 .. width, NaN where i < d.
 
     hidden: [F, L, D] (any float dtype; computed in float32) -> [F, width] float32, width <= F - 1.
+
+    All frame pairs of all W distances at once, block of tokens by block of tokens: a block's products stay in
+    cache, so hidden is read about once rather than W times. Each token's cosine is token_cosine's and each mean
+    frame_cosine's, so every value equals frame_cosine on its pair bit for bit (the streaming form's value).
     """
-    h = hidden.float()
-    norm = token_norms(h)  # [F, L]
-    out = torch.full((h.shape[0], width), float("nan"), dtype=torch.float32, device=h.device)
-    for d in range(1, width + 1):
-        out[d:, d - 1] = frame_cosine(h[:-d], h[d:], norm[:-d], norm[d:])
-    return out
+    num_frames, num_tokens, dim = hidden.shape
+    cos = torch.full((width, num_frames, num_tokens), float("nan"), dtype=torch.float32, device=hidden.device)
+    norm = torch.empty(num_frames, num_tokens, dtype=torch.float32, device=hidden.device)  # [F, L]
+    for tokens in token_blocks(num_frames, num_tokens, dim):
+        h = hidden[:, tokens].float()  # [F, l, D]
+        n = norm[:, tokens] = torch.linalg.vector_norm(h, dim=-1)
+        for d in range(1, width + 1):
+            cos[d - 1, d:, tokens] = token_cosine(h[:-d], h[d:], n[:-d], n[d:])
+    check_norms(norm)
+    return cos.mean(-1).T.contiguous()
 
 
 class Segmenter:
@@ -200,16 +232,19 @@ def segment_frames(hidden: torch.Tensor, *, alpha: float, tau_seg: float, max_wi
     return plan_segments(similarity, alpha=alpha, tau_seg=tau_seg, max_window=max_window)
 
 
-def check_inputs(hidden: torch.Tensor, attention: torch.Tensor) -> None:
-    check_pair("hidden", hidden, "[F, L, D]", "attention", attention, "[F, L]")
+def check_inputs(hidden: torch.Tensor, attention: torch.Tensor | None) -> None:
+    if attention is None:
+        check_rank("hidden", hidden, "[F, L, D]")
+    else:
+        check_pair("hidden", hidden, "[F, L, D]", "attention", attention, "[F, L]")
+        check_finite("attention", attention)
     if hidden.shape[0] == 0:
         raise ValueError("hidden has F = 0 frames; compression needs at least 1 frame")
-    check_finite("attention", attention)
 
 
 def official_compress(
     hidden: torch.Tensor,
-    attention: torch.Tensor,
+    attention: torch.Tensor | None,
     *,
     tau_seg: float,
     alpha: float = 0.9,
@@ -217,8 +252,9 @@ def official_compress(
     final: bool = False,
 ) -> CompressResult:
     """Compression after one merge layer (section 4b). hidden: [F, L, D] that layer's output, attention: [F, L] the
-    attention each token received in it -> CompressResult with N <= F frames; final=True (after the last merge
-    layer) also re-segments the N output frames for official_select."""
+    attention each token received in it, or None where no selection reads it (a merge layer before the last) ->
+    CompressResult with N <= F frames (attention None when None came in); final=True (after the last merge layer)
+    also re-segments the N output frames for official_select."""
     check_inputs(hidden, attention)
     check_options(alpha, tau_seg, max_window)
     similarity = window_similarity(hidden, band_width(max_window, hidden.shape[0]))
@@ -227,7 +263,7 @@ def official_compress(
     merged = apply_merge(hidden, plan)
     return CompressResult(
         hidden=merged,
-        attention=apply_merge(attention, plan),
+        attention=None if attention is None else apply_merge(attention, plan),
         source=plan.source,
         segments=segment_frames(merged, alpha=alpha, tau_seg=tau_seg, max_window=max_window) if final else None,
     )

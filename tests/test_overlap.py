@@ -44,7 +44,7 @@ def test_first_stretch_runs_before_the_last_chunk_exists(tiny, pixels):
     """The chunks are pulled one at a time, each encoded before the next is asked for."""
     pipe = Pipeline.from_model(tiny, num_frames=9)
     options: RunOptions = pipe.options
-    specs = vision_chain(options.config.variant, options.config.merge_layers, pipe.backend.adapter.dims.encoder_layers)
+    specs = vision_chain(options.config.variant, options.config.merge_layers, pipe.backend.text.dims.encoder_layers)
     events = []
 
     def chunks():

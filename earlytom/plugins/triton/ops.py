@@ -176,14 +176,14 @@ class KernelOps:
     def official_compress(
         self,
         hidden: torch.Tensor,
-        attention: torch.Tensor,
+        attention: torch.Tensor | None,
         *,
         tau_seg: float,
         alpha: float = 0.9,
         max_window: int = 6,
         final: bool = False,
     ) -> CompressResult:
-        """As earlytom.compress.official_compress: hidden [F, L, D], attention [F, L] -> CompressResult."""
+        """As earlytom.compress.official_compress: hidden [F, L, D], attention [F, L] or None -> CompressResult."""
         check_inputs(hidden, attention)
         check_finite("hidden", hidden)
         check_options(alpha, tau_seg, max_window)
@@ -197,7 +197,7 @@ class KernelOps:
             segments = again["segments"][: int(again["counts"][1])].long()
         return CompressResult(
             hidden=merged,
-            attention=self.merge_rows(attention, plan),
+            attention=None if attention is None else self.merge_rows(attention, plan),
             source=torch.stack([plan["first"][:N], plan["last"][:N]], 1).long(),
             segments=segments,
         )

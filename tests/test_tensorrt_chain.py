@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from llava_dims import OV_DIMS, llava_dims
 from test_tensorrt_plans import manifest_for as plans_manifest
 
 from earlytom.compress import EarlyTomConfig
@@ -19,37 +20,11 @@ from earlytom.engine import sizes
 from earlytom.engine.layout import vision_chain
 from earlytom.engine.manifest import Manifest
 from earlytom.engine_builder import tensorrt as trt_build
-from earlytom.models.backbone import VisionDims
 from earlytom.plugins import tensorrt as plugins
 from earlytom.plugins.triton import launch
 from earlytom.runtime.backends.tensorrt import buffer_specs
 
-OV_DIMS = VisionDims(
-    family="llava_onevision",
-    frame_size=(384, 384),
-    frames_per_unit=1,
-    unit_shape=(3, 384, 384),
-    suffix_tokens=1,
-    patch_tokens=729,
-    hidden=1152,
-    llm_hidden=3584,
-    tokens_per_frame=196,
-    encoder_layers=26,
-    heads=16,
-)
-TINY_DIMS = VisionDims(
-    family="llava_onevision",
-    frame_size=(72, 72),
-    frames_per_unit=1,
-    unit_shape=(3, 72, 72),
-    suffix_tokens=1,
-    patch_tokens=81,
-    hidden=32,
-    llm_hidden=64,
-    tokens_per_frame=25,
-    encoder_layers=4,
-    heads=2,
-)
+TINY_DIMS = llava_dims(72, patch_tokens=81, hidden=32, llm_hidden=64, tokens_per_frame=25, encoder_layers=4, heads=2)
 OV = EarlyTomConfig().for_model(26, 28)  # official, (8, 21, 23), r = 0.2, tau_seg 0.5, M 6
 TINY = EarlyTomConfig().for_model(4, 2)  # official, (0, 2, 3)
 PAPER = EarlyTomConfig(variant="paper").for_model(26, 28)
@@ -177,19 +152,7 @@ def test_count_tables_give_what_official_select_keeps(B, T, r, data):
     """For N frames after the last merge in any segmentation, official_select keeps (dynamic frames) x
     k_dynamic[N - 1] + (static frames) x windows[N - 1] tokens, never more than the plan's bound."""
     config = EarlyTomConfig(retain_ratio=r).for_model(4, 2)
-    dims = VisionDims(
-        family="llava_onevision",
-        frame_size=(8, 8),
-        frames_per_unit=1,
-        unit_shape=(3, 8, 8),
-        suffix_tokens=1,
-        patch_tokens=4,
-        hidden=4,
-        llm_hidden=3,
-        tokens_per_frame=T,
-        encoder_layers=4,
-        heads=1,
-    )
+    dims = llava_dims(8, patch_tokens=4, hidden=4, llm_hidden=3, tokens_per_frame=T, encoder_layers=4, heads=1)
     k_dynamic, windows = sizes.selection_tables(config, dims, B)
     N = data.draw(st.integers(1, B))
     cuts = sorted(data.draw(st.sets(st.integers(1, N - 1), max_size=N - 1))) if N > 1 else []
@@ -288,19 +251,7 @@ def scene_clip(F: int, L: int, D: int, cuts: tuple[int, ...], seed: int) -> tupl
     return hidden, torch.softmax(torch.randn(F, L, generator=g), -1)
 
 
-DIMS = VisionDims(
-    family="llava_onevision",
-    frame_size=(16, 16),
-    frames_per_unit=1,
-    unit_shape=(3, 16, 16),
-    suffix_tokens=1,
-    patch_tokens=6,
-    hidden=16,
-    llm_hidden=8,
-    tokens_per_frame=16,
-    encoder_layers=4,
-    heads=2,
-)
+DIMS = llava_dims(16, patch_tokens=6, hidden=16, llm_hidden=8, tokens_per_frame=16, encoder_layers=4, heads=2)
 CONFIG = EarlyTomConfig(retain_ratio=0.3, tau_seg=0.3).for_model(4, 2)
 CHAIN = vision_chain("official", CONFIG.merge_layers, 4)
 MAX_FRAMES = 12

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from llava_dims import OV_DIMS
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import vision_chain
@@ -20,19 +21,6 @@ from earlytom.runtime.backends.base import RunOptions, UnsupportedOption
 from earlytom.runtime.backends.tensorrt import buffer_specs, check_fixed, prompt_table_ids
 
 PAPER = EarlyTomConfig(variant="paper").for_model(26, 28)  # LLaVA-OV-7B: merge after layer 5 (k = 6)
-OV_DIMS = VisionDims(
-    family="llava_onevision",
-    frame_size=(384, 384),
-    frames_per_unit=1,
-    unit_shape=(3, 384, 384),
-    suffix_tokens=1,
-    patch_tokens=729,
-    hidden=1152,
-    llm_hidden=3584,
-    tokens_per_frame=196,
-    encoder_layers=26,
-    heads=16,
-)
 CHAIN = vision_chain("paper", PAPER.merge_layers, 26)
 
 

@@ -80,7 +80,7 @@ def answer(pipeline: Pipeline, media: Media, prompt: str, max_tokens: int, on_to
         result = pipeline.generate(str(media.path), prompt, max_tokens, on_token=on_token)
     finally:
         media.release()
-    # The decoder gets the selected visual tokens and one image_newline embedding between the text halves.
+    # The decoder gets the selected visual tokens and the backbone's suffix embeddings between the text halves.
     return Answer(result, len(before) + len(after) + result.counts["visual_tokens"] + 1)
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from baseline_oracles import cosine, density_peak_scores, top
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,32 +26,10 @@ def unit_path(cosines: list[float]) -> torch.Tensor:
 # Plain-Python oracle of BASELINES.md section 1
 
 
-def top(values: list[float], k: int) -> list[int]:
-    """Indices of the k largest values (the inputs below have no ties)."""
-    return sorted(range(len(values)), key=lambda i: -values[i])[:k]
-
-
-def oracle_scores(pool: list[list[float]], noise: list[float] | None) -> list[float]:
-    n, D = len(pool), len(pool[0])
-    dist = [[math.dist(a, b) / math.sqrt(D) for b in pool] for a in pool]
-    density = [math.exp(-sum(d * d for d in sorted(row)[:4]) / 4) for row in dist]
-    if noise is not None:
-        density = [x + e for x, e in zip(density, noise, strict=True)]
-    largest = max(max(row) for row in dist)
-    score = []
-    for i in range(n):
-        higher = [dist[i][j] for j in range(n) if density[j] > density[i]]
-        score.append((min(higher) if higher else largest) * density[i])
-    return score
-
-
 def oracle_merge(pool: list[list[float]], targets: list[list[float]], beta: float) -> list[list[float]]:
-    def cos(a, b):
-        return sum(x * y for x, y in zip(a, b, strict=True)) / (math.hypot(*a) * math.hypot(*b))
-
     members = [[] for _ in targets]
     for x in pool:
-        sims = [cos(x, t) for t in targets]
+        sims = [cosine(x, t) for t in targets]
         members[sims.index(max(sims))].append(x)
     merged = []
     for t, m in zip(targets, members, strict=True):
@@ -83,7 +62,8 @@ def oracle_fastvid(features, attention, global_features, *, r, c, tau, d, p, bet
         salient = top(attention[f], S)
         out.update({(f, i): features[f][i] for i in salient})
         rest.append([i for i in range(L) if i not in salient])
-        score.append(oracle_scores([features[f][i] for i in rest[f]], None if noise is None else noise[f]))
+        points = [features[f][i] for i in rest[f]]
+        score.append(density_peak_scores(points, 4, None if noise is None else noise[f])[0])
     for f in range(T):
         if budget[f] == C:
             picked = top(score[f], C)

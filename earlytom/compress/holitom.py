@@ -130,10 +130,13 @@ def check_options(retain_ratio: float, beta: float, knn: int, jitter: float) -> 
 
 
 class Emitted:
-    """Tokens collected window by window: tokens [n, D], frame, index, static."""
+    """Tokens collected window by window: tokens [n, D], frame, index, static (none at all is possible: a static
+    window whose round(n_static * r') is 0)."""
 
-    def __init__(self) -> None:
-        self.tokens, self.frame, self.index, self.static = [], [], [], []
+    def __init__(self, features: torch.Tensor) -> None:
+        nothing = torch.zeros(0, dtype=torch.int64, device=features.device)
+        self.tokens, self.frame, self.index = [features[:0, 0]], [nothing], [nothing]
+        self.static = [nothing.bool()]
 
     def add(self, tokens: torch.Tensor, frame: torch.Tensor, index: torch.Tensor, static: bool) -> None:
         self.tokens.append(tokens)
@@ -173,7 +176,7 @@ def holitom(
     total = T * L
     ratio = min(retain_ratio / ((total - saved) / total), 1)
 
-    out = Emitted()
+    out = Emitted(features)
     for s, e in windows.tolist():
         positions = torch.arange(L, device=device)
         dynamic = positions

@@ -349,3 +349,11 @@ def test_a_video_can_keep_no_token():
     features = torch.ones(2, 1, 3)
     result = holitom(features, torch.ones(2, 1), retain_ratio=0.1, tau=0.8)
     assert result.tokens.shape == (0, 3) and result.frame.tolist() == [] and result.segments.tolist() == [[0, 1]]
+
+
+def test_half_precision_in_half_precision_out():
+    features, attention = still_video(0, 8, 16, 3, 0.8)
+    result = holitom(features.bfloat16(), attention.bfloat16(), retain_ratio=0.25, tau=0.8)
+    assert result.tokens.dtype == torch.bfloat16 and len(result.tokens) == len(result.index)
+    merged = holitom_llm_merge(features.bfloat16()[None, 0], attention.bfloat16()[None, :2], image_start=2, image_len=9)
+    assert merged.hidden.dtype == torch.bfloat16 and merged.hidden.shape == (1, 16 - 9 + 4, 3)

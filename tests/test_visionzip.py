@@ -152,3 +152,12 @@ def test_pool_refusals():
         pool_bilinear(torch.ones(2, 9, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="stride"):
         pool_bilinear(torch.randn(2, 9, 3), stride=0)
+
+
+def test_half_precision_in_half_precision_out():
+    g = torch.Generator().manual_seed(0)
+    features, attention, keys = (torch.randn(2, 25, 3, generator=g), torch.rand(2, 25, generator=g),
+                                 torch.randn(2, 25, 4, generator=g))  # fmt: skip
+    result = visionzip(features.bfloat16(), attention.bfloat16(), keys.bfloat16(), retain_ratio=0.25)
+    assert result.tokens.dtype == torch.bfloat16 and len(result.tokens) == 2 * 6
+    assert pool_bilinear(features.bfloat16()).dtype == torch.bfloat16

@@ -1,6 +1,16 @@
 """The EarlyTom algorithm in plain PyTorch: the reference every other backend is checked against."""
 
+from earlytom.compress.baseline import density_peaks, pool_bilinear
 from earlytom.compress.config import EarlyTomConfig, default_inner_layer, default_merge_layers
+from earlytom.compress.fastvid import FastVidBudget, FastVidResult, dyseg, fastvid, fastvid_budget
+from earlytom.compress.holitom import (
+    HoliTomMergeResult,
+    HoliTomResult,
+    holitom,
+    holitom_llm_merge,
+    static_windows,
+    token_similarity,
+)
 from earlytom.compress.merge import (
     MergePlan,
     MergeResult,
@@ -35,14 +45,20 @@ from earlytom.compress.select import (
     uniform,
     visual_budget,
 )
+from earlytom.compress.visionzip import SCRIPT_SPATIAL_TOKENS, spatial_tokens, visionzip
 
 __all__ = [
     "CompressPlan",
     "CompressResult",
     "EarlyTomConfig",
+    "FastVidBudget",
+    "FastVidResult",
+    "HoliTomMergeResult",
+    "HoliTomResult",
     "MergePlan",
     "MergeResult",
     "OfficialBudget",
+    "SCRIPT_SPATIAL_TOKENS",
     "SelectResult",
     "StreamingFrameMerge",
     "StreamingOfficialCompress",
@@ -51,8 +67,14 @@ __all__ = [
     "argmax_per_window",
     "default_inner_layer",
     "default_merge_layers",
+    "density_peaks",
+    "dyseg",
+    "fastvid",
+    "fastvid_budget",
     "frame_merge",
     "global_topk",
+    "holitom",
+    "holitom_llm_merge",
     "official_budget",
     "official_compress",
     "official_select",
@@ -61,11 +83,16 @@ __all__ = [
     "plan_merge",
     "plan_middles",
     "plan_segments",
+    "pool_bilinear",
     "segment_frames",
     "segment_labels",
     "selection_budget",
+    "spatial_tokens",
+    "static_windows",
     "token_select",
+    "token_similarity",
     "uniform",
+    "visionzip",
     "visual_budget",
     "window_similarity",
 ]

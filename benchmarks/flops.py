@@ -1,4 +1,5 @@
-"""Analytic FLOPs of each TTFT stage of LLaVA-OneVision, from the shapes (a multiply-add counts 2).
+"""Analytic FLOPs of each TTFT stage of a LLaVA-OneVision-shaped model (a ViT of full-attention layers, a 2-layer
+projector), from its config's shapes (a multiply-add counts 2).
 
 vision_<stretch>: each graph of the encoder chain over the frames it sees (the head adds the patch
                   embedding, the tail the projector; pooling is negligible), plus the attention-score passes
@@ -6,16 +7,13 @@ prefill:          the decoder over S = text + K + 1 tokens (causal attention), o
                   merge, layers from k_in on see the S' tokens left
 """
 
-from transformers import LlavaOnevisionConfig
-
-
 def encoder_layer(tokens: int, hidden: int, mlp: int) -> int:
     """One ViT layer over one frame of `tokens`: q, k, v, o projections, QK^T and AV, the MLP."""
     return 2 * tokens * (4 * hidden * hidden + 2 * hidden * mlp) + 4 * tokens * tokens * hidden
 
 
 def vision_flops(
-    config: LlavaOnevisionConfig, stretches: list[tuple[str, int, int]], *, score_frames: list[int]
+    config, stretches: list[tuple[str, int, int]], *, score_frames: list[int]
 ) -> dict[str, int]:
     """stretches: (graph name, frames it sees, encoder layers it runs) in chain order; score_frames: the frames
     of each attention-received pass (q, k and QK^T once more) -> FLOPs per graph name (scores to the tail)."""
@@ -33,7 +31,7 @@ def vision_flops(
 
 
 def prefill_flops(
-    config: LlavaOnevisionConfig, sequence: int, *, inner_layer: int | None = None, kept: int | None = None
+    config, sequence: int, *, inner_layer: int | None = None, kept: int | None = None
 ) -> int:
     """The decoder over `sequence` tokens; with `inner_layer`, layers [inner_layer, n) see `kept` tokens."""
     t = config.text_config

@@ -62,7 +62,7 @@ def flops(model_config, config: EarlyTomConfig, method: str, counts: dict[str, i
     B = counts["frames_in"]
     seen = [B] + [counts.get(f"frames_after_layer_{g.stop - 1}", B) for g in chain[:-1]]
     stretches = [(g.name, frames, g.stop - g.start) for g, frames in zip(chain, seen, strict=True)]
-    score = seen[:-1] if config.variant == "official" else seen[-1:]
+    score = seen[-2:-1] if config.variant == "official" else seen[-1:]  # official: the last merge layer's only
     vision = sum(vision_flops(model_config, stretches, score_frames=score).values())
     inner = counts.get("visual_embeds_before_inner")
     if inner is None or method != "earlytom":

@@ -166,9 +166,12 @@ def test_gpu_validate_agreement_of_a_run_with_itself_and_with_another_method(run
 
 def test_cuda_picks_the_triton_kernels_for_both_variants():
     """`auto` runs the Triton kernels on CUDA and the PyTorch reference on CPU."""
-    from earlytom import compress
-    from earlytom.plugins.triton import ops
+    from earlytom.compress.ops import REFERENCE, CompressOps
+    from earlytom.plugins.triton.ops import JIT
 
-    assert kernel_ops("auto", torch.device("cuda")) is ops  # only the device type is read: no GPU needed
-    assert kernel_ops("auto", torch.device("cpu")) is compress
-    assert all(hasattr(ops, name) for name in ("frame_merge", "token_select", "official_compress", "official_select"))
+    assert kernel_ops("auto", torch.device("cuda")) is JIT  # only the device type is read: no GPU needed
+    assert kernel_ops("auto", torch.device("cpu")) is REFERENCE
+    operations = [name for name in vars(CompressOps) if not name.startswith("_")]
+    assert sorted(operations) == ["frame_merge", "official_compress", "official_select", "token_select"]
+    for implementation in (JIT, REFERENCE):  # each implements every operation of the interface
+        assert all(callable(getattr(implementation, name)) for name in operations)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from earlytom.engine.layout import DECODER, DECODER_TRTLLM, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX, GraphSpec
+from earlytom.engine.layout import DECODER, DECODER_TRTLLM, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX
 from earlytom.engine.manifest import EngineDirError, Manifest, read_manifest
 from earlytom.engine.staging import recover
 from earlytom.models.backbone import Family
@@ -29,9 +29,6 @@ class EngineDir:
     tokenizer: object
     suffix: torch.Tensor
     notes: list[str] = field(default_factory=list)
-
-    def graph(self, spec: GraphSpec) -> Path:
-        return self.path / spec.file
 
     @property
     def decoder_path(self) -> Path:

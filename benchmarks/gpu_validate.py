@@ -1,53 +1,74 @@
-"""Every GPU path this machine has, checked against the CPU eager oracle and timed; the ones it lacks are
-skipped with the reason. One command, one table per part:
+"""The GPU proof: every GPU path this machine has, checked against the CPU fp32 oracle (or the PyTorch reference)
+and timed, inside a time budget; the ones it lacks are skipped with the reason. One command, one report:
 
-    python -m benchmarks.gpu_validate [--models llava-ov-0.5b llava-ov-7b] [--frames 32] [--repeats 20]
-    python -m benchmarks.gpu_validate --plan     # only which paths would run here, and why the others would not
+    python -m benchmarks.gpu_validate --budget-s 420 --out DIR    # DIR/gpu_proof.json and DIR/gpu_proof.md
+    python -m benchmarks.gpu_validate --plan                      # which paths would run here, and why not the others
+    python -m benchmarks.gpu_validate --device cpu --paths 1 3a   # the parts a CPU runs (a rehearsal)
 
-Paths: eager CUDA with the Triton JIT kernels, eager CUDA with the AOT kernels through the driver-API launcher
-(`kernels="aot"`, compiled here for the GPU's arch with `earlytom.plugins.aot`), ONNX Runtime's CUDA and TensorRT
-execution providers (onnxruntime-gpu), the TensorRT engines (TensorRT + TensorRT-LLM), and NVDEC video decoding
-(PyNvVideoCodec).
+Paths (the report's sections, in this order):
+1.  eager on the GPU (kernels="auto": the Triton JIT) in fp32, fp16, bf16 vs eager PyTorch on the CPU in fp32
+    (reference kernels), on the tiny model and LLaVA-OV-0.5B (random weights), on the frames of a clip with a scene
+    cut (an array: every path sees the same pixels): same merges (frame counts, merged frames), selected tokens
+    (same, and the share of the oracle's kept), max relative error of the visual embeddings, same greedy tokens.
+    fp32 must select exactly what the oracle does; fp16 and bf16 are measured.
+2.  the Triton JIT kernels on the GPU vs the PyTorch reference, both variants, every kernel (through the ops that
+    launch them), fp32 / fp16 / bf16, at LLaVA-OV-7B's vision sizes: same decisions, max relative error.
+3a. the AOT kernels compiled for the GPU's arch (sm_90 without one) with the installed Triton: the PTX launch
+    contract (each `.entry`'s parameters) parsed from what that Triton emits, against the one kernels.json records.
+3b. eager on the GPU with those cubins launched through cuda-bindings (cuLaunchKernel), tiny model, vs the oracle.
+4.  time to first token (min / median / p90 of --repeats requests after a warm-up; per stage: the StageTimer
+    synchronises CUDA around each stage) on LLaVA-OV-7B with random weights, bf16, --frames frames, eager SDPA:
+    full tokens, EarlyTom and global top-K at each --ratios.
+5.  NVDEC vs PyAV decoding, and the ONNX Runtime CUDA / TensorRT providers and the TensorRT engines against the
+    oracle (tiny, fp32), each when installed, else skipped with the reason.
 
-1. Agreement, tiny model, fp32: each path vs eager PyTorch on the CPU (reference kernels) on the frames of a clip
-   with a scene cut (given as an array, so every path sees the same pixels whatever decodes its videos): same
-   merges (frame counts and merged frames), same selected tokens, max relative error of the visual embeddings,
-   same greedy tokens; for full tokens, EarlyTom and global top-K.
-2. Time to first token (min / median / p90 over --repeats requests after a warm-up, per stage and in all), on the
-   real architectures with random weights (--random-init), --frames frames, fp16: full tokens, EarlyTom and
-   global top-K at each --ratios. ONNX Runtime directories fix the merge layers (one build per model); TensorRT
-   engines fix everything (one build per ratio, EarlyTom only). Requests read the clip's file, so the eager CUDA
-   and TensorRT paths decode with NVDEC when it is installed.
-3. NVDEC vs PyAV on the same file: the same sampled frame indices, the pixel difference at the model's input size
-   (the two convert YUV to RGB and resize differently), and the decoding time of --frames frames.
-
-Exit status 2 when no GPU path is installed (the skip table says why).
+The budget: a path starts only with at least START_S seconds left, and stops between two of its units (a model
+load, a request, a kernel) when the next one's estimate no longer fits; the report then says "stopped" (what it
+has is kept) or "not run". The report is rewritten after every path, so a run killed from outside leaves the paths
+done. Exit status 0 when nothing failed, 1 when a check failed or a path raised, 2 when no path could run.
 """
 
 import argparse
 import importlib.util
+import json
+import math
+import os
+import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import print_table, summary
+from benchmarks.common import OUT, summary
 from earlytom.compress import EarlyTomConfig
 from earlytom.compress.config import VARIANTS
+from earlytom.dtypes import DTYPES
 from earlytom.environment import missing_gpu_stack
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.video import nvdec_available, resize_rgb, stream_video
 
 PROMPT = "Describe what happens in this video."
-MODELS = ("llava-ov-0.5b", "llava-ov-7b")
+FORMAT = "earlytom-gpu-proof/1"
+AGREEMENT_MODELS = ("tiny", "llava-ov-0.5b")
+TTFT_MODELS = ("llava-ov-7b",)
 RATIOS = (0.10, 0.15, 0.25)
 NVDEC_SIZE = 384  # LLaVA-OneVision's input size
+DEFAULT_BUDGET_S = 420
+START_S = 20  # a path starts only with this much of the budget left
+STATUSES = ("passed", "failed", "error", "stopped", "not run", "skipped", "planned")
+# Rough seconds per unit on an H200 (random init of a model runs on the CPU), for the budget.
+LOAD_S = {"tiny": 3, "llava-ov-0.5b": 20, "llava-ov-7b": 120}
+REQUEST_S = {"tiny": 1, "llava-ov-0.5b": 8, "llava-ov-7b": 4}  # one oracle + one GPU request (7B: GPU only)
+PROOF_REPORT = ("gpu_proof.json", "gpu_proof.md")
+TOLERANCE = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 3e-2}  # path 2: relative error of merged rows / attention
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,46 @@ class GpuPath:
     reason: str  # why it is skipped ("" when it runs)
 
 
+class OutOfBudget(Exception):
+    """The next unit of a path does not fit the time left."""
+
+
+class Budget:
+    """A deadline `seconds` from now on `clock` (time.monotonic)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not seconds > 0:
+            raise ValueError(f"budget = {seconds} s; give a positive number of seconds (--budget-s)")
+        self.seconds, self.clock = seconds, clock
+        self.start = clock()
+
+    def left(self) -> float:
+        return self.seconds - (self.clock() - self.start)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def check(self, needed_s: float, what: str) -> None:
+        """OutOfBudget unless `needed_s` seconds (the estimate of `what`) are left."""
+        if self.left() < needed_s:
+            raise OutOfBudget(f"{what} needs about {needed_s:.0f} s, {max(self.left(), 0):.0f} s of the budget left")
+
+
+@dataclass
+class Section:
+    """One path's part of the report: `columns` name the cells of each row; `status` one of STATUSES."""
+
+    key: str
+    title: str
+    status: str = "planned"
+    reason: str = ""
+    seconds: float = 0.0
+    estimate_s: float = 0.0
+    columns: list[str] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def probe() -> Installed:
     import onnxruntime as ort
 
@@ -84,10 +145,12 @@ def probe() -> Installed:
     )
 
 
+NO_GPU = "PyTorch sees no CUDA GPU (a CPU-only torch build, or no NVIDIA driver/GPU)"
+
+
 def plan(have: Installed, variant: str) -> list[GpuPath]:
-    """Each GPU path for the EarlyTom `variant`, whether it runs with what `have` holds, and if not, what is
+    """Each GPU backend for the EarlyTom `variant`, whether it runs with what `have` holds, and if not, what is
     missing."""
-    no_gpu = "PyTorch sees no CUDA GPU (a CPU-only torch build, or no NVIDIA driver/GPU)"
 
     def needs(*missing: str) -> str:
         return "; ".join(m for m in missing if m)
@@ -102,10 +165,10 @@ def plan(have: Installed, variant: str) -> list[GpuPath]:
 
     reasons = {
         "eager cuda + triton": needs(
-            "" if have.cuda_gpu else no_gpu, "" if have.triton else "the triton package is not installed"
+            "" if have.cuda_gpu else NO_GPU, "" if have.triton else "the triton package is not installed"
         ),
         "eager cuda + aot": needs(
-            "" if have.cuda_gpu else no_gpu,
+            "" if have.cuda_gpu else NO_GPU,
             ""
             if have.cuda_python
             else "cuda-python is not installed: the AOT launcher needs its driver API (pip install 'earlytom[gpu]')",
@@ -114,7 +177,7 @@ def plan(have: Installed, variant: str) -> list[GpuPath]:
         "onnxruntime tensorrt": provider("TensorrtExecutionProvider"),
         "tensorrt engines": needs(*(f"{m} is missing" for m in have.tensorrt_missing)),
         NVDEC: needs(
-            "" if have.cuda_gpu else no_gpu,
+            "" if have.cuda_gpu else NO_GPU,
             "" if have.nvdec else "PyNvVideoCodec is not installed (pip install -c constraints.txt 'earlytom[nvdec]')",
         ),
     }
@@ -128,13 +191,24 @@ def settings(ratios: tuple[float, ...]) -> list[tuple[str, str, float]]:
     return rows + [(f"global top-K r={r:.2f}", "global_topk", r) for r in ratios]
 
 
+def selected_pairs(result: Result) -> set[tuple[int, int]]:
+    v = result.visual
+    return set(zip(v.frame.cpu().tolist(), v.index.cpu().tolist(), strict=True))
+
+
 def agreement(result: Result, oracle: Result) -> list:
-    """[same counts, same merged frames, same selected tokens, max rel. error of the embeddings, same tokens]."""
+    """[same counts, same merged frames, same selected tokens, max rel. error of the embeddings (None unless the
+    selections are the same), same greedy tokens, share of the oracle's selected tokens also selected]."""
     v, o = result.visual, oracle.visual
     selected = torch.equal(v.frame.cpu(), o.frame) and torch.equal(v.index.cpu(), o.index)
-    err = float((v.embeds.float().cpu() - o.embeds).abs().max() / o.embeds.abs().max()) if selected else float("nan")
+    err = float((v.embeds.float().cpu() - o.embeds).abs().max() / o.embeds.abs().max()) if selected else None
     same_source = torch.equal(v.source.cpu(), o.source)
-    return [result.counts == oracle.counts, same_source, selected, f"{err:.1e}", result.token_ids == oracle.token_ids]
+    expected = selected_pairs(oracle)
+    overlap = len(selected_pairs(result) & expected) / max(len(expected), 1)
+    return [result.counts == oracle.counts, same_source, selected, err, result.token_ids == oracle.token_ids, overlap]
+
+
+AGREEMENT_COLUMNS = ["counts", "merged frames", "selected", "max rel err", "greedy tokens", "selected overlap"]
 
 
 def time_stages(pipe: Pipeline, clip: Path, repeats: int) -> dict[str, dict[str, float]]:
@@ -144,15 +218,15 @@ def time_stages(pipe: Pipeline, clip: Path, repeats: int) -> dict[str, dict[str,
     return {stage: summary([run[stage] for run in runs]) for stage in runs[0]}
 
 
-# The GPU paths: (work directory, model, frames, dtype, EarlyTom config) -> a Pipeline; called only for paths
+# The backends: (work directory, model, frames, dtype, EarlyTom config) -> a Pipeline; called only for paths
 # planned to run. Engine directories are built once per what they fix and reused.
-def aot_kernels(work: Path, model: str, frames: int, config: EarlyTomConfig) -> Path:
-    """The kernels of `model` for up to `frames` frames and `config`'s thresholds, compiled for this GPU's arch
-    (every dtype) once per work directory."""
+def aot_kernels(work: Path, model: str, frames: int, config: EarlyTomConfig, arch: str | None = None) -> Path:
+    """The kernels of `model` for up to `frames` frames and `config`'s thresholds, compiled for `arch` (None: this
+    GPU's) in every dtype, once per work directory."""
     from earlytom.plugins import aot
     from earlytom.plugins.launcher import gpu_arch
 
-    arch = gpu_arch(torch.cuda.get_device_capability())
+    arch = gpu_arch(torch.cuda.get_device_capability()) if arch is None else arch
     out = work / f"{model}-aot-{config.variant}-{frames}-{arch}"
     if not out.exists():
         shapes = aot.Shapes.of_model(model, frames)
@@ -160,13 +234,13 @@ def aot_kernels(work: Path, model: str, frames: int, config: EarlyTomConfig) -> 
     return out
 
 
-def eager_cuda(kernels: str) -> Callable[..., Pipeline]:
+def eager_on(device: str, kernels: str) -> Callable[..., Pipeline]:
     def make(work, model, frames, dtype, config):
         compiled = aot_kernels(work, model, frames, config) if kernels == "aot" else None
         return Pipeline.from_pretrained(
             model,
             random_init=True,
-            device="cuda",
+            device=device,
             dtype=dtype,
             config=config,
             num_frames=frames,
@@ -201,14 +275,15 @@ def tensorrt_engines(work, model, frames, dtype, config):
 
 
 MAKERS = {
-    "eager cuda + triton": eager_cuda("triton"),
-    "eager cuda + aot": eager_cuda("aot"),
+    "eager cuda + triton": eager_on("cuda", "auto"),
+    "eager cuda + aot": eager_on("cuda", "aot"),
+    "eager cpu": eager_on("cpu", "auto"),  # the rehearsal of path 1 on a CPU
     "onnxruntime cuda": onnxruntime_on("cuda"),
     "onnxruntime tensorrt": onnxruntime_on("tensorrt"),
     "tensorrt engines": tensorrt_engines,
 }
 FIXED_SETTINGS = {"tensorrt engines"}  # engines built per ratio, EarlyTom only
-NVDEC = "nvdec video decoding"  # compared with PyAV in part 3, not a pipeline
+NVDEC = "nvdec video decoding"  # compared with PyAV in path 5, not a pipeline
 
 
 def path_runs(path: GpuPath, work: Path, model: str, frames: int, dtype: str, variant: str, ratios):
@@ -226,30 +301,210 @@ def path_runs(path: GpuPath, work: Path, model: str, frames: int, dtype: str, va
         yield label, loaded.with_options(method=method, retain_ratio=r, num_frames=frames)
 
 
-def compare(paths: list[GpuPath], work: Path, clip: np.ndarray, frames: int, variant: str) -> list[list]:
-    """Part 1: each running path vs the CPU eager oracle on the tiny model, fp32, with the path's EarlyTom
-    parameters (TensorRT engines are built without the inner merge); clip: uint8 frames [B, H, W, 3]."""
-    rows = []
-    oracle = Pipeline.from_pretrained("tiny", num_frames=frames, kernels="reference")
+def oracle_for(model: str, frames: int) -> Pipeline:
+    """Eager PyTorch on the CPU in fp32 with the reference kernels: what every path is checked against."""
+    return Pipeline.from_pretrained(model, random_init=True, num_frames=frames, kernels="reference")
+
+
+def compare_rows(
+    paths: list[GpuPath],
+    work: Path,
+    clip: np.ndarray,
+    frames: int,
+    variant: str,
+    *,
+    model: str = "tiny",
+    dtype: str = "fp32",
+    oracle: Pipeline | None = None,
+    expected: dict | None = None,
+    budget: Budget | None = None,
+) -> Iterator[list]:
+    """Each path vs the CPU eager oracle on `model` in `dtype`, with the path's EarlyTom parameters (TensorRT
+    engines are built without the inner merge); clip: uint8 frames [B, H, W, 3]. Yields [path, setting,
+    *AGREEMENT_COLUMNS] per setting. `oracle`: the model's (None: loaded here); `expected`: its results by (method,
+    config), filled here and reusable for other dtypes; `budget`: checked before each load and request."""
+
+    def check(seconds: float, what: str) -> None:
+        if budget is not None:
+            budget.check(seconds, what)
+
+    if oracle is None:
+        check(LOAD_S.get(model, 60), f"loading the {model} oracle")
+        oracle = oracle_for(model, frames)
+    expected = {} if expected is None else expected
     for path in paths:
-        for label, pipe in path_runs(path, work, "tiny", frames, "fp32", variant, (0.15,)):
-            reference = oracle.with_options(method=pipe.options.method, config=pipe.config)
-            expected = reference.generate(clip, PROMPT, max_new_tokens=8)
-            rows.append([path.name, label, *agreement(pipe.generate(clip, PROMPT, max_new_tokens=8), expected)])
-    return rows
+        check(LOAD_S.get(model, 60), f"loading {model} for {path.name} in {dtype}")
+        for label, pipe in path_runs(path, work, model, frames, dtype, variant, (0.15,)):
+            check(REQUEST_S.get(model, 30), f"a {model} request")
+            key = (pipe.options.method, pipe.config)
+            if key not in expected:
+                reference = oracle.with_options(method=pipe.options.method, config=pipe.config)
+                expected[key] = reference.generate(clip, PROMPT, max_new_tokens=8)
+            yield [path.name, label, *agreement(pipe.generate(clip, PROMPT, max_new_tokens=8), expected[key])]
 
 
-def ttft_rows(paths: list[GpuPath], work: Path, clip: Path, args) -> list[list]:
-    """Part 2: TTFT per model, path and setting, with every stage's median."""
-    rows = []
+def compare(paths: list[GpuPath], work: Path, clip: np.ndarray, frames: int, variant: str, **options) -> list[list]:
+    """compare_rows as a list."""
+    return list(compare_rows(paths, work, clip, frames, variant, **options))
+
+
+def exact(row: list) -> bool:
+    """An agreement row (AGREEMENT_COLUMNS at its end) with the oracle's merges and selection."""
+    counts, merged, selected = row[-6:-3]
+    return counts is True and merged is True and selected is True
+
+
+def agreement_section(section: Section, path: GpuPath, work: Path, clip: np.ndarray, args, budget: Budget) -> str:
+    """Paths 1 and 3b: rows [model, dtype, setting, *AGREEMENT_COLUMNS]; fp32 rows must be exact."""
+    section.columns = ["model", "dtype", "setting", *AGREEMENT_COLUMNS]
+    section.notes.append("fp32 rows must match the oracle's merges and selection; fp16 / bf16 rows are measured")
+    models = args.agreement_models if path.name != "eager cuda + aot" else ("tiny",)
+    for model in models:
+        budget.check(LOAD_S.get(model, 60), f"loading the {model} oracle")
+        oracle, expected = oracle_for(model, args.agreement_frames), {}
+        for dtype in args.dtypes:
+            options = {"model": model, "dtype": dtype, "oracle": oracle, "expected": expected, "budget": budget}
+            for row in compare_rows([path], work, clip, args.agreement_frames, args.variant, **options):
+                section.rows.append([model, dtype, *row[1:]])
+    return "passed" if all(exact(row) for row in section.rows if row[1] == "fp32") else "failed"
+
+
+def scene(levels: list[float], L: int, D: int, seed: int) -> torch.Tensor:
+    """hidden [F, L, D] float32: each frame the previous plus levels[i] noise (a large level: a scene cut)."""
+    g = torch.Generator().manual_seed(seed)
+    frames = [torch.randn(L, D, generator=g)]
+    for level in levels[1:]:
+        frames.append(frames[-1] + level * torch.randn(L, D, generator=g))
+    return torch.stack(frames)
+
+
+def drift_levels(frames: int) -> list[float]:
+    """Per-frame noise levels: slow drift, exact repeats and a scene cut every 11 frames."""
+    return [0.0 if t % 5 == 4 else 4.0 if t % 11 == 10 else 0.1 for t in range(frames)]
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours.float().cpu() - ref.float().cpu()).abs().max() / ref.float().abs().max().clamp_min(1e-30))
+
+
+def received_reference(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """q, k [F, H, L, d] -> [F, L] float32: softmax rows of scale q k^T in float32, mean over heads and queries."""
+    out = [
+        torch.softmax(scale * qf.float() @ kf.float().transpose(-1, -2), -1).mean(dim=(0, 1))
+        for qf, kf in zip(q, k, strict=True)
+    ]
+    return torch.stack(out).cpu()
+
+
+def kernel_rows(shapes, device: str, dtypes: tuple[str, ...], budget: Budget) -> Iterator[list]:
+    """Path 2: [variant, op, dtype, kernels, same decisions, max rel err, tolerance] per op of the JIT kernels on
+    `device` vs earlytom.compress (float32, CPU) on the same values, at `shapes` (aot.Shapes)."""
+    from earlytom import compress
+    from earlytom.plugins.triton import ops
+
+    B, L, D, T = shapes.max_frames, shapes.tokens, shapes.hidden, shapes.tokens_per_frame
+    H, DM = shapes.heads, shapes.lm_hidden
+    config = {v: EarlyTomConfig(variant=v) for v in VARIANTS}
+    g = torch.Generator().manual_seed(1)
+    for dtype in dtypes:
+        budget.check(10, f"the kernels in {dtype}")
+        cast = {"dtype": DTYPES[dtype]}
+        tol = TOLERANCE[dtype]
+        hidden = scene(drift_levels(B), L, D, seed=0).to(**cast)  # the values both sides read
+        ref_in, ours_in = hidden.float(), hidden.to(device)
+        p = config["paper"]
+        ref = compress.frame_merge(ref_in, alpha=p.alpha, tau_seg=p.tau_seg, tau_merge=p.tau_merge)
+        ours = ops.frame_merge(ours_in, alpha=p.alpha, tau_seg=p.tau_seg, tau_merge=p.tau_merge)
+        same = torch.equal(ours.source.cpu(), ref.source) and torch.equal(ours.is_static.cpu(), ref.is_static)
+        err = rel_err(ours.hidden, ref.hidden) if same else None
+        yield ["paper", "frame_merge", dtype, "token_cosine, merge_plan, weighted_merge", same, err, tol]
+        N = ref.hidden.shape[0]
+        tokens = torch.randn(N, T, DM, generator=g).to(**cast)
+        scores = torch.randperm(N * T, generator=g).float().view(N, T) / (N * T)  # distinct: no ties
+        ref_sel = compress.token_select(
+            tokens.float(), scores, ref.is_static, retain_ratio=p.retain_ratio, num_frames=B
+        )
+        ours_sel = ops.token_select(
+            tokens.to(device), scores.to(device), ref.is_static.to(device), retain_ratio=p.retain_ratio, num_frames=B
+        )
+        same = torch.equal(ours_sel.frame.cpu(), ref_sel.frame) and torch.equal(ours_sel.index.cpu(), ref_sel.index)
+        err = rel_err(ours_sel.tokens, ref_sel.tokens) if same else None
+        yield ["paper", "token_select", dtype, "window_select, dynamic_topk, gather_tokens", same, err, tol]
+
+        o = config["official"]
+        q, k = (torch.randn(B, H, L, D // H, generator=g).to(**cast) for _ in range(2))
+        scale = (D // H) ** -0.5
+        received = ops.attention_received(q.to(device), k.to(device), scale=scale)
+        err = rel_err(received, received_reference(q.to(device), k.to(device), scale))
+        yield ["official", "attention_received", dtype, "attention_row_stats, attention_received", True, err, tol]
+        attention = received.float().cpu()
+        options = {"alpha": o.alpha, "tau_seg": o.tau_seg, "max_window": o.max_window, "final": True}
+        ref_c = compress.official_compress(ref_in, attention, **options)
+        ours_c = ops.official_compress(ours_in, attention.to(device), **options)
+        same = torch.equal(ours_c.source.cpu(), ref_c.source) and torch.equal(ours_c.segments.cpu(), ref_c.segments)
+        err = rel_err(ours_c.hidden, ref_c.hidden) if same else None
+        yield ["official", "official_compress", dtype, "window_cosine, official_plan, weighted_merge", same, err, tol]
+        N = ref_c.hidden.shape[0]
+        tokens = torch.randn(N, T, DM, generator=g).to(**cast)
+        scores = torch.randperm(N * T, generator=g).float().view(N, T) / (N * T)
+        select = {"retain_ratio": o.retain_ratio, "num_frames": B}
+        ref_sel = compress.official_select(tokens.float(), scores, ref_c.segments, **select)
+        ours_sel = ops.official_select(tokens.to(device), scores.to(device), ref_c.segments.to(device), **select)
+        same = torch.equal(ours_sel.frame.cpu(), ref_sel.frame) and torch.equal(ours_sel.index.cpu(), ref_sel.index)
+        err = rel_err(ours_sel.tokens, ref_sel.tokens) if same else None
+        yield ["official", "official_select", dtype, "official_keep, compact_keep, gather_tokens", same, err, tol]
+
+
+def contract_rows(arch: str, shapes, dtypes: tuple[str, ...], budget: Budget) -> Iterator[list]:
+    """Path 3a: [variant, kernel, dtype, entry parameters, hidden, as kernels.json records, registers, spill
+    bytes, shared bytes] for every kernel of both variants compiled for `arch` with the installed Triton."""
+    from earlytom.plugins import aot
+
+    for variant in VARIANTS:
+        budget.check(15, f"compiling the {variant} kernels")
+        for c in aot.compile_all(arch, shapes, EarlyTomConfig(variant=variant), dtypes=dtypes):
+            emitted = aot.entry_params(c.ptx, c.entry)
+            recorded = [(p.type, p.hidden) for p in c.params]
+            matches = [t for _, t in emitted] == [t for t, _ in recorded]
+            hidden = ", ".join(p.name for p in c.params if p.hidden)
+            yield [
+                variant,
+                c.kernel,
+                c.dtype,
+                len(emitted),
+                hidden,
+                matches,
+                c.registers,
+                c.spill_bytes,
+                c.shared_bytes,
+            ]
+
+
+def ttft_rows(paths: list[GpuPath], work: Path, clip: Path, args, budget: Budget | None = None) -> Iterator[list]:
+    """Path 4: TTFT per model, path and setting, with every stage's median; yields [model, path, setting, frames
+    after merges, visual tokens, min, median, p90, stage medians]."""
     for model in args.models:
         for path in paths:
-            for label, pipe in path_runs(path, work, model, args.frames, "fp16", args.variant, args.ratios):
+            if budget is not None:
+                budget.check(LOAD_S.get(model, 60), f"loading {model}")
+            for label, pipe in path_runs(path, work, model, args.frames, args.ttft_dtype, args.variant, args.ratios):
+                if budget is not None:
+                    budget.check(REQUEST_S.get(model, 30) * (args.repeats + 2), f"{model} {label}")
+                counts = pipe.generate(clip, PROMPT, max_new_tokens=1).counts
                 stages = time_stages(pipe, clip, args.repeats)
                 ttft = stages.pop("ttft")
                 detail = ", ".join(f"{s} {t['median']:.1f}" for s, t in stages.items())
-                rows.append([model, path.name, label, ttft["min"], ttft["median"], ttft["p90"], detail])
-    return rows
+                yield [
+                    model,
+                    path.name,
+                    label,
+                    counts["frames_after_merge"],
+                    counts["visual_tokens"],
+                    ttft["min"],
+                    ttft["median"],
+                    ttft["p90"],
+                    detail,
+                ]
 
 
 def decode_once(clip: Path, frames: int, **options) -> tuple[list[int], list[torch.Tensor], float]:
@@ -262,8 +517,8 @@ def decode_once(clip: Path, frames: int, **options) -> tuple[list[int], list[tor
 
 
 def nvdec_rows(clip: Path, frames: int, size: int, repeats: int) -> list[list]:
-    """Part 3: PyAV (CPU, frames resized by swscale as they decode) and NVDEC (GPU, frames resized here with
-    preprocess's bicubic) on `clip`: same indices, mean and max absolute pixel difference (0-255), decode time."""
+    """PyAV (CPU, frames resized by swscale as they decode) and NVDEC (GPU, frames resized here with preprocess's
+    bicubic) on `clip`: same indices, mean and max absolute pixel difference (0-255), decode time."""
     cpu_indices, cpu_frames, _ = decode_once(clip, frames, size=size)
     gpu_indices, gpu_frames, _ = decode_once(clip, frames, device="cuda")
     resized = [resize_rgb(f, size).round().permute(1, 2, 0).cpu() for f in gpu_frames]  # as preprocess resizes
@@ -272,64 +527,364 @@ def nvdec_rows(clip: Path, frames: int, size: int, repeats: int) -> list[list]:
     gpu_ms = summary([decode_once(clip, frames, device="cuda")[2] for _ in range(repeats)])
     same = cpu_indices == gpu_indices
     return [
-        ["pyav (cpu)", same, "-", "-", cpu_ms["min"], cpu_ms["median"], cpu_ms["p90"]],
-        [
-            "nvdec",
-            same,
-            f"{float(diff.mean()):.2f}",
-            f"{float(diff.max()):.0f}",
-            gpu_ms["min"],
-            gpu_ms["median"],
-            gpu_ms["p90"],
-        ],
+        ["pyav (cpu)", same, None, None, cpu_ms["min"], cpu_ms["median"], cpu_ms["p90"]],
+        ["nvdec", same, float(diff.mean()), float(diff.max()), gpu_ms["min"], gpu_ms["median"], gpu_ms["p90"]],
     ]
 
 
-def gpu_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "a GPU PyTorch does not see"
+@dataclass(frozen=True)
+class Check:
+    """One section of the proof: `needs(have, device)` -> why it cannot run here ("" when it can); `run(section,
+    context)` fills the section and returns "passed" or "failed"."""
+
+    key: str
+    title: str
+    estimate_s: float
+    needs: Callable[[Installed, str], str]
+    run: Callable[[Section, "Context"], str]
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    have: Installed
+    budget: Budget
+    work: Path
+    frames: np.ndarray  # uint8 [B, H, W, 3]: the clip's pixels
+    clip: Path  # the same frames as an mp4
+
+
+def backend(name: str) -> Callable[[Installed, str], str]:
+    """needs() of a backend path of `plan`."""
+
+    def needs(have: Installed, device: str) -> str:
+        return next(p.reason for p in plan(have, "official") if p.name == name)
+
+    return needs
+
+
+def eager_needs(have: Installed, device: str) -> str:
+    return "" if device == "cpu" else backend("eager cuda + triton")(have, device)
+
+
+def triton_needs(have: Installed, device: str) -> str:
+    if not have.triton:
+        return "the triton package is not installed"
+    if device == "cpu":
+        return "the Triton JIT compiles for a GPU (the interpreter runs these kernels on a CPU in tests/)"
+    return "" if have.cuda_gpu else NO_GPU
+
+
+def compiler_needs(have: Installed, device: str) -> str:
+    if not have.triton:
+        return "the triton package is not installed"
+    return "TRITON_INTERPRET=1 is set: compiling needs it unset" if os.environ.get("TRITON_INTERPRET") == "1" else ""
+
+
+def run_agreement(section: Section, ctx: Context) -> str:
+    name = "eager cpu" if ctx.args.device == "cpu" else "eager cuda + triton"
+    section.notes.append(f"device: {ctx.args.device} ({name}), {ctx.args.agreement_frames} frames, random weights")
+    return agreement_section(section, GpuPath(name, True, ""), ctx.work, ctx.frames, ctx.args, ctx.budget)
+
+
+def run_aot(section: Section, ctx: Context) -> str:
+    return agreement_section(section, GpuPath("eager cuda + aot", True, ""), ctx.work, ctx.frames, ctx.args, ctx.budget)
+
+
+def run_kernels(section: Section, ctx: Context) -> str:
+    from earlytom.plugins import aot
+
+    shapes = aot.Shapes.of_model(ctx.args.kernel_model, ctx.args.frames)
+    section.columns = ["variant", "op", "dtype", "kernels", "same decisions", "max rel err", "tolerance"]
+    section.notes.append(f"{ctx.args.kernel_model} vision sizes: {shapes}")
+    section.rows.extend(kernel_rows(shapes, ctx.args.device, tuple(ctx.args.dtypes), ctx.budget))
+    ok = all(row[4] is True and row[5] is not None and row[5] <= row[6] for row in section.rows)
+    return "passed" if ok else "failed"
+
+
+def target_arch(device: str) -> str:
+    """The AOT target: this GPU's arch, or sm_90 (the H200's) without one."""
+    from earlytom.plugins.launcher import gpu_arch
+
+    return gpu_arch(torch.cuda.get_device_capability()) if device != "cpu" and torch.cuda.is_available() else "sm_90"
+
+
+def run_contract(section: Section, ctx: Context) -> str:
+    import triton
+
+    from earlytom.plugins import aot
+
+    arch = target_arch(ctx.args.device)
+    shapes = aot.Shapes.of_model("tiny", ctx.args.agreement_frames)
+    section.columns = [
+        "variant",
+        "kernel",
+        "dtype",
+        "entry params",
+        "hidden",
+        "as recorded",
+        "registers",
+        "spill B",
+        "shared B",
+    ]
+    section.notes.append(f"triton {triton.__version__}, {arch}, tiny model shapes {shapes}")
+    section.rows.extend(contract_rows(arch, shapes, tuple(ctx.args.dtypes), ctx.budget))
+    return "passed" if all(row[5] is True for row in section.rows) else "failed"
+
+
+def run_ttft(section: Section, ctx: Context) -> str:
+    section.columns = [
+        "model",
+        "path",
+        "setting",
+        "frames after merges",
+        "visual tokens",
+        "min ms",
+        "median ms",
+        "p90 ms",
+        "stage medians (ms)",
+    ]
+    section.notes.append(
+        f"{ctx.args.frames} frames, {ctx.args.ttft_dtype}, random weights, {ctx.args.repeats} requests after one "
+        "warm-up; each stage synchronises CUDA before and after (earlytom.runtime.timing)"
+    )
+    section.rows.extend(ttft_rows([GpuPath("eager cuda + triton", True, "")], ctx.work, ctx.clip, ctx.args, ctx.budget))
+    return "passed"
+
+
+def run_nvdec(section: Section, ctx: Context) -> str:
+    section.columns = ["decoder", "same indices", "mean |diff|", "max |diff|", "min ms", "median ms", "p90 ms"]
+    section.rows = nvdec_rows(ctx.clip, ctx.args.frames, NVDEC_SIZE, ctx.args.repeats)
+    return "passed" if all(row[1] for row in section.rows) else "failed"
+
+
+def run_backend(name: str) -> Callable[[Section, Context], str]:
+    def run(section: Section, ctx: Context) -> str:
+        section.columns = ["path", "setting", *AGREEMENT_COLUMNS]
+        path = GpuPath(name, True, "")
+        options = {"budget": ctx.budget}
+        section.rows.extend(
+            compare_rows([path], ctx.work, ctx.frames, ctx.args.agreement_frames, ctx.args.variant, **options)
+        )
+        return "passed" if all(exact(row) for row in section.rows) else "failed"
+
+    return run
+
+
+CHECKS = (
+    Check("1", "eager on the device vs the CPU fp32 oracle", 90, eager_needs, run_agreement),
+    Check("2", "Triton JIT kernels vs the PyTorch reference", 60, triton_needs, run_kernels),
+    Check("3a", "AOT kernels: the PTX launch contract of the installed Triton", 45, compiler_needs, run_contract),
+    Check("3b", "AOT kernels launched through cuLaunchKernel vs the oracle", 30, backend("eager cuda + aot"), run_aot),
+    Check("4", "time to first token", 180, backend("eager cuda + triton"), run_ttft),
+    Check("5a", "NVDEC vs PyAV decoding", 30, backend(NVDEC), run_nvdec),
+    Check(
+        "5b",
+        "ONNX Runtime CUDA provider vs the oracle",
+        60,
+        backend("onnxruntime cuda"),
+        run_backend("onnxruntime cuda"),
+    ),
+    Check(
+        "5c",
+        "ONNX Runtime TensorRT provider vs the oracle",
+        120,
+        backend("onnxruntime tensorrt"),
+        run_backend("onnxruntime tensorrt"),
+    ),
+    Check("5d", "TensorRT engines vs the oracle", 300, backend("tensorrt engines"), run_backend("tensorrt engines")),
+)
+
+
+def planned(checks, have: Installed, device: str, keys: list[str] | None = None) -> list[Section]:
+    """A section per check (of `keys`, None: all): "planned" with its estimate, or "skipped" with the reason."""
+    sections = []
+    for check in checks:
+        if keys is not None and check.key not in keys:
+            continue
+        why = check.needs(have, device)
+        status = "skipped" if why else "planned"
+        sections.append(Section(check.key, check.title, status, why, estimate_s=check.estimate_s))
+    return sections
+
+
+def run_section(check: Check, section: Section, ctx: Context) -> None:
+    """Run one planned section inside the budget: passed / failed from the check, stopped when the budget ran out
+    inside it, not run when it could not start, error (with the traceback's end) when it raised."""
+    if ctx.budget.left() < START_S:
+        section.status, section.reason = "not run", f"{max(ctx.budget.left(), 0):.0f} s of the budget left"
+        return
+    start = time.monotonic()
+    try:
+        section.status = check.run(section, ctx)
+    except OutOfBudget as stop:
+        section.status, section.reason = "stopped", str(stop)
+    except Exception as error:  # a path that breaks must not stop the others: the report says how it broke
+        section.status, section.reason = "error", f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        section.notes.append(traceback.format_exc(limit=-4)[-3000:])
+    finally:
+        section.seconds = round(time.monotonic() - start, 1)
+
+
+def machine() -> dict:
+    """The GPU (if any) and the versions the proof ran on."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("triton", "transformers", "numpy", "onnx", "onnxruntime", "av", "cuda-bindings"):
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["capability"] = "{}.{}".format(*torch.cuda.get_device_capability())
+    else:
+        info["gpu"] = None
+    return info
+
+
+def report(sections: list[Section], info: dict, options: dict, budget_s: float, elapsed_s: float) -> dict:
+    """The proof's JSON report (FORMAT)."""
+    return {
+        "format": FORMAT,
+        "machine": info,
+        "options": options,
+        "budget_s": budget_s,
+        "elapsed_s": round(elapsed_s, 1),
+        "stopped_early": any(s.status in ("stopped", "not run") for s in sections),
+        "paths": [asdict(s) | {"rows": [[plain(c) for c in row] for row in s.rows]} for s in sections],
+    }
+
+
+def plain(value):
+    """A report cell as JSON takes it: NaN and infinities as their names, numpy scalars as Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 0.01 and value else f"{value:.2f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(data: dict) -> str:
+    """The Markdown form of a report: machine, a summary table of every path, then each path's table."""
+    m = data["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("gpu", "capability") and v)
+    gpu = f"{m['gpu']} (compute capability {m['capability']})" if m.get("gpu") else "no GPU"
+    lines = [
+        "# EarlyTom GPU proof",
+        "",
+        f"Machine: {gpu}; {versions}.",
+        f"Budget {data['budget_s']:.0f} s, used {data['elapsed_s']:.0f} s"
+        + (" (stopped early: see the paths marked stopped / not run)." if data["stopped_early"] else "."),
+        "",
+        "| path | what | status | seconds | reason |",
+        "|---|---|---|---|---|",
+    ]
+    for p in data["paths"]:
+        lines.append(
+            f"| {p['key']} | {p['title']} | {p['status']} | {p['seconds']:.1f} | {cell(p['reason'] or None)} |"
+        )
+    for p in data["paths"]:
+        lines += ["", f"## {p['key']}. {p['title']}: {p['status']}", ""]
+        if p["reason"]:
+            lines += [f"Reason: {p['reason']}", ""]
+        if p["columns"] and p["rows"]:
+            lines += ["| " + " | ".join(p["columns"]) + " |", "|" + "---|" * len(p["columns"])]
+            lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in p["rows"]]
+            lines.append("")
+        lines += [f"- {note}" if "\n" not in note else f"```\n{note.rstrip()}\n```" for note in p["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(out: Path, data: dict) -> tuple[Path, Path]:
+    """gpu_proof.json and gpu_proof.md in `out` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = (out / name for name in PROOF_REPORT)
+    json_path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    md_path.write_text(markdown(data))
+    return json_path, md_path
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(MODELS), help="architectures timed (random weights)")
-    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--out", type=Path, default=OUT / "gpu-proof", help="folder of gpu_proof.json and gpu_proof.md")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="stop cleanly before this many seconds")
+    p.add_argument("--plan", action="store_true", help="only list which paths would run here and why not the others")
+    p.add_argument("--paths", nargs="+", choices=[c.key for c in CHECKS], help="run only these paths (default: all)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: rehearse paths 1 and 3a on a CPU")
+    p.add_argument("--agreement-models", nargs="+", default=list(AGREEMENT_MODELS), help="paths 1 and 3b's models")
+    p.add_argument("--agreement-frames", type=int, default=8, help="frames of paths 1, 3 and 5's requests")
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="paths 1 to 3")
+    p.add_argument("--kernel-model", default="llava-ov-7b", help="path 2: whose vision sizes the kernels run at")
+    p.add_argument("--models", nargs="+", default=list(TTFT_MODELS), help="path 4: architectures timed")
+    p.add_argument("--ttft-dtype", choices=list(DTYPES), default="bf16")
+    p.add_argument("--frames", type=int, default=32, help="paths 2, 4, 5a: frames per request")
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--variant", choices=VARIANTS, default=EarlyTomConfig().variant, help="EarlyTom variant")
-    p.add_argument("--plan", action="store_true", help="print which paths run here and why the others do not")
     return p
+
+
+def print_summary(sections: list[Section]) -> None:
+    width = max(len(s.title) for s in sections)
+    for s in sections:
+        detail = {"planned": f"~{s.estimate_s:.0f} s", "skipped": ""}.get(s.status, f"{s.seconds:.1f} s")
+        print(f"{s.key:>3}  {s.title:<{width}}  {s.status:<8} {detail:>8}  {s.reason}")
+
+
+def run_all(sections: list[Section], ctx: Context, write: Callable[[list[Section]], None]) -> None:
+    checks = {c.key: c for c in CHECKS}
+    for section in sections:
+        if section.status == "planned":
+            print(f"\n{section.key}. {section.title} ...", flush=True)
+            run_section(checks[section.key], section, ctx)
+            print(f"   {section.status} in {section.seconds:.1f} s {section.reason}", flush=True)
+            write(sections)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    paths = plan(probe(), args.variant)
-    print(f"GPU paths on this machine ({args.variant} variant)\n")
-    width = max(len(p.name) for p in paths)
-    for p in paths:
-        print(f"{p.name:<{width}}  {'runs' if p.runs else 'skipped: ' + p.reason}")
-    running = [p for p in paths if p.runs]
+    budget = Budget(args.budget_s)
+    have = probe()
+    sections = planned(CHECKS, have, args.device, args.paths)
+    info = machine()
+
+    def write(current: list[Section]) -> tuple[Path, Path]:
+        options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        return write_report(args.out, report(current, info, options, args.budget_s, budget.elapsed()))
+
     if args.plan:
+        total = sum(s.estimate_s for s in sections if s.status == "planned")
+        print_summary(sections)
+        over = " (over it: the last paths may stop or not run)" if total > args.budget_s else ""
+        print(f"\nestimated {total:.0f} s of the {args.budget_s:.0f} s budget{over}; report: {write(sections)[1]}")
         return 0
-    if not running:
-        print("\nno GPU path is installed; nothing was run.", file=sys.stderr)
+    if all(s.status == "skipped" for s in sections):
+        write(sections)
+        print_summary(sections)
+        print("\nno path can run here; nothing was run.", file=sys.stderr)
         return 2
-    pipelines = [p for p in running if p.name != NVDEC]
+    if torch.cuda.is_available():  # fp32 paths compare with the CPU oracle: no TF32 matmuls or convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         frames = moving_square_frames(4 * args.frames, size=192, cut_at=2 * args.frames)
         clip = write_clip(work / "clip.mp4", frames)
-        if pipelines:
-            print("\n1. agreement with eager PyTorch on the CPU (tiny model, fp32)\n")
-            header = ["path", "setting", "counts", "merged frames", "selected", "max rel err", "greedy tokens"]
-            print_table(header, compare(pipelines, work, frames, min(args.frames, 16), args.variant))
-            print(f"\n2. TTFT (ms), {args.frames} frames, random weights, fp16, {gpu_name()}\n")
-            header = ["model", "path", "setting", "min", "median", "p90", "stage medians (ms)"]
-            print_table(header, ttft_rows(pipelines, work, clip, args))
-        if NVDEC in {p.name for p in running}:
-            print(f"\n3. video decoding (ms), {args.frames} frames of a 192x192 clip to {NVDEC_SIZE}x{NVDEC_SIZE}\n")
-            header = ["decoder", "same indices", "mean |diff|", "max |diff|", "min", "median", "p90"]
-            print_table(header, nvdec_rows(clip, args.frames, NVDEC_SIZE, args.repeats))
-    return 0
+        ctx = Context(args, have, budget, work, frames, clip)
+        run_all(sections, ctx, write)
+    json_path, md_path = write(sections)
+    print()
+    print_summary(sections)
+    print(f"\nreport: {json_path}, {md_path}")
+    return 1 if any(s.status in ("failed", "error") for s in sections) else 0
 
 
 if __name__ == "__main__":

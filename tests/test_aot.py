@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import triton
 
 from earlytom.compress import EarlyTomConfig
 from earlytom.plugins import aot
@@ -53,7 +54,7 @@ def compiled(request, tmp_path_factory):
 
 def test_every_kernel_and_dtype_is_written(compiled):
     arch, out, meta = compiled
-    assert meta["triton"] == aot.TRITON_VERSION
+    assert meta["triton"] == triton.__version__ and meta["triton"] in aot.TRITON_VERSIONS
     assert meta["shapes"] == {
         "hidden": 1152,
         "tokens": 729,

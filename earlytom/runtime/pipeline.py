@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from earlytom.compress import EarlyTomConfig, visual_budget
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from earlytom.plugins.launcher import AotOps
 
 PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
+UNTIMED_FPS = 2.0  # the frame rate of arrays and image folders, which carry no timing (DESIGN 8)
 CHUNK_FRAMES = 4  # frames per call of the first vision stretch: the encoder starts once this many are decoded
 READ_AHEAD = 2 * CHUNK_FRAMES  # frames the decoding thread may hold ahead of the encoder
 
@@ -63,6 +65,16 @@ def most_visual_tokens(options: RunOptions, dims: VisionDims) -> int:
     if options.method == "earlytom" and options.config.variant == "official":
         return min(B * T, math.ceil(r * B * T) + B)
     return visual_budget(retain_ratio=r, num_frames=B, tokens_per_frame=T, available=B * T)
+
+
+def sampled_fps(video, timestamps: list[float]) -> float:
+    """The rate of the sampled frames, for the time in position ids (DESIGN 8): a video file's sampled frames over
+    the seconds between its first and last one; arrays, image folders (no timing of their own) and clips without two
+    distinct finite timestamps count as UNTIMED_FPS."""
+    if isinstance(video, np.ndarray | torch.Tensor) or Path(video).is_dir():
+        return UNTIMED_FPS
+    span = timestamps[-1] - timestamps[0] if len(timestamps) > 1 else math.nan
+    return (len(timestamps) - 1) / span if math.isfinite(span) and span > 0 else UNTIMED_FPS
 
 
 def pixel_chunks(frames: Iterable[torch.Tensor], processor, timer) -> Iterator[torch.Tensor]:
@@ -227,7 +239,8 @@ class Pipeline:
         finally:
             frames.close()  # stops the decoding thread and closes the file if the encoder stopped early
         eos = self.tokenizer.eos_token_id
-        positions = decoder.positions(len(before), visual.layout(), len(after))
+        seconds_per_unit = self.backend.text.dims.frames_per_unit / sampled_fps(video, stream.timestamps)
+        positions = decoder.positions(len(before), visual.layout(seconds_per_unit), len(after))
         generated = decoder.greedy(
             before,
             visual.embeds,

@@ -26,7 +26,7 @@ from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
 from earlytom.runtime.backends.eager import EagerBackend, eager_device, load_eager
 from earlytom.runtime.timing import StageTimer
-from earlytom.video import read_ahead, stack, stream_video
+from earlytom.video import VideoError, read_ahead, stack, stream_video
 
 if TYPE_CHECKING:
     from earlytom.engine.sessions import Providers
@@ -75,6 +75,20 @@ def sampled_fps(video, timestamps: list[float]) -> float:
         return UNTIMED_FPS
     span = timestamps[-1] - timestamps[0] if len(timestamps) > 1 else math.nan
     return (len(timestamps) - 1) / span if math.isfinite(span) and span > 0 else UNTIMED_FPS
+
+
+def check_clip(frames: int, per_unit: int) -> None:
+    """VideoError unless a clip's `frames` sampled frames fill whole encoder units of `per_unit` frames."""
+    if frames < per_unit:
+        raise VideoError(
+            f"the video gives {frames} frame(s); this model fuses {per_unit} frames into one encoder unit: "
+            f"give a clip of at least {per_unit} frames"
+        )
+    if frames % per_unit:
+        raise VideoError(
+            f"the video gives {frames} frames; this model fuses {per_unit} frames into one encoder unit: "
+            f"use --frames {frames - frames % per_unit}"
+        )
 
 
 def pixel_chunks(frames: Iterable[torch.Tensor], processor, timer) -> Iterator[torch.Tensor]:
@@ -233,6 +247,7 @@ class Pipeline:
                 sampling=self.options.sampling,
                 device=self.backend.video_device,  # a GPU encoder: NVDEC when installed
             )
+        check_clip(len(stream), processor.frames_per_unit)
         frames = read_ahead(timer.timed(stream, "video_decode"), READ_AHEAD)  # decodes in a background thread
         try:
             visual = self.backend.encode(pixel_chunks(frames, processor, timer), self.options, timer)

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -36,7 +37,8 @@ from earlytom.models.qwen2_5_vl import (
 )
 from earlytom.models.registry import family_of, load_model, packaged_config
 from earlytom.runtime.decoder import next_position
-from earlytom.runtime.pipeline import Pipeline
+from earlytom.runtime.pipeline import Pipeline, sampled_fps
+from earlytom.video import stream_video
 
 FRAME = (168, 140)  # height, width: 12 x 10 patches, 6 x 5 merger groups, 2 x 2 windows (partial ones included)
 PATCHES = (12, 10)
@@ -544,3 +546,13 @@ def test_pretrained_tiny_answers_a_video_file_with_earlytom(clips):
     assert counts["visual_tokens"] == len(result.visual.embeds) > 0
     assert counts["visual_embeds_after_inner"] < counts["visual_embeds_before_inner"] == counts["visual_tokens"]
     assert 1 <= len(result.token_ids) <= 4
+
+
+def test_seconds_per_slice_come_from_the_sampled_frames(clips, tmp_path):
+    """A file: its sampled frames over the seconds they span (24 frames at 8 fps, 8 sampled at frames 0, 3, 6, 9,
+    13, 16, 19, 23: 7 intervals in 23/8 s); arrays and image folders: 2 fps."""
+    stream = stream_video(clips["cut"], 8)
+    assert stream.indices == [0, 3, 6, 9, 13, 16, 19, 23]
+    assert sampled_fps(clips["cut"], stream.timestamps) == pytest.approx(7 / (23 / 8))
+    assert sampled_fps(np.zeros((4, 8, 8, 3), np.uint8), [0.0, 1.0, 2.0, 3.0]) == 2.0
+    assert sampled_fps(str(tmp_path), [0.0, 10.0]) == 2.0

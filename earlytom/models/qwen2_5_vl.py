@@ -292,21 +292,20 @@ class QwenBackbone(nn.Module):
         grid = (proc.frame_size[0] // vision.patch_size, proc.frame_size[1] // vision.patch_size)
         self.group = vision.spatial_merge_size**2  # patches per merger group
         self.full_blocks = frozenset(vision.fullatt_block_indexes)
+        weight = self.visual.patch_embed.proj.weight  # the tables are built on the CPU, kept beside the weights
         order, lengths = window_layout(grid, vision)
-        self.register_buffer("window_order", order, persistent=False)  # [T]: raster group at each window slot
-        self.register_buffer("raster_order", torch.argsort(order), persistent=False)  # [T]: its inverse
         self.window = (vision.window_size // vision.patch_size) ** 2  # P, patches of a full window
-        self.windows = len(lengths)  # W
         self.partial = bool((lengths < self.window).any())
+        tables = {"window_order": order, "raster_order": torch.argsort(order)}  # [T] each: the permutation, inverse
         if self.partial:  # pad every window to P patches; padded keys are masked, padded queries dropped
             slot = torch.arange(self.window)
             starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
             valid = slot < lengths[:, None]  # [W, P]
-            gather = torch.where(valid, starts[:, None] + slot, starts[:, None])  # [W, P] window-order index
-            self.register_buffer("window_gather", gather.flatten(), persistent=False)
-            self.register_buffer("window_mask", valid[:, None, None], persistent=False)  # [W, 1, 1, P]
-            self.register_buffer("window_valid", valid.flatten().nonzero()[:, 0], persistent=False)
-        weight = self.visual.patch_embed.proj.weight
+            tables["window_gather"] = torch.where(valid, starts[:, None] + slot, starts[:, None]).flatten()  # [W * P]
+            tables["window_mask"] = valid[:, None, None]  # [W, 1, 1, P]
+            tables["window_valid"] = valid.flatten().nonzero()[:, 0]  # [L]: the slots holding patches
+        for name, table in tables.items():
+            self.register_buffer(name, table.to(weight.device), persistent=False)
         position_ids = get_vision_position_ids(torch.tensor([[1, *grid]]), vision.spatial_merge_size)
         cos, sin = self.visual.rotary_pos_emb(weight, position_ids.to(weight.device))  # [L, d], raster group order
         self.register_buffer("rotary_cos", self.window_ordered(cos), persistent=False)

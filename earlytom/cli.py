@@ -28,6 +28,7 @@ from earlytom.engine.memory_plan import (
     plan_memory,
 )
 from earlytom.engine.sessions import PROVIDERS, Providers
+from earlytom.engine_builder.build import at_resolution, parse_resolution
 from earlytom.eval.cli import add_parser as add_compare_parser
 from earlytom.models.registry import ModelNotFound, alias_family, family_of, known_names, packaged_config, resolve
 from earlytom.runtime.backends.base import KERNELS, METHODS
@@ -75,6 +76,13 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="eager model: its precision (default fp32)")
     parser.add_argument(
+        "--resolution",
+        type=parse_resolution,
+        default=None,
+        help="eager model: HEIGHTxWIDTH in px frames are resized to (default: the model's own; a model with dynamic "
+        "sizes takes what its processor allows); an engine's is fixed by build_engine --resolution",
+    )
+    parser.add_argument(
         "--providers",
         choices=PROVIDERS,
         default=None,
@@ -104,16 +112,23 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     what it was built with)."""
     options = {"method": method_of(args), "num_frames": args.frames, "kernels": args.kernels, "sampling": args.sampling}
     if args.engine is None:
+        options = {k: v for k, v in options.items() if v is not None}
         if args.providers is not None or args.trt_cache is not None:
             raise ValueError(
                 "--providers and --trt-cache apply to an --engine directory; the eager model takes --device"
             )
         loading = {"device": args.device, "dtype": args.dtype, "aot_kernels": args.aot_kernels}
-        given = {k: v for k, v in (options | loading).items() if v is not None}
+        given = options | {k: v for k, v in loading.items() if v is not None}
         name = "tiny" if args.model is None else args.model
-        return Pipeline.from_pretrained(name, random_init=args.random_init, config=config_from_args(args), **given)
+        pipe = Pipeline.from_pretrained(name, random_init=args.random_init, config=config_from_args(args), **given)
+        if args.resolution is None:
+            return pipe
+        loaded = at_resolution(pipe.backend.loaded, args.resolution, for_engine=False)
+        return Pipeline.from_model(loaded, aot=pipe.backend.aot, config=config_from_args(args), **options)
     if args.random_init:
         raise ValueError("--random-init is fixed when the engine is built; pass it to build_engine")
+    if args.resolution is not None:
+        raise ValueError("--resolution is fixed when the engine is built; pass it to build_engine")
     if args.device is not None or args.dtype is not None:
         raise ValueError(
             "--device and --dtype apply to the eager model (--model); an engine directory's precision is fixed by "

@@ -1,53 +1,63 @@
-"""The Qwen2.5-VL backbone (earlytom/models/qwen2_5_vl.py) against transformers' own model, on the tiny random
-configuration in fp32: visual features equal get_video_features, merged stretches equal the ViT on fewer slices,
-received attention equals a plain computation from the block's weights, M-RoPE positions equal get_rope_index,
-greedy tokens equal generate. Expected values come from transformers, from hand computations or from plain loops
-written here, never from the module under test."""
+"""The Qwen2.5-VL family (earlytom/models/qwen2_5_vl.py) against transformers' own model, on the tiny random
+configuration in fp32: visual features equal get_video_features, the batched blocks equal transformers' block
+modules, merged stretches equal the ViT on fewer slices, received attention equals a plain computation from the
+block's weights, M-RoPE positions equal get_rope_index, and the eager pipeline's greedy tokens equal generate on a
+local checkpoint with its tokenizer and processor files. Expected values come from transformers, from hand
+computations or from plain loops written here, never from the module under test."""
 
 import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import LlavaOnevisionConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
+from earlytom.compress import EarlyTomConfig
+from earlytom.models.backbone import VisualLayout
 from earlytom.models.qwen2_5_vl import (
     ALIASES,
-    TINY,
+    FAMILY,
     VIDEO_PAD,
-    VIDEO_PLACEHOLDER,
     QwenBackbone,
     QwenProcessor,
     check_resolution,
-    decode_start,
+    decoder_side,
     default_merge_layers,
-    load,
-    packaged_config,
-    positions,
+    dims,
+    processor,
     smart_resize,
+    valid_merge_layers,
 )
+from earlytom.models.registry import family_of, load_model, packaged_config
+from earlytom.runtime.decoder import next_position
+from earlytom.runtime.pipeline import Pipeline, sampled_fps
+from earlytom.video import stream_video
 
 FRAME = (168, 140)  # height, width: 12 x 10 patches, 6 x 5 merger groups, 2 x 2 windows (partial ones included)
 PATCHES = (12, 10)
+FULL_WINDOWS = (112, 224)  # an engine's size: 8 x 16 patches, two full windows
 
 
 @pytest.fixture(scope="module")
 def qwen():
-    return load(TINY)
+    return load_model("qwen-tiny")
 
 
 @pytest.fixture(scope="module")
 def backbone(qwen):
-    return QwenBackbone(qwen.model, FRAME)
+    return QwenBackbone(qwen.model, QwenProcessor(frame_size=FRAME))
 
 
 @pytest.fixture(scope="module")
-def processor(qwen):
-    return QwenProcessor.from_checkpoint(qwen.model.config, None, FRAME)
+def proc():
+    return QwenProcessor(frame_size=FRAME)
 
 
 def random_frames(count: int, size=FRAME, seed: int = 0) -> torch.Tensor:
@@ -55,9 +65,9 @@ def random_frames(count: int, size=FRAME, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (count, *size, 3), dtype=torch.uint8, generator=generator)
 
 
-def video_features(model, pixels: torch.Tensor) -> torch.Tensor:
+def video_features(model, pixels: torch.Tensor, patches=PATCHES) -> torch.Tensor:
     """transformers' visual tokens [N * T, D'] for pixel slices [N, L, C'] as one video."""
-    grid = torch.tensor([[pixels.shape[0], *PATCHES]])
+    grid = torch.tensor([[pixels.shape[0], *patches]])
     return torch.cat(model.get_video_features(pixels.reshape(-1, pixels.shape[-1]), grid).pooler_output)
 
 
@@ -74,11 +84,17 @@ def window_order_patches(h: int, w: int, window: int = 8) -> list[tuple[int, int
     return order
 
 
-# ---- configurations and loading
+# ---- the family, configurations and loading
+
+
+def test_the_family_is_registered_under_its_model_type_with_its_aliases():
+    assert family_of("qwen2_5_vl") is FAMILY
+    assert set(ALIASES) == {"qwen2.5-vl-3b", "qwen2.5-vl-7b", "qwen2.5-vl-72b", "qwen-tiny"}
+    assert ALIASES["qwen-tiny"] is None
 
 
 def test_tiny_builds_in_well_under_a_second():
-    config = packaged_config(TINY)
+    config = packaged_config("qwen-tiny")
     start = time.perf_counter()
     Qwen2_5_VLForConditionalGeneration(config)
     assert time.perf_counter() - start < 1.0
@@ -86,8 +102,13 @@ def test_tiny_builds_in_well_under_a_second():
 
 def test_stand_in_tokenizer_renders_the_video_placeholder_as_the_configs_ids(qwen):
     config = qwen.model.config
-    ids = qwen.tokenizer(VIDEO_PLACEHOLDER, add_special_tokens=False).input_ids
+    ids = qwen.tokenizer("<|vision_start|><|video_pad|><|vision_end|>", add_special_tokens=False).input_ids
     assert ids == [config.vision_start_token_id, config.video_token_id, config.vision_end_token_id]
+    assert (
+        qwen.tokenizer.eos_token_id
+        == config.text_config.eos_token_id
+        == qwen.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    )
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Why?"}]}]
     text = qwen.tokenizer.apply_chat_template(
         messages, chat_template=qwen.chat_template, tokenize=False, add_generation_prompt=True
@@ -115,28 +136,21 @@ def test_published_configs(name, llm_hidden, vision_mlp, decoder_layers, vocab):
     assert (text.num_hidden_layers, text.vocab_size) == (decoder_layers, vocab)
     assert text.rope_parameters["mrope_section"] == [16, 24, 24]
     assert (config.video_token_id, config.vision_start_token_id) == (151656, 151652)
-    assert default_merge_layers(vision, "official") == (7, 15, 23)
-    assert default_merge_layers(vision, "paper") == (7,)
+    assert default_merge_layers("official", config) == (7, 15, 23)
+    assert default_merge_layers("paper", config) == (7,)
+    assert valid_merge_layers(config) == (7, 15, 23)
     assert ALIASES[name].startswith("Qwen/Qwen2.5-VL-")
 
 
-def test_dims_of_the_7b_at_448_without_weights():
+def test_dims_of_the_7b_at_448():
+    config = packaged_config("qwen2.5-vl-7b")
+    got = dims(config, processor(config, None))
+    assert got.family == "qwen2_5_vl" and got.frame_size == (448, 448) and got.frames_per_unit == 2
+    assert (got.unit_shape, got.patch_tokens, got.hidden, got.heads) == ((1024, 1176), 1024, 1280, 16)
+    assert (got.encoder_layers, got.tokens_per_frame, got.llm_hidden, got.suffix_tokens) == (32, 256, 3584, 0)
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(packaged_config("qwen2.5-vl-7b"))
-    dims = QwenBackbone(model, (448, 448)).dims
-    assert dims == {
-        "family": "qwen2_5_vl",
-        "frame_size": (448, 448),
-        "frames_per_unit": 2,
-        "unit_shape": (1024, 1176),
-        "patch_tokens": 1024,
-        "hidden": 1280,
-        "heads": 16,
-        "encoder_layers": 32,
-        "tokens_per_unit": 256,
-        "llm_hidden": 3584,
-        "suffix_tokens": 0,
-    }
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    assert QwenBackbone(model, processor(config, None)).dims == got
 
 
 def test_load_a_local_checkpoint(tmp_path, qwen):
@@ -145,20 +159,13 @@ def test_load_a_local_checkpoint(tmp_path, qwen):
     (tmp_path / "chat_template.jinja").write_text("{{ 'template from the checkpoint' }}")
     settings = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"longest_edge": 200704}}
     (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(settings))
-    loaded = load(str(tmp_path))
-    assert not loaded.random_init and loaded.notes == []
+    loaded = load_model(str(tmp_path))
+    assert loaded.family is FAMILY and not loaded.random_init and loaded.notes == []
     assert loaded.chat_template == "{{ 'template from the checkpoint' }}"
-    assert loaded.preprocessor_config == settings
     for (key, theirs), ours in zip(qwen.model.state_dict().items(), loaded.model.state_dict().values(), strict=True):
         assert torch.equal(theirs, ours), key
-    processor = QwenProcessor.from_checkpoint(loaded.model.config, loaded.preprocessor_config, (56, 56))
-    assert (processor.mean, processor.std, processor.max_pixels) == ((0.5,) * 3, (0.5,) * 3, 200704)
-
-
-def test_load_refuses_another_family(tmp_path):
-    LlavaOnevisionConfig().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'llava_onevision' checkpoint, not Qwen2.5-VL"):
-        load(str(tmp_path), random_init=True)
+    proc = loaded.processor
+    assert (proc.mean, proc.std, proc.max_pixels, proc.frame_size) == ((0.5,) * 3, (0.5,) * 3, 200704, (448, 448))
 
 
 # ---- processor
@@ -253,7 +260,7 @@ def test_processor_round_trips_through_json():
 
 def test_processor_refuses_a_preprocessor_config_with_other_patch_sizes(qwen):
     with pytest.raises(ValueError, match="patch_size = 16 disagrees with the model's 14"):
-        QwenProcessor.from_checkpoint(qwen.model.config, {"patch_size": 16}, (56, 56))
+        processor(qwen.model.config, {"patch_size": 16})
 
 
 def torchvision_loads() -> bool:
@@ -277,34 +284,80 @@ def test_processor_matches_transformers_video_processor():
     torch.testing.assert_close(ours.reshape(-1, ours.shape[-1]), theirs["pixel_values_videos"])
 
 
+def test_processor_resizes_for_the_eager_path_and_for_engines():
+    proc = QwenProcessor(frame_size=(448, 448))
+    assert proc.resized((56, 84), for_engine=False).frame_size == (56, 84)
+    assert proc.resized((224, 336), for_engine=True) == replace(proc, frame_size=(224, 336))
+    with pytest.raises(ValueError, match=r"^resolution 56 x 84: an engine needs each side a positive multiple of 112"):
+        proc.resized((56, 84), for_engine=True)
+
+
 # ---- ViT stages
 
 
 @pytest.mark.parametrize("slices", [2, 3])
 @torch.no_grad()
-def test_full_encoder_equals_get_video_features(qwen, backbone, processor, slices):
-    pixels = processor(random_frames(2 * slices, seed=slices))
-    hidden = backbone.run_layers(backbone.embed(pixels), 0, backbone.dims["encoder_layers"])
-    tokens, scores = backbone.project(hidden, torch.zeros(slices, backbone.dims["patch_tokens"]))
+def test_full_encoder_equals_get_video_features(qwen, backbone, proc, slices):
+    pixels = proc(random_frames(2 * slices, seed=slices))
+    hidden = backbone.run_layers(backbone.embed(pixels), 0, backbone.dims.encoder_layers)
+    tokens, scores = backbone.project(hidden, torch.zeros(slices, backbone.dims.patch_tokens))
     assert tokens.shape == (slices, 30, 64) and scores.shape == (slices, 30)
     torch.testing.assert_close(tokens.reshape(-1, 64), video_features(qwen.model, pixels))
 
 
+def transformers_block(visual, index: int, hidden: torch.Tensor, patches: tuple[int, int]) -> torch.Tensor:
+    """Block `index` of transformers' ViT on hidden [N, L, D] (window order) as one video of N slices, with the
+    sequence boundaries, window tables and rotary embeddings its own forward computes."""
+    n, length, dim = hidden.shape
+    vision = visual.config
+    grid = torch.tensor([[n, *patches]])
+    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid, vision)
+    window, cu_windows = get_vision_window_index(grid, vision.spatial_merge_size, vision.window_size, vision.patch_size)
+    rotary = visual.rotary_pos_emb(hidden, get_vision_position_ids(grid, vision.spatial_merge_size))
+    rotary = tuple(visual.permute_input_for_window_attn(f, window, n * length) for f in rotary)
+    full = index in vision.fullatt_block_indexes
+    bounds = cu_seqlens if full else cu_windows
+    x = visual.blocks[index](hidden.reshape(n * length, dim), cu_seqlens=bounds, position_embeddings=rotary)
+    return x.view(n, length, dim)
+
+
+@pytest.mark.parametrize("frame", [FRAME, FULL_WINDOWS])
+@pytest.mark.parametrize("index", [0, 1])  # a window block, a full-attention block
 @torch.no_grad()
-def test_dropping_a_slice_at_a_merge_layer_equals_the_vit_on_fewer_slices(qwen, backbone, processor):
-    pixels = processor(random_frames(8, seed=7))
-    (layer,) = backbone.default_merge_layers("official")
+def test_batched_blocks_equal_transformers_block_modules(qwen, frame, index):
+    """Both the padded windows (168 x 140: windows of 64, 32, 48 and 24 patches) and the full ones (112 x 224)."""
+    backbone = QwenBackbone(qwen.model, QwenProcessor(frame_size=frame))
+    assert backbone.partial == (frame == FRAME)
+    hidden = backbone.embed(QwenProcessor(frame_size=frame)(random_frames(6, frame, seed=index)))
+    patches = (frame[0] // 14, frame[1] // 14)
+    expected = transformers_block(qwen.model.model.visual, index, hidden, patches)
+    torch.testing.assert_close(backbone.block(index, hidden), expected)
+
+
+@torch.no_grad()
+def test_full_windows_encoder_equals_get_video_features(qwen):
+    proc = QwenProcessor(frame_size=FULL_WINDOWS)
+    backbone = QwenBackbone(qwen.model, proc)
+    pixels = proc(random_frames(4, FULL_WINDOWS, seed=5))
+    tokens, _ = backbone.project(backbone.run_layers(backbone.embed(pixels), 0, 4), torch.zeros(2, 128))
+    torch.testing.assert_close(tokens.reshape(-1, 64), video_features(qwen.model, pixels, (8, 16)))
+
+
+@torch.no_grad()
+def test_dropping_a_slice_at_a_merge_layer_equals_the_vit_on_fewer_slices(qwen, backbone, proc):
+    pixels = proc(random_frames(8, seed=7))
+    (layer,) = default_merge_layers("official", qwen.model.config)
     hidden = backbone.run_layers(backbone.embed(pixels), 0, layer + 1)[[0, 1, 3]]
     tokens, _ = backbone.project(backbone.run_layers(hidden, layer + 1, 4), torch.zeros(3, 120))
     torch.testing.assert_close(tokens.reshape(-1, 64), video_features(qwen.model, pixels[[0, 1, 3]]))
 
 
 @torch.no_grad()
-def test_merged_slices_continue_as_independent_slices(backbone, processor):
+def test_merged_slices_continue_as_independent_slices(qwen, backbone, proc):
     """After a weighted merge (4 -> 3 slices) the tail runs the 3 slices as one video: each equals itself run
-    alone, so the sequence boundaries and window tables were recomputed for 3."""
-    pixels = processor(random_frames(8, seed=8))
-    (layer,) = backbone.default_merge_layers("paper")
+    alone."""
+    pixels = proc(random_frames(8, seed=8))
+    (layer,) = default_merge_layers("paper", qwen.model.config)
     hidden = backbone.run_layers(backbone.embed(pixels), 0, layer + 1)
     merged = torch.stack([hidden[0], 0.3 * hidden[1] + 0.7 * hidden[2], hidden[3]])
     together = backbone.run_layers(merged, layer + 1, 4)
@@ -337,9 +390,9 @@ def plain_received(block, hidden: torch.Tensor, heads: int, theta: float) -> tor
 
 
 @torch.no_grad()
-def test_received_equals_a_plain_computation(qwen, backbone, processor):
+def test_received_equals_a_plain_computation(qwen, backbone, proc):
     vision = qwen.model.config.vision_config
-    hidden = backbone.run_layers(backbone.embed(processor(random_frames(4, seed=4))), 0, 1)
+    hidden = backbone.run_layers(backbone.embed(proc(random_frames(4, seed=4))), 0, 1)
     ours = backbone.received(1, hidden)
     assert ours.dtype == torch.float32 and ours.shape == (2, 120)
     theta = vision.rope_parameters["rope_theta"]
@@ -348,13 +401,13 @@ def test_received_equals_a_plain_computation(qwen, backbone, processor):
         torch.testing.assert_close(ours[s].double(), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_window_blocks_are_refused_as_merge_layers_and_for_received(backbone):
-    assert backbone.valid_merge_layers() == (1,)
-    with pytest.raises(ValueError, match=r"choose from \(1,\)"):
-        backbone.check_merge_layers((0,))
-    with pytest.raises(ValueError, match=r"choose from \(1,\)"):
-        backbone.check_merge_layers((3,))  # the last block: nothing runs after it
-    assert backbone.check_merge_layers((1,)) == (1,)
+def test_window_blocks_are_refused_as_merge_layers_and_for_received(qwen, backbone):
+    assert valid_merge_layers(qwen.model.config) == (1,)
+    for layers in [(0,), (3,)]:  # a window block; the last block (nothing runs after it)
+        message = rf"^merge_layers = \({layers[0]},\): this model compresses only after layers \(1,\)$"
+        with pytest.raises(ValueError, match=message):
+            qwen.resolve(EarlyTomConfig(variant="paper", merge_layers=layers))
+    assert qwen.resolve(EarlyTomConfig()).merge_layers == (1,)
     with pytest.raises(ValueError, match=r"full-attention blocks \(1, 3\)"):
         backbone.received(2, torch.zeros(1, 120, 32))
 
@@ -387,6 +440,11 @@ def rope_index(model, before: int, grid: tuple[int, int, int], after: int, secon
     return position_ids[:, 0], int(delta)
 
 
+def layout(frame, index, firsts, units: int, seconds: float | None) -> VisualLayout:
+    source = torch.stack([firsts, firsts], 1)  # the last source slice does not enter positions
+    return VisualLayout(len(frame), frame, index, source, units, seconds)
+
+
 grids = st.tuples(st.integers(1, 5), st.sampled_from([2, 4, 6, 8]), st.sampled_from([2, 4, 6, 10]))
 seconds = st.sampled_from([1.0, 0.5, 2 / 3, 4.0, 0.3])
 
@@ -397,121 +455,104 @@ def test_positions_equal_get_rope_index(qwen, before, grid, after, seconds_per_u
     config = qwen.model.config
     expected, delta = rope_index(qwen.model, before, grid, after, seconds_per_unit)
     units, h, w = grid
+    side = decoder_side(config, dims(config, QwenProcessor(frame_size=(h * 14, w * 14))))
     tokens = (h // 2) * (w // 2)
     every = torch.arange(units * tokens)
-    full = positions(
-        config,
-        before=before,
-        grid=grid,
-        kept_frame=every // tokens,
-        kept_index=every % tokens,
-        source_first=torch.arange(units),
-        after=after,
-        seconds_per_unit=seconds_per_unit,
+    full = side.positions(
+        before, layout(every // tokens, every % tokens, torch.arange(units), units, seconds_per_unit), after
     )
-    assert torch.equal(full, expected)
+    assert full.shape == (3, 1, before + units * tokens + after)
+    assert torch.equal(full[:, 0], expected)
     length = before + units * tokens + after
-    assert decode_start(config, before=before, grid=grid, after=after, seconds_per_unit=seconds_per_unit) == (
-        length + delta
-    )
+    assert next_position(full).flatten().tolist() == [length + delta] * 3  # where generate decodes on
     # compressed: output slices start at increasing source slices, a subset of tokens is kept (temporal order)
     firsts = sorted(data.draw(st.sets(st.integers(0, units - 1), min_size=1)))
-    kept = sorted(data.draw(st.sets(st.integers(0, len(firsts) * tokens - 1))))
-    kept = torch.tensor(kept, dtype=torch.long)
-    ours = positions(
-        config,
-        before=before,
-        grid=grid,
-        kept_frame=kept // tokens,
-        kept_index=kept % tokens,
-        source_first=torch.tensor(firsts),
-        after=after,
-        seconds_per_unit=seconds_per_unit,
+    kept = torch.tensor(sorted(data.draw(st.sets(st.integers(0, len(firsts) * tokens - 1)))), dtype=torch.long)
+    ours = side.positions(
+        before, layout(kept // tokens, kept % tokens, torch.tensor(firsts), units, seconds_per_unit), after
     )
     columns = [before + firsts[k // tokens] * tokens + k % tokens for k in kept.tolist()]
     gathered = [*range(before), *columns, *range(length - after, length)]
-    assert torch.equal(ours, expected[:, gathered])
+    assert torch.equal(ours[:, 0], expected[:, gathered])
+
+
+def test_positions_default_to_448_px_frames_at_2_fps(qwen):
+    """Without the vision dims the side assumes 448 x 448 frames (16 x 16 merged tokens); without a time, slices of
+    2 frames at 2 fps (1 s each, tokens_per_second 2: slice 1 at t = 2). Token 17 of slice 1: row 1, column 1."""
+    side = decoder_side(qwen.model.config)
+    ids = side.positions(1, layout(torch.tensor([0, 1]), torch.tensor([0, 17]), torch.tensor([0, 1]), 2, None), 1)
+    assert ids[:, 0].tolist() == [[0, 1, 3, 17], [0, 1, 2, 17], [0, 1, 2, 17]]
 
 
 def test_positions_refuse_indexes_outside_the_video(qwen):
-    config = qwen.model.config
+    side = decoder_side(qwen.model.config, dims(qwen.model.config, QwenProcessor(frame_size=(56, 56))))
     with pytest.raises(ValueError, match="token indices in \\[0, 4\\)"):
-        positions(
-            config,
-            before=1,
-            grid=(2, 4, 4),
-            kept_frame=torch.tensor([0]),
-            kept_index=torch.tensor([4]),
-            source_first=torch.tensor([0, 1]),
-            after=1,
-            seconds_per_unit=1.0,
-        )
+        side.positions(1, layout(torch.tensor([0]), torch.tensor([4]), torch.tensor([0, 1]), 2, 1.0), 1)
     with pytest.raises(ValueError, match="source_first must index the 2 source slices"):
-        positions(
-            config,
-            before=1,
-            grid=(2, 4, 4),
-            kept_frame=torch.tensor([0]),
-            kept_index=torch.tensor([0]),
-            source_first=torch.tensor([0, 2]),
-            after=1,
-            seconds_per_unit=1.0,
-        )
+        side.positions(1, layout(torch.tensor([0]), torch.tensor([0]), torch.tensor([0, 2]), 2, 1.0), 1)
+
+
+# ---- end to end
+
+
+@pytest.fixture(scope="module")
+def checkpoint(qwen, tmp_path_factory):
+    """The tiny model as a local HF-format checkpoint: weights, tokenizer, chat template, video processor."""
+    directory = tmp_path_factory.mktemp("qwen-checkpoint")
+    qwen.model.save_pretrained(directory)
+    qwen.tokenizer.save_pretrained(directory)
+    (directory / "chat_template.jinja").write_text(qwen.chat_template)
+    settings = {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3], "temporal_patch_size": 2}
+    (directory / "video_preprocessor_config.json").write_text(json.dumps(settings))
+    return directory
 
 
 @torch.no_grad()
-def test_greedy_tokens_with_spliced_embeddings_equal_generate(qwen, backbone, processor):
-    """Prefill over our visual tokens spliced between the prompt's embeddings, at our positions, then greedy steps
-    from decode_start: the tokens and every step's logits equal generate's on the same frames and prompt."""
-    model, tokenizer, config = qwen.model, qwen.tokenizer, qwen.model.config
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
-    text = tokenizer.apply_chat_template(
-        messages, chat_template=qwen.chat_template, tokenize=False, add_generation_prompt=True
-    )
-    head, tail = text.split(VIDEO_PAD)
-    before = torch.tensor(tokenizer(head, add_special_tokens=False).input_ids)
-    after = torch.tensor(tokenizer(tail, add_special_tokens=False).input_ids)
-    slices, seconds_per_unit, new_tokens = 3, 2 / 3, 8
-    pixels = processor(random_frames(2 * slices, seed=11))
-    grid = (slices, *PATCHES)
+def test_full_tokens_equal_get_video_features_and_greedy_tokens_equal_generate(checkpoint):
+    """Method full on a local checkpoint: the visual embeddings equal get_video_features and the greedy tokens
+    equal generate's on the same frames and prompt (a frame array: 2 fps, 1 s per slice)."""
+    loaded = load_model(str(checkpoint))
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.model.config
+    slices, new_tokens, prompt = 3, 8, "What happens?"
+    frames = random_frames(2 * slices, (448, 448), seed=11)
+    result = Pipeline.from_model(loaded, method="full", num_frames=2 * slices).generate(frames, prompt, new_tokens)
 
-    video = torch.full((slices * 30,), config.video_token_id)
-    input_ids = torch.cat([before, video, after])[None]
+    pixels = loaded.processor(frames)  # tested against transformers' video processor above, where it loads
+    torch.testing.assert_close(result.visual.embeds, video_features(model, pixels, (32, 32)))
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    head, tail = text.split(VIDEO_PAD)
+    video = [config.video_token_id] * (slices * 256)
+    input_ids = torch.tensor([tokenizer(head).input_ids + video + tokenizer(tail).input_ids])
     theirs = model.generate(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         mm_token_type_ids=(input_ids == config.video_token_id).int() * 2,
         pixel_values_videos=pixels.reshape(-1, pixels.shape[-1]),
-        video_grid_thw=torch.tensor([grid]),
-        second_per_grid_ts=torch.tensor([seconds_per_unit]),
+        video_grid_thw=torch.tensor([[slices, 32, 32]]),
+        second_per_grid_ts=torch.tensor([1.0]),
         do_sample=False,
         max_new_tokens=new_tokens,
-        output_logits=True,
-        return_dict_in_generate=True,
     )
+    assert result.token_ids == theirs[0, input_ids.shape[1] :].tolist()
 
-    tokens, _ = backbone.project(backbone.run_layers(backbone.embed(pixels), 0, 4), torch.zeros(slices, 120))
-    embed = model.get_input_embeddings()
-    embeds = torch.cat([embed(before), tokens.reshape(-1, 64), backbone.suffix(), embed(after)])[None]
-    every = torch.arange(slices * 30)
-    position_ids = positions(
-        config,
-        before=len(before),
-        grid=grid,
-        kept_frame=every // 30,
-        kept_index=every % 30,
-        source_first=torch.arange(slices),
-        after=len(after),
-        seconds_per_unit=seconds_per_unit,
-    )
-    out = model(inputs_embeds=embeds, position_ids=position_ids[:, None], use_cache=True)
-    start = decode_start(config, before=len(before), grid=grid, after=len(after), seconds_per_unit=seconds_per_unit)
-    logits = [out.logits[0, -1]]
-    ours = [int(logits[-1].argmax())]
-    while len(ours) < new_tokens and ours[-1] != config.text_config.eos_token_id:
-        step = torch.full((3, 1, 1), start + len(ours) - 1)
-        out = model(input_ids=torch.tensor([[ours[-1]]]), position_ids=step, cache=out.cache, use_cache=True)
-        logits.append(out.logits[0, -1])
-        ours.append(int(logits[-1].argmax()))
-    assert ours == theirs.sequences[0, input_ids.shape[1] :].tolist()
-    torch.testing.assert_close(torch.stack(logits), torch.cat(theirs.logits))
+
+def test_pretrained_tiny_answers_a_video_file_with_earlytom(clips):
+    pipe = Pipeline.from_pretrained("qwen-tiny", num_frames=8)
+    result = pipe.generate(clips["cut"], "What changes?", max_new_tokens=4)
+    counts = result.counts
+    assert counts["frames_in"] == 8 and result.visual.units == 4
+    assert counts["frames_after_layer_1"] == counts["frames_after_merge"] <= 4
+    assert counts["visual_tokens"] == len(result.visual.embeds) > 0
+    assert counts["visual_embeds_after_inner"] < counts["visual_embeds_before_inner"] == counts["visual_tokens"]
+    assert 1 <= len(result.token_ids) <= 4
+
+
+def test_seconds_per_slice_come_from_the_sampled_frames(clips, tmp_path):
+    """A file: its sampled frames over the seconds they span (24 frames at 8 fps, 8 sampled at frames 0, 3, 6, 9,
+    13, 16, 19, 23: 7 intervals in 23/8 s); arrays and image folders: 2 fps."""
+    stream = stream_video(clips["cut"], 8)
+    assert stream.indices == [0, 3, 6, 9, 13, 16, 19, 23]
+    assert sampled_fps(clips["cut"], stream.timestamps) == pytest.approx(7 / (23 / 8))
+    assert sampled_fps(np.zeros((4, 8, 8, 3), np.uint8), [0.0, 1.0, 2.0, 3.0]) == 2.0
+    assert sampled_fps(str(tmp_path), [0.0, 10.0]) == 2.0

@@ -2,7 +2,7 @@
 
     build_engine --model llava-ov-7b --output engines/ov7b [--backend auto|onnxruntime|tensorrt]
                  [--variant official|paper] [--preset videomme] [--retain-ratio 0.20] [--merge-layers 8,21,23]
-                 [--frames 32] [--dtype fp32|fp16] [--random-init]
+                 [--frames 32] [--resolution HxW] [--dtype fp32|fp16] [--random-init]
 
 Everything is written into a staging directory beside DIR and swapped into place at the end
 (earlytom.engine.staging): an interrupted or failed build leaves no DIR behind and never damages an existing
@@ -11,6 +11,7 @@ one; replacing one needs --overwrite and only ever replaces an engine directory.
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -60,6 +61,31 @@ def default_dtype(backend: str) -> str:
 def check_frames(frames: int) -> None:
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise BuildError(f"frames = {frames!r}: engines take at least 2 frames (an integer >= 2); use --frames 32")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """ "448x336" -> (448, 336): frame height x width in pixels (argparse type of --resolution)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels (e.g. 448x448)")
+    return int(match[1]), int(match[2])
+
+
+def at_resolution(loaded: LoadedModel, resolution: tuple[int, int], *, for_engine: bool) -> LoadedModel:
+    """`loaded` with its processor at frame size `resolution` (height, width), as the model family allows it for an
+    engine or for the eager path (ValueError naming the valid sizes). A processor of one fixed size takes only
+    that size."""
+    resolution = tuple(resolution)
+    resized = getattr(loaded.processor, "resized", None)
+    if resized is not None:
+        return replace(loaded, processor=resized(resolution, for_engine=for_engine))
+    if resolution != tuple(loaded.processor.frame_size):
+        height, width = loaded.processor.frame_size
+        raise ValueError(
+            f"resolution {resolution[0]} x {resolution[1]}: {loaded.name} takes frames of {height} x {width} only; "
+            f"use --resolution {height}x{width} or leave it out"
+        )
+    return loaded
 
 
 def check_units(dims: VisionDims, frames: int) -> int:
@@ -128,6 +154,7 @@ def build(
     backend: str = "auto",
     config: EarlyTomConfig | None = None,
     frames: int = 32,
+    resolution: tuple[int, int] | None = None,
     dtype: str | None = None,
     gpu_archs: tuple[str, ...] | None = None,
     random_init: bool = False,
@@ -135,8 +162,9 @@ def build(
     progress: bool = True,
 ) -> Manifest:
     """Build the engine directory `output` for `model` (a name for registry.load_model, or a model already loaded);
-    returns its manifest. `gpu_archs` (None: all four for the TensorRT backend, none for ONNX Runtime) selects the
-    AOT-compiled plugin kernels stored."""
+    returns its manifest. `resolution` (height, width; None: the processor's default) is the one frame size the
+    engine takes, as the model family allows it for engines. `gpu_archs` (None: all four for the TensorRT backend,
+    none for ONNX Runtime) selects the AOT-compiled plugin kernels stored."""
     check_frames(frames)
     backend = choose_backend(backend)
     dtype = default_dtype(backend) if dtype is None else dtype
@@ -152,6 +180,11 @@ def build(
     ):
         steps.set_postfix_str(f"load {getattr(model, 'name', model)}")
         loaded = model if isinstance(model, LoadedModel) else load_model(model, random_init=random_init)
+        if resolution is not None:
+            try:
+                loaded = at_resolution(loaded, resolution, for_engine=True)
+            except ValueError as error:
+                raise BuildError(str(error)) from None
         backbone, dims = loaded.backbone(), loaded.dims
         units = check_units(dims, frames)
         config = loaded.resolve(config)
@@ -217,6 +250,13 @@ def parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--frames", type=int, default=32, help="most frames a request may have (>= 2; default 32)")
     p.add_argument(
+        "--resolution",
+        type=parse_resolution,
+        default=None,
+        help="HEIGHTxWIDTH in px of every frame the engine takes (default: the model's own size; a model with windowed "
+        "attention needs multiples of its window, e.g. 112 px)",
+    )
+    p.add_argument(
         "--dtype",
         choices=GRAPH_DTYPES,
         default=None,
@@ -242,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         config=config_from_args(args),
         frames=args.frames,
+        resolution=args.resolution,
         dtype=args.dtype,
         gpu_archs=None if args.gpu_archs is None else tuple(args.gpu_archs),
         random_init=args.random_init,

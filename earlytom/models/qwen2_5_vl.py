@@ -1,4 +1,4 @@
-"""Qwen2.5-VL as the stages of DESIGN.md section 8, built from transformers' own modules.
+"""Qwen2.5-VL as a backbone (earlytom.models.backbone, DESIGN.md section 8), built from transformers' own modules.
 
 The unit is a temporal slice: the Conv3d patch embedding fuses 2 frames into h x w patches (h, w: frame
 height and width / 14). Every attention of the ViT stays inside one slice (window blocks inside 112-px
@@ -11,40 +11,38 @@ slices leaves a valid video of N slices.
     hidden [N, L, D]     --received(i)--> attention [N, L]                    full-attention block i only
     hidden [N, L, D], scores [N, L] --project--> tokens [N, T, D'], scores [N, T]
                                                    merger, back to raster order; T = (h/2)(w/2)
-    visual [K, D'] spliced between the prompt's text embeddings (no suffix), with `positions` (M-RoPE)
+    visual [K, D'] spliced between the prompt's text embeddings (no suffix), at M-RoPE positions [3, 1, S]
 
 "Window order" is the order the ViT works in: merger groups (2x2 patches) permuted window by window
 (transformers' window index); "raster order" is row-major over the (h/2) x (w/2) merger grid, the order of
-`get_video_features`. Nothing in transformers is edited or monkey-patched.
+`get_video_features`. The blocks run batched over slices and windows (`QwenBackbone.block`): transformers' own
+block forward loops in Python over the sequences of its packed batch, which an exported graph would freeze at
+the export's slice count. Nothing in transformers is edited or monkey-patched.
 """
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from importlib import resources
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from torch.nn.functional import scaled_dot_product_attention
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-from transformers.utils.generic import get_max_seqlen
-from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
+from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from earlytom.models.registry import CHAT_TEMPLATE_FILES, PREPROCESSOR_FILES, ModelNotFound, checkpoint_file
-from earlytom.models.tokenizer import byte_level_tokenizer
+from earlytom.models.backbone import Family, VisionDims, VisualLayout
 
-FAMILY = "qwen2_5_vl"
-ALIASES = {
+ALIASES = {  # short name -> Hugging Face id; each has a packaged config, configs/<alias>.json
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
     "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
     "qwen2.5-vl-72b": "Qwen/Qwen2.5-VL-72B-Instruct",
+    "qwen-tiny": None,  # random weights only, for tests and demos (configs/qwen-tiny.json)
 }
-TINY = "qwen-tiny"
 
-# What the chat template renders for one video; its <|video_pad|> becomes one token per visual token.
+# What the chat template renders for one video is <|vision_start|><|video_pad|><|vision_end|>: the prompt is split
+# at <|video_pad|>, which stands for the visual tokens.
 VIDEO_PAD = "<|video_pad|>"
-VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 
 # Qwen2.5-VL's chat template (its chat_template.json), for checkpoints without one (tiny, random-init aliases).
 CHAT_TEMPLATE = (
@@ -61,8 +59,17 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# Added to the byte-level stand-in tokenizer after its ids 0-261: 262-265, as configs/qwen-tiny.json expects.
-STAND_IN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", VIDEO_PAD]
+# The stand-in byte-level tokenizer's special tokens, ids 256 ... in this order (matching configs/qwen-tiny.json).
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<pad>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    VIDEO_PAD,
+)
 
 # transformers' Qwen2VLVideoProcessor defaults (OpenAI CLIP normalisation; 128 to 768 merged tokens per frame).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -71,6 +78,8 @@ VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 EAGER_MULTIPLE = 28  # patch 14 x merge 2: the eager path's frame sides
 ENGINE_MULTIPLE = 112  # the ViT's window: engines need every window full (static attention shapes)
+DEFAULT_FRAME_SIZE = (448, 448)  # 32 x 32 patches, T = 256 (DESIGN 8); --resolution chooses another
+DEFAULT_FPS = 2.0  # the rate of sampled frames when the caller gives none (arrays, image folders)
 
 
 def smart_resize(
@@ -160,6 +169,12 @@ class QwenProcessor:
         """The frame size Qwen's rule picks for a video of height x width (the eager path's dynamic size)."""
         return smart_resize(height, width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels)
 
+    def resized(self, frame_size: tuple[int, int], *, for_engine: bool) -> "QwenProcessor":
+        """This processor at another frame size (height, width): multiples of 28 px for the eager path, of 112 px
+        for an engine (ValueError naming the nearest valid sizes)."""
+        factor = self.patch_size * self.merge_size
+        return replace(self, frame_size=check_resolution(*frame_size, for_engine=for_engine, factor=factor))
+
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames [b, H, W, 3] at frame_size, b even -> pixels [b / 2, h * w, 3 * 2 * p * p] float32."""
         if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
@@ -193,45 +208,63 @@ class QwenProcessor:
         tuples = {key: tuple(fields[key]) for key in ("frame_size", "mean", "std")}
         return cls(**{**fields, **tuples})
 
-    @classmethod
-    def from_checkpoint(
-        cls, config: Qwen2_5_VLConfig, preprocessor_config: dict | None, frame_size: tuple[int, int]
-    ) -> "QwenProcessor":
-        """The checkpoint's normalisation and resize bounds (its (video_)preprocessor_config.json; None: the video
-        processor's defaults) with the model's patch sizes, at frame_size."""
-        vision, settings = config.vision_config, preprocessor_config or {}
-        sizes = {
-            "patch_size": vision.patch_size,
-            "temporal_patch_size": vision.temporal_patch_size,
-            "merge_size": vision.spatial_merge_size,
-        }
-        for key, value in sizes.items():
-            if settings.get(key, value) != value:
-                raise ValueError(f"preprocessor config {key} = {settings[key]} disagrees with the model's {value}")
-        size = settings.get("size") or {}
-        return cls(
-            frame_size=tuple(frame_size),
-            **sizes,
-            mean=tuple(settings.get("image_mean", CLIP_MEAN)),
-            std=tuple(settings.get("image_std", CLIP_STD)),
-            rescale=float(settings.get("rescale_factor", 1 / 255)),
-            min_pixels=int(size.get("shortest_edge", settings.get("min_pixels", VIDEO_MIN_PIXELS))),
-            max_pixels=int(size.get("longest_edge", settings.get("max_pixels", VIDEO_MAX_PIXELS))),
-        )
+
+def processor(config: Qwen2_5_VLConfig, settings: dict | None, frame_size=DEFAULT_FRAME_SIZE) -> QwenProcessor:
+    """The checkpoint's normalisation and resize bounds (its (video_)preprocessor_config.json `settings`; None: the
+    video processor's defaults) with the model's patch sizes, at `frame_size` (448 x 448 unless given)."""
+    vision, settings = config.vision_config, settings or {}
+    sizes = {
+        "patch_size": vision.patch_size,
+        "temporal_patch_size": vision.temporal_patch_size,
+        "merge_size": vision.spatial_merge_size,
+    }
+    for key, value in sizes.items():
+        if settings.get(key, value) != value:
+            raise ValueError(f"preprocessor config {key} = {settings[key]} disagrees with the model's {value}")
+    size = settings.get("size") or {}
+    return QwenProcessor(
+        frame_size=tuple(frame_size),
+        **sizes,
+        mean=tuple(settings.get("image_mean", CLIP_MEAN)),
+        std=tuple(settings.get("image_std", CLIP_STD)),
+        rescale=float(settings.get("rescale_factor", 1 / 255)),
+        min_pixels=int(size.get("shortest_edge", settings.get("min_pixels", VIDEO_MIN_PIXELS))),
+        max_pixels=int(size.get("longest_edge", settings.get("max_pixels", VIDEO_MAX_PIXELS))),
+    )
 
 
-def valid_merge_layers(vision_config) -> tuple[int, ...]:
+def dims(config: Qwen2_5_VLConfig, proc: QwenProcessor) -> VisionDims:
+    vision = config.vision_config
+    h, w = proc.frame_size[0] // vision.patch_size, proc.frame_size[1] // vision.patch_size
+    merge = vision.spatial_merge_size
+    return VisionDims(
+        family=config.model_type,
+        frame_size=proc.frame_size,
+        frames_per_unit=vision.temporal_patch_size,
+        unit_shape=(h * w, vision.in_channels * vision.temporal_patch_size * vision.patch_size**2),
+        patch_tokens=h * w,
+        hidden=vision.hidden_size,
+        heads=vision.num_heads,
+        encoder_layers=vision.depth,
+        tokens_per_frame=(h // merge) * (w // merge),
+        llm_hidden=vision.out_hidden_size,
+        suffix_tokens=0,
+    )
+
+
+def valid_merge_layers(config: Qwen2_5_VLConfig) -> tuple[int, ...]:
     """Blocks after which slices may merge: the full-attention ones (their received attention covers the slice)
     except the last block."""
-    return tuple(sorted(i for i in vision_config.fullatt_block_indexes if i < vision_config.depth - 1))
+    vision = config.vision_config
+    return tuple(sorted(i for i in vision.fullatt_block_indexes if i < vision.depth - 1))
 
 
-def default_merge_layers(vision_config, variant: str) -> tuple[int, ...]:
+def default_merge_layers(variant: str, config: Qwen2_5_VLConfig) -> tuple[int, ...]:
     """official: every valid merge layer ((7, 15, 23) for depth 32, DESIGN 8); paper: one merge, after the first
     full-attention block (7 of 32: layers 0..7 see all slices, as the package's paper default n // 4 - 1)."""
-    valid = valid_merge_layers(vision_config)
+    valid = valid_merge_layers(config)
     if not valid:
-        raise ValueError(f"this ViT has no full-attention block before its last ({vision_config.depth - 1})")
+        raise ValueError(f"this ViT has no full-attention block before its last ({config.vision_config.depth - 1})")
     if variant == "paper":
         return valid[:1]
     if variant == "official":
@@ -239,80 +272,107 @@ def default_merge_layers(vision_config, variant: str) -> tuple[int, ...]:
     raise ValueError(f"variant = {variant!r} is not one of official, paper")
 
 
-class QwenBackbone(nn.Module):
-    """The pipeline stages of one `Qwen2_5_VLForConditionalGeneration` at one frame size (height, width)."""
+def window_layout(grid: tuple[int, int], vision) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows of one slice of grid = (h, w) patches: (window_order [T], the raster merger group at each
+    window-order slot; lengths [W], patches per window, window after window in window order)."""
+    one_slice = torch.tensor([[1, *grid]])
+    order, bounds = get_vision_window_index(one_slice, vision.spatial_merge_size, vision.window_size, vision.patch_size)
+    return order, bounds.diff().long()
 
-    def __init__(self, model: Qwen2_5_VLForConditionalGeneration, frame_size: tuple[int, int]) -> None:
+
+class QwenBackbone(nn.Module):
+    """The encoder stages of one `Qwen2_5_VLForConditionalGeneration` at the processor's frame size."""
+
+    def __init__(self, model: Qwen2_5_VLForConditionalGeneration, proc: QwenProcessor) -> None:
         super().__init__()
         self.model = model
         self.visual = model.model.visual  # Qwen2_5_VisionTransformerPretrainedModel
         vision = model.config.vision_config
-        height, width = check_resolution(
-            *frame_size, for_engine=False, factor=vision.patch_size * vision.spatial_merge_size
-        )
-        self.grid = (height // vision.patch_size, width // vision.patch_size)  # (h, w) patches
+        self.dims = dims(model.config, proc)
+        grid = (proc.frame_size[0] // vision.patch_size, proc.frame_size[1] // vision.patch_size)
         self.group = vision.spatial_merge_size**2  # patches per merger group
         self.full_blocks = frozenset(vision.fullatt_block_indexes)
-        one_slice = torch.tensor([[1, *self.grid]])
-        window, _ = get_vision_window_index(one_slice, vision.spatial_merge_size, vision.window_size, vision.patch_size)
-        self.register_buffer("window_order", window, persistent=False)  # [T]: raster group at each window slot
-        self.register_buffer("raster_order", torch.argsort(window), persistent=False)  # [T]: its inverse
-        h, w = self.grid
-        self.dims = {
-            "family": FAMILY,
-            "frame_size": (height, width),
-            "frames_per_unit": vision.temporal_patch_size,
-            "unit_shape": (h * w, vision.in_channels * vision.temporal_patch_size * vision.patch_size**2),
-            "patch_tokens": h * w,
-            "hidden": vision.hidden_size,
-            "heads": vision.num_heads,
-            "encoder_layers": vision.depth,
-            "tokens_per_unit": len(window),
-            "llm_hidden": vision.out_hidden_size,
-            "suffix_tokens": 0,
-        }
+        weight = self.visual.patch_embed.proj.weight  # the tables are built on the CPU, kept beside the weights
+        order, lengths = window_layout(grid, vision)
+        self.window = (vision.window_size // vision.patch_size) ** 2  # P, patches of a full window
+        self.partial = bool((lengths < self.window).any())
+        tables = {"window_order": order, "raster_order": torch.argsort(order)}  # [T] each: the permutation, inverse
+        if self.partial:  # pad every window to P patches; padded keys are masked, padded queries dropped
+            slot = torch.arange(self.window)
+            starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+            valid = slot < lengths[:, None]  # [W, P]
+            tables["window_gather"] = torch.where(valid, starts[:, None] + slot, starts[:, None]).flatten()  # [W * P]
+            tables["window_mask"] = valid[:, None, None]  # [W, 1, 1, P]
+            tables["window_valid"] = valid.flatten().nonzero()[:, 0]  # [L]: the slots holding patches
+        for name, table in tables.items():
+            self.register_buffer(name, table.to(weight.device), persistent=False)
+        position_ids = get_vision_position_ids(torch.tensor([[1, *grid]]), vision.spatial_merge_size)
+        cos, sin = self.visual.rotary_pos_emb(weight, position_ids.to(weight.device))  # [L, d], raster group order
+        self.register_buffer("rotary_cos", self.window_ordered(cos), persistent=False)
+        self.register_buffer("rotary_sin", self.window_ordered(sin), persistent=False)
         self.eval()
 
-    def vit_inputs(self, slices: int) -> dict:
-        """What the blocks take for a video of `slices` slices, computed as transformers' ViT forward does for
-        video_grid_thw [[slices, h, w]]: {"full": cu_seqlens (one sequence per slice) and max_seqlen, "window":
-        the same over the windows, "position_embeddings": rotary (cos, sin) [slices * L, head_dim] in window
-        order}."""
-        visual, vision = self.visual, self.visual.config
-        weight = visual.patch_embed.proj.weight
-        grid = torch.tensor([[slices, *self.grid]], device=weight.device)
-        cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid, vision)
-        window, cu_windows = get_vision_window_index(
-            grid, vision.spatial_merge_size, vision.window_size, vision.patch_size
-        )
-        rotary = visual.rotary_pos_emb(weight, get_vision_position_ids(grid, vision.spatial_merge_size))
-        length = slices * self.dims["patch_tokens"]
-        return {
-            "full": {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen},
-            "window": {"cu_seqlens": cu_windows, "max_seqlen": get_max_seqlen(cu_windows, vision)},
-            "position_embeddings": tuple(visual.permute_input_for_window_attn(f, window, length) for f in rotary),
-        }
+    def window_ordered(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., L, C] in merge-group order -> window order (the groups permuted by window_order)."""
+        grouped = x.unflatten(-2, (-1, self.group))
+        return grouped[..., self.window_order, :, :].flatten(-3, -2)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [N, L, C'] (QwenProcessor's layout) -> hidden [N, L, D] entering block 0, in window order."""
         n, length, values = pixels.shape
-        if (length, values) != self.dims["unit_shape"]:
+        if (length, values) != self.dims.unit_shape:
             raise ValueError(
                 f"pixels [N, L, C'] = {list(pixels.shape)}: this backbone takes L, C' = "
-                f"{self.dims['unit_shape']} (frame size {self.dims['frame_size']})"
+                f"{self.dims.unit_shape} (frame size {self.dims.frame_size})"
             )
         hidden = self.visual.patch_embed(pixels.reshape(n * length, values))  # casts to the weights' dtype
-        return hidden.view(n, -1, self.group, hidden.shape[-1])[:, self.window_order].reshape(n, length, -1)
+        return self.window_ordered(hidden.view(n, length, -1))
+
+    def qkv(self, index: int, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Block `index`'s rotated queries and keys and its values for hidden [N, L, D]: each [N, L, H, d]."""
+        block = self.visual.blocks[index]
+        attn = block.attn
+        n, length, _ = hidden.shape
+        q, k, v = attn.qkv(block.norm1(hidden)).view(n, length, 3, attn.num_heads, -1).unbind(2)
+        q, k = apply_rotary_pos_emb_vision(q, k, self.rotary_cos, self.rotary_sin)
+        return q, k, v
+
+    def windowed(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, L, H, d] in window order -> [N * W, H, P, d], one row per window (padded windows: P patches)."""
+        if self.partial:
+            x = x[:, self.window_gather]
+        return x.reshape(-1, self.window, *x.shape[2:]).transpose(1, 2)
+
+    def attention(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The attention output of block `index` (its proj included) for hidden [N, L, D] entering it: over each
+        slice in a full-attention block, over each 112-px window otherwise, batched."""
+        attn = self.visual.blocks[index].attn
+        q, k, v = self.qkv(index, hidden)
+        n, length, heads, d = q.shape
+        if index in self.full_blocks:
+            out = scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), scale=attn.scaling)
+            return attn.proj(out.transpose(1, 2).reshape(n, length, heads * d))
+        mask = None
+        if self.partial:
+            mask = self.window_mask.expand(n, -1, -1, -1, -1).flatten(0, 1)  # [N * W, 1, 1, P]
+        out = scaled_dot_product_attention(*map(self.windowed, (q, k, v)), attn_mask=mask, scale=attn.scaling)
+        out = out.transpose(1, 2).reshape(n, -1, heads * d)  # [N, W * P, H * d]
+        if self.partial:
+            out = out[:, self.window_valid]
+        return attn.proj(out)
+
+    def block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """ViT block `index` on hidden [N, L, D] (N slices, window order) with its own submodules: what
+        transformers' block forward computes for these slices as one video, without a loop over slices."""
+        block = self.visual.blocks[index]
+        hidden = hidden + self.attention(index, hidden)
+        return hidden + block.mlp(block.norm2(hidden))
 
     def run_layers(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """hidden [N, L, D] entering block `start` -> leaving block `stop - 1`, the N slices as one video."""
-        n, length, dim = hidden.shape
-        inputs = self.vit_inputs(n)
-        x = hidden.reshape(n * length, dim)
+        """hidden [N, L, D] entering block `start` -> leaving block `stop - 1`."""
         for index in range(start, stop):
-            kind = "full" if index in self.full_blocks else "window"
-            x = self.visual.blocks[index](x, position_embeddings=inputs["position_embeddings"], **inputs[kind])
-        return x.view(n, length, dim)
+            hidden = self.block(index, hidden)
+        return hidden
 
     def received(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, L, D] entering full-attention block `index` -> the attention each token receives there,
@@ -322,14 +382,9 @@ class QwenBackbone(nn.Module):
                 f"block {index} attends within 112-px windows, not over the slice: the received attention is "
                 f"defined in the full-attention blocks {tuple(sorted(self.full_blocks))}"
             )
-        block = self.visual.blocks[index]
-        attn = block.attn
-        n, length, _ = hidden.shape
-        q, k, _ = attn.qkv(block.norm1(hidden)).reshape(n, length, 3, attn.num_heads, -1).unbind(2)  # [N, L, H, d]
-        cos, sin = (f[:length] for f in self.vit_inputs(1)["position_embeddings"])
-        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-        logits = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).float() * attn.scaling  # [N, H, L(query), L(key)]
-        return torch.softmax(logits, dim=-1).mean(dim=(1, 2))
+        q, k, _ = self.qkv(index, hidden)
+        logits = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).float() * self.visual.blocks[index].attn.scaling
+        return torch.softmax(logits, dim=-1).mean(dim=(1, 2))  # [N, H, L(query), L(key)] -> [N, L]
 
     def project(self, hidden: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [N, L, D] leaving the last block, scores [N, L] (window order) -> tokens [N, T, D'] and scores
@@ -343,23 +398,6 @@ class QwenBackbone(nn.Module):
         """[0, D']: Qwen2.5-VL appends nothing after a video's visual tokens (<|vision_end|> is text)."""
         weight = self.visual.merger.mlp[-1].weight
         return weight.new_zeros(0, weight.shape[0])
-
-    def valid_merge_layers(self) -> tuple[int, ...]:
-        return valid_merge_layers(self.model.config.vision_config)
-
-    def default_merge_layers(self, variant: str) -> tuple[int, ...]:
-        return default_merge_layers(self.model.config.vision_config, variant)
-
-    def check_merge_layers(self, layers: tuple[int, ...]) -> tuple[int, ...]:
-        """`layers` if each is a valid merge layer; a window block (or the last block) -> ValueError naming them."""
-        valid = self.valid_merge_layers()
-        bad = [layer for layer in layers if layer not in valid]
-        if bad:
-            raise ValueError(
-                f"merge layers {tuple(layers)}: {bad} not full-attention blocks before the last; Qwen2.5-VL merges "
-                f"only after full-attention blocks (their attention covers the slice): choose from {valid}"
-            )
-        return tuple(layers)
 
 
 def unit_times(config: Qwen2_5_VLConfig, units: int, seconds_per_unit: float) -> torch.Tensor:
@@ -419,107 +457,72 @@ def positions(
     return torch.cat([text[:before].expand(3, -1), visual, text[before:].expand(3, -1)], dim=1)
 
 
-def decode_start(
-    config: Qwen2_5_VLConfig, *, before: int, grid: tuple[int, int, int], after: int, seconds_per_unit: float
-) -> int:
-    """The position (all three rows) of the first token fed back after prefill; the n-th next is this + n. As
-    generate's rope_deltas give it for the uncompressed prompt: its largest position id + 1."""
-    units, h, w = grid
-    merge = config.vision_config.spatial_merge_size
-    video_end = before + max(int(unit_times(config, units, seconds_per_unit)[-1]), h // merge - 1, w // merge - 1)
-    text_end = text_after_start(config, before, grid) + after - 1
-    return max(video_end, text_end) + 1
+@dataclass(frozen=True)
+class QwenDecoderSide:
+    """The Qwen2.5-VL decoder's view of a prompt: M-RoPE positions [3, 1, S] for videos of `grid` = (h, w)
+    patches per slice (the processor's frame size / patch size)."""
+
+    config: Qwen2_5_VLConfig
+    grid: tuple[int, int]
+
+    def positions(self, before: int, visual: VisualLayout, after: int) -> torch.Tensor:
+        """-> position ids [3, 1, before + K + after]: text, the K kept tokens at their uncompressed positions, text
+        from where the uncompressed video would end. Time between slices: visual.seconds_per_unit (None: slices
+        of frames sampled at 2 fps)."""
+        if visual.length != len(visual.frame):
+            raise ValueError(
+                f"{visual.length} visual embeddings for {len(visual.frame)} kept tokens: Qwen2.5-VL appends none"
+            )
+        seconds = visual.seconds_per_unit
+        if seconds is None:
+            seconds = self.config.vision_config.temporal_patch_size / DEFAULT_FPS
+        ids = positions(
+            self.config,
+            before=before,
+            grid=(visual.units, *self.grid),
+            kept_frame=visual.frame,
+            kept_index=visual.index,
+            source_first=visual.source[:, 0],
+            after=after,
+            seconds_per_unit=seconds,
+        )
+        return ids[:, None]
 
 
-@dataclass
-class QwenLoaded:
-    name: str  # what the caller asked for
-    source: str  # HF id or directory the weights (or, with random_init, the config) came from
-    model: Qwen2_5_VLForConditionalGeneration
-    tokenizer: object  # a transformers tokenizer
-    chat_template: str
-    preprocessor_config: dict | None  # the checkpoint's (video_)preprocessor_config.json, for QwenProcessor
-    random_init: bool
-    notes: list[str]  # what the user should know (random weights, stand-in tokenizer)
+def decoder_side(config: Qwen2_5_VLConfig, vision: VisionDims | None = None) -> QwenDecoderSide:
+    """The decoder side for videos of `vision`'s frame size (None: the default processor's, 448 x 448)."""
+    frame_size = DEFAULT_FRAME_SIZE if vision is None else vision.frame_size
+    patch = config.vision_config.patch_size
+    return QwenDecoderSide(config, (frame_size[0] // patch, frame_size[1] // patch))
 
 
-def packaged_config(name: str) -> Qwen2_5_VLConfig:
-    """The architecture of an alias (published config.json numbers) or of `qwen-tiny`, in earlytom/models/configs/."""
-    text = resources.files("earlytom.models").joinpath("configs", f"{name}.json").read_text()
-    return Qwen2_5_VLConfig.from_dict(json.loads(text))
+def save_decoder(model: Qwen2_5_VLForConditionalGeneration, directory: Path) -> None:
+    """The whole model as a standard transformers checkpoint (safetensors): the language model with its M-RoPE,
+    loaded back by class, and the layout TensorRT-LLM's Qwen2-VL converter reads. The ViT weights ride along
+    (about a tenth of the 7B's bytes) and are never run from here."""
+    model.save_pretrained(directory)
 
 
-def stand_in_tokenizer():
-    """The byte-level tokenizer with Qwen2.5-VL's vision tokens (ids 262-265) and chat template."""
-    tokenizer = byte_level_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": STAND_IN_TOKENS})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+def load_decoder(directory: Path, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:
+    """The saved model: a causal LM taking inputs_embeds and position_ids [3, 1, S]."""
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(directory, dtype=dtype)
 
 
-def read_chat_template(files: str | None, tokenizer) -> str:
-    """The checkpoint's processor chat template, else its tokenizer's, else Qwen2.5-VL's own."""
-    path = checkpoint_file(files, CHAT_TEMPLATE_FILES) if files else None
-    if path is not None and path.suffix == ".jinja":
-        return path.read_text()
-    template = json.loads(path.read_text()).get("chat_template") if path is not None else None
-    return template or getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
-
-
-def check_family(config, source: str) -> None:
-    if config.model_type != FAMILY:
-        raise ValueError(f"{source} is a {config.model_type!r} checkpoint, not Qwen2.5-VL ({FAMILY!r})")
-
-
-def load(
-    source: str | Qwen2_5_VLConfig, *, random_init: bool = False, dtype: torch.dtype = torch.float32, seed: int = 0
-) -> QwenLoaded:
-    """A Qwen2.5-VL model for inference (eval mode, `dtype`) with its tokenizer, chat template and preprocessor
-    settings. `source`: an alias (qwen2.5-vl-3b|7b|72b), `qwen-tiny` (always random), a local checkpoint
-    directory or a Hugging Face id (weights from the directory or the HF cache), or a config (random weights).
-    `random_init` builds the exact architecture with random weights: honest for latency, never for accuracy."""
-    notes = []
-    if isinstance(source, Qwen2_5_VLConfig):
-        name, origin, config, files, random_init = "config", "config", source, None, True
-    elif source in ALIASES or source == TINY:
-        random_init = random_init or source == TINY
-        name, origin = source, ALIASES.get(source, TINY)
-        config = packaged_config(source) if random_init else None
-        files = None if random_init else origin  # a packaged architecture has no checkpoint files
-    else:
-        name = source
-        origin = files = str(Path(source).resolve()) if Path(source).is_dir() else source
-        config = None
-    try:
-        config = config or AutoConfig.from_pretrained(origin)
-        check_family(config, origin)
-        if random_init:
-            torch.manual_seed(seed)
-            model = Qwen2_5_VLForConditionalGeneration(config)
-            notes.append(f"{name}: random weights (--random-init): timings are real, answers are noise")
-        else:
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(origin, dtype=dtype, attn_implementation="sdpa")
-    except OSError as error:
-        raise ModelNotFound(
-            f"cannot load {name!r} ({origin}): not a checkpoint directory and not in the Hugging Face cache, and it "
-            f"could not be downloaded ({str(error).splitlines()[0]}). Download it on a connected machine "
-            "(huggingface-cli download ...), pass a local directory, or use --random-init for latency work"
-        ) from error
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(files) if files else None
-    except (OSError, ValueError):
-        tokenizer = None
-    if tokenizer is None:
-        tokenizer = stand_in_tokenizer()
-        notes.append(f"{name}: no tokenizer in the checkpoint; using the built-in byte-level tokenizer")
-    path = checkpoint_file(files, PREPROCESSOR_FILES) if files else None
-    return QwenLoaded(
-        name=name,
-        source=origin,
-        model=model.to(dtype).eval(),
-        tokenizer=tokenizer,
-        chat_template=read_chat_template(files, tokenizer),
-        preprocessor_config=json.loads(path.read_text()) if path is not None else None,
-        random_init=random_init,
-        notes=notes,
-    )
+FAMILY = Family(
+    model_type="qwen2_5_vl",
+    model_class=Qwen2_5_VLForConditionalGeneration,
+    aliases=ALIASES,
+    chat_template=CHAT_TEMPLATE,
+    placeholder=VIDEO_PAD,
+    special_tokens=SPECIAL_TOKENS,
+    eos_token="<|im_end|>",
+    processor=processor,
+    processor_from_dict=QwenProcessor.from_dict,
+    dims=dims,
+    backbone=QwenBackbone,
+    decoder_side=decoder_side,
+    default_merge_layers=default_merge_layers,
+    valid_merge_layers=valid_merge_layers,
+    save_decoder=save_decoder,
+    load_decoder=load_decoder,
+)

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import cached_file
 
 from earlytom.compress import EarlyTomConfig
-from earlytom.models import llava_onevision
+from earlytom.models import llava_onevision, qwen2_5_vl
 from earlytom.models.backbone import Family, VisionDims
 from earlytom.models.tokenizer import byte_level_tokenizer
 
@@ -215,3 +215,4 @@ def load_model(
 
 
 register(llava_onevision.FAMILY)
+register(qwen2_5_vl.FAMILY)

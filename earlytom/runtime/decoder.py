@@ -20,6 +20,12 @@ def decoder_for(lm, side, config) -> "Decoder":
     return Decoder(lm, side, inner_layer=config.inner_layer, inner_ratio=config.inner_ratio)
 
 
+def next_position(positions: torch.Tensor) -> torch.Tensor:
+    """The position ids [..., 1] of the first token after a prompt at `positions` [..., S]: one past the largest id
+    in every row (0..S-1 -> S; M-RoPE continues after the prompt's largest position, as its rope deltas do)."""
+    return torch.full_like(positions[..., -1:], int(positions.max()) + 1)
+
+
 class Decoder:
     """`side`: the family's decoder side (None: the model's own positions 0..S-1). `inner_layer` None (the
     default): no inner merge. Otherwise the inner merge at that decoder layer, merging away `inner_ratio` (None: the
@@ -93,10 +99,10 @@ class Decoder:
         generated = [token]
         if on_token is not None:
             on_token(token)
-        position = positions[..., -1:]
+        position = next_position(positions)
         while token != eos and len(generated) < max_new_tokens:
-            position = position + 1
             logits, cache = step(token, cache, position)
+            position = position + 1
             token = int(logits.argmax())
             generated.append(token)
             if on_token is not None:

@@ -1,4 +1,6 @@
-"""The inner merge inside a transformers Qwen2 decoder (DESIGN.md section 4b), run layer by layer.
+"""The inner merge inside a transformers decoder (DESIGN.md section 4b), run layer by layer: Qwen2 (LLaVA-OneVision)
+and Qwen2.5-VL's text model, or any decoder whose layers rotate queries and keys with their modeling module's
+`apply_rotary_pos_emb` and the model's `rotary_emb` (1-D positions, or M-RoPE's [3, 1, S]).
 
 Prefill runs layers [0, k) over the whole prompt, takes the attention the last prompt token gives the visual
 tokens in layer k - 1, merges them (earlytom.compress.inner) and runs layers [k, L) over the shorter sequence
@@ -8,10 +10,11 @@ by layer too, at the positions after the last, each layer attending to everythin
 forward sizes one mask for all layers, from layer 0's length).
 """
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
 
 from earlytom.compress.config import DEFAULT_INNER_RATIO
 from earlytom.compress.inner import InnerMerged, check_inner_ratio, inner_merge
@@ -19,15 +22,22 @@ from earlytom.compress.inner import InnerMerged, check_inner_ratio, inner_merge
 
 class InnerMergeRunner:
     """Prefill with the inner merge at decoder layer `layer` (merging away `ratio` of the visual tokens), and
-    the decoding steps after it, for a causal LM whose decoder is transformers' Qwen2Model (Qwen2ForCausalLM or
-    LlavaOnevisionForConditionalGeneration)."""
+    the decoding steps after it, for a causal LM whose decoder (`get_decoder()`: layers, rotary_emb, norm) is
+    transformers' Qwen2Model (Qwen2ForCausalLM, LlavaOnevisionForConditionalGeneration) or Qwen2_5_VLTextModel
+    (Qwen2_5_VLForConditionalGeneration). The last query's rotation is its attention's own: the rotary embedding
+    of the decoder at the given position ids and the `apply_rotary_pos_emb` of the attention's modeling module."""
 
     def __init__(self, lm, layer: int, ratio: float | None = None) -> None:
         self.lm = lm
-        self.text = lm.get_decoder()  # Qwen2Model: layers, rotary_emb, norm
+        self.text = lm.get_decoder()
         config = self.text.config
-        if config.model_type != "qwen2":
-            raise ValueError(f"the inner merge runs in Qwen2 decoders; this decoder is {config.model_type!r}")
+        modeling = inspect.getmodule(type(self.text.layers[0].self_attn))
+        if not all(hasattr(modeling, name) for name in ("apply_rotary_pos_emb", "repeat_kv")):
+            raise ValueError(
+                f"the inner merge needs a decoder whose attention rotates with its module's apply_rotary_pos_emb "
+                f"(Qwen2, Qwen2.5-VL); this decoder is {config.model_type!r}"
+            )
+        self.rotate, self.repeat_kv = modeling.apply_rotary_pos_emb, modeling.repeat_kv
         if set(config.layer_types) != {"full_attention"}:
             raise ValueError("the inner merge needs full attention in every decoder layer (no sliding window)")
         layers = config.num_hidden_layers
@@ -45,12 +55,13 @@ class InnerMergeRunner:
         rope = self.text.rotary_emb(hidden, position_ids)
         causal = hidden.shape[1] > 1  # a single query attends to everything its layer holds
         mask = create_causal_mask(self.text.config, hidden, attention_mask=None, cache=None) if causal else None
+        text_positions = position_ids if position_ids.dim() == 2 else None  # M-RoPE rows: the stock forward passes none
         for i in layers:
             hidden = self.text.layers[i](
                 hidden,
                 attention_mask=mask,
                 position_embeddings=rope,
-                position_ids=position_ids,
+                position_ids=text_positions,
                 cache=cache,
                 use_cache=True,
             )
@@ -64,8 +75,8 @@ class InnerMergeRunner:
         query = attn.q_proj(layer.input_layernorm(hidden_in[:, -1:]))  # [1, 1, H * hd]
         query = query.view(1, 1, -1, attn.head_dim).transpose(1, 2)  # [1, H, 1, hd]
         cos, sin = self.text.rotary_emb(hidden_in, position)
-        query, _ = apply_rotary_pos_emb(query, query, cos, sin)
-        keys = repeat_kv(cache.layers[self.layer - 1].keys, attn.num_key_value_groups)  # [1, H, S, hd]
+        query, _ = self.rotate(query, query, cos, sin)
+        keys = self.repeat_kv(cache.layers[self.layer - 1].keys, attn.num_key_value_groups)  # [1, H, S, hd]
         scores = (query.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [1, H, 1, S]
         return scores.softmax(dim=-1)[0, :, 0].mean(dim=0)
 
@@ -89,8 +100,8 @@ class InnerMergeRunner:
         return self.logits(hidden), cache, kept
 
     def step(self, token: int, cache, position: torch.Tensor | None = None) -> tuple[torch.Tensor, DynamicCache]:
-        """One greedy step at `position` [..., 1] (None: the next original position; layer 0 holds every position
-        so far) -> (logits [V], cache)."""
+        """One greedy step at `position` [..., 1] (None: the next 1-D position; layer 0 holds every position so far)
+        -> (logits [V], cache)."""
         if position is None:
             position = torch.tensor([[cache.get_seq_length(0)]], device=self.lm.device)
         hidden = self.lm.get_input_embeddings()(torch.tensor([[token]], device=self.lm.device))

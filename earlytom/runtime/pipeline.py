@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from earlytom.compress import EarlyTomConfig, visual_budget
@@ -25,13 +26,14 @@ from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
 from earlytom.runtime.backends.eager import EagerBackend, eager_device, load_eager
 from earlytom.runtime.timing import StageTimer
-from earlytom.video import read_ahead, stack, stream_video
+from earlytom.video import VideoError, read_ahead, stack, stream_video
 
 if TYPE_CHECKING:
     from earlytom.engine.sessions import Providers
     from earlytom.plugins.launcher import AotOps
 
 PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
+UNTIMED_FPS = 2.0  # the frame rate of arrays and image folders, which carry no timing (DESIGN 8)
 CHUNK_FRAMES = 4  # frames per call of the first vision stretch: the encoder starts once this many are decoded
 READ_AHEAD = 2 * CHUNK_FRAMES  # frames the decoding thread may hold ahead of the encoder
 
@@ -63,6 +65,30 @@ def most_visual_tokens(options: RunOptions, dims: VisionDims) -> int:
     if options.method == "earlytom" and options.config.variant == "official":
         return min(B * T, math.ceil(r * B * T) + B)
     return visual_budget(retain_ratio=r, num_frames=B, tokens_per_frame=T, available=B * T)
+
+
+def sampled_fps(video, timestamps: list[float]) -> float:
+    """The rate of the sampled frames, for the time in position ids (DESIGN 8): a video file's sampled frames over
+    the seconds between its first and last one; arrays, image folders (no timing of their own) and clips without two
+    distinct finite timestamps count as UNTIMED_FPS."""
+    if isinstance(video, np.ndarray | torch.Tensor) or Path(video).is_dir():
+        return UNTIMED_FPS
+    span = timestamps[-1] - timestamps[0] if len(timestamps) > 1 else math.nan
+    return (len(timestamps) - 1) / span if math.isfinite(span) and span > 0 else UNTIMED_FPS
+
+
+def check_clip(frames: int, per_unit: int) -> None:
+    """VideoError unless a clip's `frames` sampled frames fill whole encoder units of `per_unit` frames."""
+    if frames < per_unit:
+        raise VideoError(
+            f"the video gives {frames} frame(s); this model fuses {per_unit} frames into one encoder unit: "
+            f"give a clip of at least {per_unit} frames"
+        )
+    if frames % per_unit:
+        raise VideoError(
+            f"the video gives {frames} frames; this model fuses {per_unit} frames into one encoder unit: "
+            f"use --frames {frames - frames % per_unit}"
+        )
 
 
 def pixel_chunks(frames: Iterable[torch.Tensor], processor, timer) -> Iterator[torch.Tensor]:
@@ -221,13 +247,15 @@ class Pipeline:
                 sampling=self.options.sampling,
                 device=self.backend.video_device,  # a GPU encoder: NVDEC when installed
             )
+        check_clip(len(stream), processor.frames_per_unit)
         frames = read_ahead(timer.timed(stream, "video_decode"), READ_AHEAD)  # decodes in a background thread
         try:
             visual = self.backend.encode(pixel_chunks(frames, processor, timer), self.options, timer)
         finally:
             frames.close()  # stops the decoding thread and closes the file if the encoder stopped early
         eos = self.tokenizer.eos_token_id
-        positions = decoder.positions(len(before), visual.layout(), len(after))
+        seconds_per_unit = self.backend.text.dims.frames_per_unit / sampled_fps(video, stream.timestamps)
+        positions = decoder.positions(len(before), visual.layout(seconds_per_unit), len(after))
         generated = decoder.greedy(
             before,
             visual.embeds,

@@ -4,6 +4,7 @@ earlytom run --model llava-ov-0.5b --video clip.mp4 --prompt "What happens?" [--
 earlytom run --engine engines/ov7b --video clip.mp4 --prompt "What happens?"
 earlytom demo        # the tiny model on a synthetic clip, end to end, on CPU
 earlytom plan --model llava-ov-7b --frames 64 --target-gpu rtx4090   # will the engine fit? (configs only)
+earlytom explain --video clip.mp4 --model llava-ov-7b --retain-ratio 0.1,0.2 --out report.html   # what was kept
 """
 
 import argparse
@@ -30,6 +31,7 @@ from earlytom.engine.memory_plan import (
 from earlytom.engine.sessions import PROVIDERS, Providers
 from earlytom.engine_builder.build import at_resolution, parse_resolution
 from earlytom.eval.cli import add_parser as add_compare_parser
+from earlytom.explain import check_output, explain_video, write_report
 from earlytom.models.registry import ModelNotFound, alias_family, family_of, known_names, packaged_config, resolve
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.pipeline import Pipeline, Result
@@ -234,6 +236,51 @@ def plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def ratio_list(text: str) -> tuple[float, ...]:
+    """ "0.1,0.2" -> (0.1, 0.2) (argparse type)."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a retain ratio or a comma-separated list of them, e.g. 0.1,0.2"
+        ) from None
+
+
+def add_explain_parser(sub) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="draw what EarlyTom kept of a video: merges per layer, dropped frames, scores and kept tokens",
+        conflict_handler="resolve",  # --retain-ratio takes a list here
+    )
+    add_pipeline_args(p)
+    p.add_argument("--retain-ratio", type=ratio_list, default=None, help="r, or several (0.1,0.2): side by side")
+    p.add_argument("--video", required=True, help="a video file, a directory of images")
+    p.add_argument("--out", required=True, type=Path, help="report.html (self-contained) or report.png")
+    p.set_defaults(func=explain)
+
+
+def explain_pipelines(args: argparse.Namespace) -> list[Pipeline]:
+    """One pipeline per retain ratio (the options of `earlytom run --retain-ratio r`), over one loaded backend."""
+    pipes = []
+    for ratio in args.retain_ratio or (None,):
+        one = argparse.Namespace(**{**vars(args), "retain_ratio": ratio})
+        if not pipes:
+            pipes.append(build_pipeline(one))
+        else:
+            pipes.append(pipes[0].with_options(config=dataclasses.replace(pipes[0].config, **config_fields(one))))
+    return pipes
+
+
+def explain(args: argparse.Namespace) -> int:
+    check_output(args.out)
+    video, explanations = explain_video(explain_pipelines(args), args.video)
+    title = str(args.engine) if args.engine is not None else args.model or "tiny"
+    write_report(args.out, video, explanations, title)
+    counts = "; ".join(f"r {e.ratio:g}: {e.counts}" for e in explanations)
+    print(f"wrote {args.out} ({counts})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
     sub = p.add_subparsers(dest="command", required=True)
@@ -249,6 +296,7 @@ def parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_compare_parser(sub)
     add_plan_parser(sub)
+    add_explain_parser(sub)
     return p
 
 

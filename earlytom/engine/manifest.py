@@ -72,6 +72,7 @@ class Manifest:
     tools: dict[str, str]
     artifacts: dict[str, str]  # relative path -> SHA-256
     tensorrt: TensorRTInfo | None = None
+    memory_plan: dict | None = None  # earlytom.engine.memory_plan.MemoryPlan.to_dict() of build_engine --target-gpu
 
     @property
     def config(self) -> EarlyTomConfig:

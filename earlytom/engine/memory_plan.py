@@ -2,7 +2,9 @@
 
     memory_sizes(config, vision) -> MemorySizes          parameters (meta device) + decoder and vision shapes
     plan_memory(sizes, frames, target, ...) -> MemoryPlan the rows below, a verdict, and the fixes if it fails
+    model_sizes(config, dims) -> MemorySizes             the same from a backbone's VisionDims
     plan.table() / plan.to_dict() / check_fits(plan)      text, JSON-able dict, DoesNotFit (a ValueError)
+    check_free_memory(plan.to_dict(), free, total, dev)   at load: DoesNotFit unless the GPU has the memory free
 
 Rows (bytes; b = 2 for every precision but fp32, where b = 4):
 
@@ -52,6 +54,7 @@ GIB = 1 << 30
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int4_awq")
 QUANTIZED = ("fp8", "int4_awq")  # in the order a fix tries them: the closer to fp16 first
 GPUS_GIB = {"rtx4090": 24, "l4": 24, "a10": 24, "a100-40g": 40, "a100-80g": 80, "h100": 80}
+NO_FP8 = ("a10", "a100-40g", "a100-80g")  # Ampere (sm_80, sm_86): TensorRT-LLM's FP8 needs Ada or Hopper (sm_89+)
 AWQ_GROUP = 128
 CUDA_CONTEXT = GIB // 2
 RUNTIME_WORKSPACE = GIB
@@ -281,6 +284,12 @@ def memory_sizes(config: PretrainedConfig, vision: VisionShape) -> MemorySizes:
     return MemorySizes(count_parameters(config), DecoderShape.from_config(config.get_text_config()), vision)
 
 
+def model_sizes(config: PretrainedConfig, dims: VisionDims) -> MemorySizes:
+    """The sizes of a vision-language model from its config and its backbone's dims (the encoder's MLP width from
+    config.vision_config)."""
+    return memory_sizes(config, VisionShape.of(dims, mlp_hidden=config.vision_config.intermediate_size))
+
+
 def width(precision: str) -> int:
     """b: bytes of an activation, a KV entry, an unquantized weight."""
     return 4 if precision == "fp32" else 2
@@ -324,11 +333,13 @@ def default_max_context(sizes: MemorySizes, frames: int) -> int:
     return min(visual + PROMPT_TOKENS + NEW_TOKENS, sizes.decoder.max_positions)
 
 
-def check_settings(sizes: MemorySizes, frames: int, max_context: int | None, precision: str) -> None:
+def check_settings(sizes: MemorySizes, frames: int, max_context: int | None, precision: str, target: str) -> None:
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < MIN_FRAMES:
         raise ValueError(f"frames = {frames!r}: plan at least {MIN_FRAMES} frames (an integer), e.g. --frames 32")
     if precision not in PRECISIONS:
         raise ValueError(f"decoder precision {precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp8" and target in NO_FP8:
+        raise ValueError(f"decoder precision fp8 needs an Ada or Hopper GPU (sm_89+); {target} has none: use int4_awq")
     if max_context is None:
         return
     limit = sizes.decoder.max_positions
@@ -380,7 +391,7 @@ def plan_memory(
     module docstring, which follows the frame count) and the decoder at `decoder_precision`, against
     `target` (a name of GPUS_GIB or '<N>GiB'); a plan that does not fit carries its fixes."""
     name, capacity = parse_target(target)
-    check_settings(sizes, frames, max_context, decoder_precision)
+    check_settings(sizes, frames, max_context, decoder_precision, name)
     plan = settled_plan(sizes, frames, max_context, decoder_precision, name, capacity, model)
     return plan if plan.fits else replace(plan, fixes=find_fixes(sizes, plan, max_context))
 
@@ -409,7 +420,7 @@ def find_fixes(sizes: MemorySizes, plan: MemoryPlan, max_context: int | None) ->
         return settled_plan(sizes, frames, context, precision, plan.target, plan.capacity, plan.model).fits
 
     planned = plan.decoder_weights[plan.decoder_precision]
-    cheaper = [p for p in QUANTIZED if plan.decoder_weights[p] < planned]
+    cheaper = [p for p in QUANTIZED if plan.decoder_weights[p] < planned and not (p == "fp8" and plan.target in NO_FP8)]
     precision = next((p for p in cheaper if fits(precision=p)), None)
     return Fixes(
         frames=largest(lambda f: fits(frames=f), MIN_FRAMES, plan.frames - 1),
@@ -441,4 +452,19 @@ def check_fits(plan: MemoryPlan) -> None:
         raise DoesNotFit(
             f"{plan.model} (frames {plan.frames}, max context {plan.max_context} tokens, decoder "
             f"{plan.decoder_precision}) needs {gib(plan.total)} GiB; {plan.verdict()}"
+        )
+
+
+def check_free_memory(plan: dict, free: int, total: int, device: str) -> None:
+    """Refuse to load an engine whose memory plan (Manifest.memory_plan, MemoryPlan.to_dict()) needs more than the
+    `free` bytes of `device` (`total` bytes in all; torch.cuda.mem_get_info). The CUDA context exists by the time
+    free memory is read, so its row is not asked for again."""
+    needed = plan["total_bytes"] - CUDA_CONTEXT
+    if needed > free:
+        raise DoesNotFit(
+            f"this engine needs {gib(needed)} GiB of GPU memory (its plan: {plan['frames']} frames, max context "
+            f"{plan['max_context']} tokens, decoder {plan['decoder_precision']}, {gib(plan['total_bytes'])} GiB with "
+            f"the CUDA context) but {device} has {gib(free)} GiB free of {gib(total)} GiB: free the GPU (other "
+            f"processes: nvidia-smi) or rebuild with build_engine --target-gpu {math.floor(free / GIB * 100) / 100}GiB "
+            "for the options that fit"
         )

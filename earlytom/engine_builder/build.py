@@ -3,6 +3,12 @@
     build_engine --model llava-ov-7b --output engines/ov7b [--backend auto|onnxruntime|tensorrt]
                  [--variant official|paper] [--preset videomme] [--retain-ratio 0.20] [--merge-layers 8,21,23]
                  [--frames 32] [--resolution HxW] [--dtype fp32|fp16] [--random-init]
+                 [--target-gpu rtx4090|l4|a10|a100-40g|a100-80g|h100|<N>GiB] [--max-context 8192]
+                 [--decoder-precision fp16|bf16|fp8|int4_awq]
+
+With --target-gpu (and always on the TensorRT backend, then against the GPU it builds on) the memory plan
+(earlytom.engine.memory_plan) is computed from the model's config before anything is loaded or exported: printed,
+written into the manifest, and a build that cannot fit is refused with the options that would.
 
 Everything is written into a staging directory beside DIR and swapped into place at the end
 (earlytom.engine.staging): an interrupted or failed build leaves no DIR behind and never damages an existing
@@ -15,25 +21,41 @@ import re
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
+from transformers import AutoConfig
 
 from earlytom.command_line import add_config_args, add_debug_arg, config_from_args, run_main
 from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.dtypes import GRAPH_DTYPES, torch_dtype
 from earlytom.engine.layout import DECODER, PLUGINS, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX, GraphSpec, vision_chain
 from earlytom.engine.manifest import Manifest, ModelInfo, TensorRTInfo, write_manifest
+from earlytom.engine.memory_plan import GIB, GPUS_GIB, MemoryPlan, check_fits, model_sizes, plan_memory
 from earlytom.engine.staging import staged
+from earlytom.engine_builder.tensorrt import decoder_plan
 from earlytom.environment import missing_gpu_stack
 from earlytom.export.onnx_export import export_and_verify, vision_graphs
 from earlytom.models.backbone import VisionDims
-from earlytom.models.registry import LoadedModel, known_names, load_model
+from earlytom.models.registry import (
+    LoadedModel,
+    ModelNotFound,
+    alias_family,
+    family_of,
+    known_names,
+    load_model,
+    packaged_config,
+    packaged_dims,
+    preprocessor_settings,
+    resolve,
+)
 from earlytom.plugins import aot
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+DECODER_PRECISIONS = ("fp16", "bf16", "fp8", "int4_awq")
 
 
 class BuildError(ValueError):
@@ -86,6 +108,68 @@ def at_resolution(loaded: LoadedModel, resolution: tuple[int, int], *, for_engin
             f"use --resolution {height}x{width} or leave it out"
         )
     return loaded
+
+
+def check_decoder_precision(requested: str | None, backend: str, dtype: str) -> str:
+    """The decoder's precision: the graphs' (None), or `requested`, which only the TensorRT backend builds (ONNX
+    Runtime engines run the PyTorch decoder at the graphs' precision)."""
+    if requested is None:
+        return dtype
+    if requested not in DECODER_PRECISIONS:
+        raise BuildError(f"decoder precision = {requested!r}; choose one of {', '.join(DECODER_PRECISIONS)}")
+    if backend != "tensorrt" and requested != dtype:
+        raise BuildError(
+            f"--decoder-precision {requested} needs --backend tensorrt (TensorRT-LLM); the {backend} backend runs the "
+            f"decoder in PyTorch at the graphs' precision, --dtype ({dtype} here)"
+        )
+    return requested
+
+
+def model_architecture(model: str | LoadedModel):
+    """(config, vision dims) of `model` without loading weights: an alias's packaged architecture, a checkpoint's
+    config.json and preprocessor settings (downloaded alone when not cached), or a loaded model's own."""
+    if isinstance(model, LoadedModel):
+        return model.model.config, model.dims
+    if alias_family(model) is not None:
+        return packaged_config(model), packaged_dims(model)
+    source = resolve(model)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as error:
+        raise ModelNotFound(
+            f"cannot read the config of {model!r} ({source}): not a checkpoint directory, not in the Hugging Face "
+            f"cache and not downloadable ({str(error).splitlines()[0]}); pass a local directory"
+        ) from error
+    family = family_of(config.model_type)
+    return config, family.dims(config, family.processor(config, preprocessor_settings(source)))
+
+
+def device_target() -> str:  # pragma: no cover - needs a GPU
+    """The GPU this process builds on, as a memory-plan target: its total memory."""
+    return f"{torch.cuda.mem_get_info()[1] / GIB:.2f}GiB"
+
+
+def engine_plan(
+    arch, units: int, *, name: str, config: EarlyTomConfig, backend: str, target: str, max_context, precision: str
+) -> MemoryPlan:
+    """The memory plan of the engine: B = `units`, the decoder at `precision`, and the longest context it accepts
+    (TensorRT: the TensorRT-LLM engine's max_seq_len, from `max_context` or the most visual tokens + 1024; ONNX
+    Runtime: `max_context`, or every visual token uncompressed + 1024, as its retain ratio may change per run)."""
+    model_config, dims = arch
+    if backend == "tensorrt":
+        try:
+            max_context = decoder_plan(config, dims, units, max_context=max_context).max_seq_len
+        except ValueError as error:
+            raise BuildError(str(error)) from None
+    sizes = model_sizes(model_config, dims)
+    return plan_memory(sizes, units, target, max_context=max_context, decoder_precision=precision, model=name)
+
+
+def announce(memory: MemoryPlan) -> MemoryPlan:
+    """Print the plan's table (stderr) and refuse it (DoesNotFit) unless it fits."""
+    print(memory.table(), file=sys.stderr)
+    check_fits(memory)
+    return memory
 
 
 def check_units(dims: VisionDims, frames: int) -> int:
@@ -160,25 +244,50 @@ def build(
     random_init: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    target_gpu: str | None = None,
+    max_context: int | None = None,
+    decoder_precision: str | None = None,
 ) -> Manifest:
     """Build the engine directory `output` for `model` (a name for registry.load_model, or a model already loaded);
     returns its manifest. `resolution` (height, width; None: the processor's default) is the one frame size the
     engine takes, as the model family allows it for engines. `gpu_archs` (None: all four for the TensorRT backend,
-    none for ONNX Runtime) selects the AOT-compiled plugin kernels stored."""
+    none for ONNX Runtime) selects the AOT-compiled plugin kernels stored. `target_gpu` (a memory_plan target;
+    None: the build's GPU on the TensorRT backend, no plan on ONNX Runtime), `max_context` (tokens; None: see
+    engine_plan) and `decoder_precision` (None: the graphs' dtype) are planned before any work: DoesNotFit when the
+    plan exceeds the target."""
     check_frames(frames)
     backend = choose_backend(backend)
     dtype = default_dtype(backend) if dtype is None else dtype
     torch_dtype(dtype, GRAPH_DTYPES)
+    precision = check_decoder_precision(decoder_precision, backend, dtype)
     if gpu_archs is None:  # the TensorRT backend needs every architecture's kernels, ONNX Runtime none
         archs = tuple(aot.ARCHS) if backend == "tensorrt" else ()
     else:
         archs = tuple(gpu_archs)
     config = EarlyTomConfig() if config is None else config
+    if target_gpu is None and backend == "tensorrt":
+        target_gpu = device_target()
+    name = getattr(model, "name", model)
+    memory = None
+    planned = partial(
+        engine_plan,
+        name=name,
+        config=config,
+        backend=backend,
+        target=target_gpu,
+        max_context=max_context,
+        precision=precision,
+    )
+    if target_gpu is not None:
+        arch = model_architecture(model)
+        memory = announce(planned(arch, check_units(arch[1], frames)))
+    elif max_context is not None:
+        raise BuildError("--max-context sizes the memory plan and the TensorRT-LLM decoder: give --target-gpu too")
     with (
         staged(Path(output), overwrite=overwrite) as staging,
         tqdm(desc="build_engine", unit="step", disable=not progress, file=sys.stderr) as steps,
     ):
-        steps.set_postfix_str(f"load {getattr(model, 'name', model)}")
+        steps.set_postfix_str(f"load {name}")
         loaded = model if isinstance(model, LoadedModel) else load_model(model, random_init=random_init)
         if resolution is not None:
             try:
@@ -187,6 +296,8 @@ def build(
                 raise BuildError(str(error)) from None
         backbone, dims = loaded.backbone(), loaded.dims
         units = check_units(dims, frames)
+        if memory is not None and dims != arch[1]:  # the checkpoint's processor differs from the packaged default
+            memory = announce(planned((loaded.model.config, dims), units))
         config = loaded.resolve(config)
         check_budget(config, units, dims.tokens_per_frame)
         notes = list(loaded.notes)
@@ -203,7 +314,9 @@ def build(
         save_text_side(loaded, staging)
         steps.update()
         compile_plugins(staging, dims, config, units, dtype, archs, steps)
-        tensorrt = build_tensorrt(staging, config, dims, chain, units, dtype, steps) if backend == "tensorrt" else None
+        tensorrt = None
+        if backend == "tensorrt":
+            tensorrt = build_tensorrt(staging, config, dims, chain, units, dtype, precision, max_context, steps)
         steps.set_postfix_str("hash artifacts")
         manifest = write_manifest(
             staging,
@@ -219,12 +332,15 @@ def build(
             notes=tuple(notes),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             tensorrt=tensorrt,
+            memory_plan=None if memory is None else memory.to_dict(),
         )
         steps.update()
     return manifest
 
 
-def build_tensorrt(staging: Path, config, dims, chain, frames, dtype, steps) -> TensorRTInfo:  # pragma: no cover
+def build_tensorrt(  # pragma: no cover
+    staging: Path, config, dims, chain, frames, dtype, precision, max_context, steps
+) -> TensorRTInfo:
     """The vision plans and the TensorRT-LLM decoder."""
     import tensorrt
     import tensorrt_llm
@@ -236,7 +352,7 @@ def build_tensorrt(staging: Path, config, dims, chain, frames, dtype, steps) -> 
     trt_build.build_vision_plans(staging, plans)
     steps.update()
     steps.set_postfix_str("TensorRT-LLM decoder")
-    trt_build.build_decoder(staging, trt_build.decoder_plan(config, dims, frames), dtype)
+    trt_build.build_decoder(staging, trt_build.decoder_plan(config, dims, frames, max_context=max_context), precision)
     steps.update()
     major, minor = torch.cuda.get_device_capability()
     return TensorRTInfo(tensorrt.__version__, tensorrt_llm.__version__, f"sm_{major}{minor}")
@@ -271,6 +387,26 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--random-init", action="store_true", help="random weights (latency work only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
+    p.add_argument(
+        "--target-gpu",
+        default=None,
+        help=f"plan the memory for this GPU ({', '.join(GPUS_GIB)} or a size such as 16GiB) and refuse a build that "
+        "cannot fit (default: the GPU building a tensorrt engine; no plan for onnxruntime)",
+    )
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="the longest context in tokens the decoder accepts (default: the most visual tokens + 512 prompt + "
+        "512 new tokens)",
+    )
+    p.add_argument(
+        "--decoder-precision",
+        choices=DECODER_PRECISIONS,
+        default=None,
+        help="tensorrt: the TensorRT-LLM decoder's weights (fp8 and int4_awq: NVIDIA ModelOpt post-training "
+        "quantization; fp8 needs Ada or Hopper); default: --dtype",
+    )
     add_debug_arg(p)
     return p
 
@@ -287,6 +423,9 @@ def run(args: argparse.Namespace) -> int:
         gpu_archs=None if args.gpu_archs is None else tuple(args.gpu_archs),
         random_init=args.random_init,
         overwrite=args.overwrite,
+        target_gpu=args.target_gpu,
+        max_context=args.max_context,
+        decoder_precision=args.decoder_precision,
     )
     for note in manifest.notes:
         print(f"note: {note}", file=sys.stderr)

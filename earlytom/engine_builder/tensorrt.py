@@ -10,11 +10,12 @@ this project's machines.
 """
 
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from earlytom.compress import EarlyTomConfig
-from earlytom.engine.layout import DECODER, DECODER_TRTLLM, TIMING_CACHE, GraphSpec
+from earlytom.engine.layout import DECODER, DECODER_TRTLLM, TIMING_CACHE, TOKENIZER, GraphSpec
 from earlytom.engine.sizes import k_target, row_shape, selected_bound, selection_tables
 from earlytom.models.backbone import VisionDims
 from earlytom.plugins.tensorrt import PLUGINS
@@ -210,10 +211,33 @@ class DecoderPlan:
 
 
 def decoder_plan(
-    config: EarlyTomConfig, dims: VisionDims, max_frames: int, *, max_text_tokens: int = 512, max_new_tokens: int = 512
+    config: EarlyTomConfig,
+    dims: VisionDims,
+    max_frames: int,
+    *,
+    max_context: int | None = None,
+    max_text_tokens: int = 512,
+    max_new_tokens: int = 512,
 ) -> DecoderPlan:
+    """The decoder's limits for the most visual tokens B = max_frames units give (selected_bound + the suffix), then
+    the prompt and the answer; `max_context` (None: all three at their most) caps the sequence, leaving room for
+    one prompt token and one new token after the visual ones."""
     multimodal = selected_bound(config, dims, max_frames) + dims.suffix_tokens
-    return DecoderPlan(multimodal, multimodal + max_text_tokens, multimodal + max_text_tokens + max_new_tokens)
+    if max_context is None:
+        return DecoderPlan(multimodal, multimodal + max_text_tokens, multimodal + max_text_tokens + max_new_tokens)
+    if max_context < multimodal + 2:
+        raise ValueError(
+            f"max context = {max_context} tokens cannot hold the {multimodal} visual tokens of {max_frames} units, a "
+            f"prompt token and a new token: give --max-context {multimodal + 2} or more, fewer --frames or a lower "
+            "--retain-ratio"
+        )
+    return DecoderPlan(multimodal, min(multimodal + max_text_tokens, max_context - 1), max_context)
+
+
+# TensorRT-LLM's names of the decoder precisions: the checkpoint dtype (fp16, bf16) or ModelOpt's quantization format
+# (fp8, int4_awq: their unquantized layers and activations in float16).
+CHECKPOINT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+MODELOPT_FORMATS = ("fp8", "int4_awq")
 
 
 def build_vision_plans(directory: Path, plans: list[NetworkPlan]) -> None:  # pragma: no cover - needs TensorRT
@@ -270,18 +294,61 @@ def build_vision_plans(directory: Path, plans: list[NetworkPlan]) -> None:  # pr
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
 
 
-def build_decoder(directory: Path, plan: DecoderPlan, dtype: str) -> None:  # pragma: no cover - needs TRT-LLM
-    """The Qwen2 decoder in directory/decoder as a TensorRT-LLM engine in directory/decoder_trtllm."""
+def build_decoder(directory: Path, plan: DecoderPlan, precision: str) -> None:  # pragma: no cover - needs TRT-LLM
+    """The Qwen2 decoder in directory/decoder as a TensorRT-LLM engine in directory/decoder_trtllm, its weights at
+    `precision`: fp16 / bf16 / fp32 converted from the Hugging Face checkpoint, fp8 / int4_awq quantized by NVIDIA
+    ModelOpt through TensorRT-LLM's quantize_and_export (calibrated on its default text set, cnn_dailymail, on the
+    GPU) into a TensorRT-LLM checkpoint, which the engine is built from."""
     from tensorrt_llm import BuildConfig, build
     from tensorrt_llm.models import QWenForCausalLM
 
-    model = QWenForCausalLM.from_hugging_face(
-        str(directory / DECODER), dtype={"fp16": "float16", "fp32": "float32"}[dtype]
-    )
     config = BuildConfig(
         max_batch_size=plan.max_batch_size,
         max_input_len=plan.max_input_len,
         max_seq_len=plan.max_seq_len,
         max_prompt_embedding_table_size=plan.max_multimodal_len,
     )
-    build(model, config).save(str(directory / DECODER_TRTLLM))
+    if precision not in MODELOPT_FORMATS:
+        model = QWenForCausalLM.from_hugging_face(str(directory / DECODER), dtype=CHECKPOINT_DTYPES[precision])
+        build(model, config).save(str(directory / DECODER_TRTLLM))
+        return
+    with tempfile.TemporaryDirectory(prefix="earlytom-quantize-") as scratch:  # outside the engine directory
+        source, checkpoint = Path(scratch) / "hf", Path(scratch) / "trtllm"
+        link_checkpoint(source, directory / DECODER, directory / TOKENIZER)
+        quantize_decoder(source, checkpoint, precision)
+        build(QWenForCausalLM.from_checkpoint(str(checkpoint)), config).save(str(directory / DECODER_TRTLLM))
+
+
+def link_checkpoint(target: Path, decoder: Path, tokenizer: Path) -> None:
+    """One Hugging Face directory `target` of links to the decoder's files and the tokenizer's (the quantizer loads
+    both from one directory; the decoder's win a name both have)."""
+    target.mkdir()
+    for path in (*sorted(decoder.iterdir()), *sorted(tokenizer.iterdir())):
+        if not (target / path.name).exists():
+            (target / path.name).symlink_to(path.resolve())
+
+
+def quantize_decoder(source: Path, checkpoint: Path, precision: str) -> None:  # pragma: no cover - needs ModelOpt
+    """ModelOpt post-training quantization of the Hugging Face checkpoint `source` into the TensorRT-LLM checkpoint
+    `checkpoint`, with the defaults of TensorRT-LLM's examples/quantization/quantize.py (AWQ: 32 calibration
+    samples and blocks of 128 input channels, as that script sets them)."""
+    from tensorrt_llm.quantization import quantize_and_export
+
+    quantize_and_export(
+        model_dir=str(source),
+        device="cuda",
+        calib_dataset="cnn_dailymail",
+        dtype="float16",
+        qformat=precision,
+        kv_cache_dtype=None,
+        calib_size=32 if precision == "int4_awq" else 512,
+        batch_size=1,
+        calib_max_seq_length=512,
+        awq_block_size=128,
+        output_dir=str(checkpoint),
+        tp_size=1,
+        pp_size=1,
+        cp_size=1,
+        seed=1234,
+        tokenizer_max_seq_length=2048,
+    )

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from earlytom import compress
+from earlytom.compress.official import band_width
 from earlytom.compress.ops import REFERENCE, CompressOps
 from earlytom.engine.layout import GraphSpec
 from earlytom.runtime.backends.base import RunOptions, Visual
@@ -94,6 +95,22 @@ def first_stretch(stretch, spec: GraphSpec, chunks: Iterable[torch.Tensor], time
     return {name: torch.cat(outputs) for name, outputs in zip(spec.outputs, zip(*parts, strict=True), strict=True)}
 
 
+def traced_plan(options: RunOptions, hidden: torch.Tensor, merged: torch.Tensor):
+    """The decisions of a merge step on hidden [F, L, D] with their weights, for a trace: the reference plan (a
+    MergePlan for paper, a CompressPlan for official), checked against the rows `merged` [N, 2] the step made."""
+    c = options.config
+    if c.variant == "paper":
+        similarity = compress.adjacent_similarity(hidden).cpu()
+        plan = compress.plan_merge(similarity, alpha=c.alpha, tau_seg=c.tau_seg, tau_merge=c.tau_merge)
+    else:
+        similarity = compress.window_similarity(hidden, band_width(c.max_window, hidden.shape[0])).cpu()
+        segments = compress.plan_segments(similarity, alpha=c.alpha, tau_seg=c.tau_seg, max_window=c.max_window)
+        plan = compress.plan_compress(similarity, segments)
+    if not torch.equal(plan.source, merged.cpu()):
+        raise RuntimeError("the traced merge plan differs from the kernels' merge; trace with kernels = 'reference'")
+    return plan
+
+
 def encode_chain(
     stretches: Sequence[Callable[..., tuple]],
     specs: Sequence[GraphSpec],
@@ -102,10 +119,17 @@ def encode_chain(
     timer,
     suffix: torch.Tensor,
     aot_ops: CompressOps | None = None,
+    trace: Callable[..., None] | None = None,
 ) -> Visual:
     """pixels: chunks [b, *unit_shape] of B units in all, through `stretches` (one per spec, taking the spec's
     inputs and returning its outputs in order; the first takes the pixels chunk by chunk) with the compression of
-    `options` between them -> Visual (K selected tokens + the backbone's `suffix` [s, D'])."""
+    `options` between them -> Visual (K selected tokens + the backbone's `suffix` [s, D']).
+
+    `trace` (optional) sees the decisions: trace("merge", layer=l, frames=F, plan=plan) after each merge layer l
+    (F rows in; plan.source [N, 2] and plan.weight [N, 2] the input rows and weights of each output row, plan.segments
+    [S, 2] (official) or plan.segment [N] (paper) the segmentation; see traced_plan), then trace("select",
+    selection=SelectResult, scores=[N, T], labels=the last merge's labels (paper is_static [N], official segments
+    [S, 2] of the N rows; None without compression))."""
     chunks = iter(pixels)
     first = next(chunks, None)
     if first is None:
@@ -122,13 +146,18 @@ def encode_chain(
         if spec.final or options.method != "earlytom":
             continue
         with timer.stage("frame_merge"):
-            outputs = tuple(values[name] for name in spec.outputs)
-            outputs, merged, labels = merge_step(ops, options, outputs, last=i == len(specs) - 2)
+            inputs = tuple(values[name] for name in spec.outputs)
+            outputs, merged, labels = merge_step(ops, options, inputs, last=i == len(specs) - 2)
             values |= zip(spec.outputs, outputs, strict=True)
             source = compose_source(source, merged)
         frames_after[spec.stop - 1] = int(merged.shape[0])
+        if trace is not None:
+            plan = traced_plan(options, inputs[0], merged)
+            trace("merge", layer=spec.stop - 1, frames=int(inputs[0].shape[0]), plan=plan)
     tokens, scores = values["tokens"], values["scores"]
     with timer.stage("token_select"):
         picked = select_step(ops, options, tokens, scores, labels, num_frames=B)
         embeds = torch.cat([picked.tokens, suffix.to(picked.tokens)])
+    if trace is not None:
+        trace("select", selection=picked, scores=scores, labels=labels)
     return Visual(embeds, picked.frame, picked.index, source, units=B, frames_after=frames_after)

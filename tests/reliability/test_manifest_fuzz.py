@@ -34,7 +34,8 @@ def key_paths(kind, prefix=()) -> list[tuple[tuple, object]]:
     return out
 
 
-KEYS = [(path, hint) for path, hint in key_paths(Manifest) if path[0] != "tensorrt"]  # None in an ONNX build
+# Optional sections: tensorrt is None in an ONNX build, memory_plan without build_engine --target-gpu.
+KEYS = [(path, hint) for path, hint in key_paths(Manifest) if path[0] not in ("tensorrt", "memory_plan")]
 # One value of another JSON type for each kind of field.
 WRONG = {str: 7, int: "7", float: "x", bool: "yes", dict: [], tuple: {"a": 1}}
 

@@ -10,6 +10,7 @@ tested without a GPU; the classes follow the TensorRT / TensorRT-LLM documented 
 this project's machines.
 """
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from transformers import AutoConfig
 from earlytom.dtypes import torch_dtype
 from earlytom.engine.directory import EngineDir
 from earlytom.engine.manifest import Manifest, check_compatible
+from earlytom.engine.memory_plan import check_free_memory
 from earlytom.engine.sizes import row_shape, selected_bound
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 from earlytom.runtime.chain import compose_source
@@ -56,6 +58,35 @@ def buffer_specs(manifest: Manifest) -> dict[str, BufferSpec]:
         "index": BufferSpec((K,), i32),
         "selected_count": BufferSpec((1,), i32),
     }
+
+
+# TensorRT-LLM's names of the checkpoint dtypes (config.json's pretrained_config.dtype)
+TRTLLM_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def trtllm_dtype(engine_config: dict) -> torch.dtype:
+    """The activation dtype of a TensorRT-LLM engine from its config.json (the prompt table must be in it): the
+    checkpoint's dtype, float16 for ModelOpt's fp8 and int4_awq checkpoints (their unquantized parts)."""
+    name = engine_config.get("pretrained_config", {}).get("dtype")
+    if name not in TRTLLM_DTYPES:
+        raise ValueError(
+            f"the TensorRT-LLM engine's config.json gives pretrained_config.dtype = {name!r}, not one of "
+            f"{', '.join(TRTLLM_DTYPES)}; rebuild the engine directory with build_engine --backend tensorrt"
+        )
+    return TRTLLM_DTYPES[name]
+
+
+def trtllm_context(engine_config: dict, max_positions: int) -> int:
+    """The longest sequence a TensorRT-LLM engine takes: its build_config.max_seq_len (build_engine --max-context),
+    at most the decoder's max_position_embeddings."""
+    return min(engine_config.get("build_config", {}).get("max_seq_len", max_positions), max_positions)
+
+
+def check_device_memory(manifest: Manifest, device: torch.device) -> None:  # pragma: no cover - needs a GPU
+    """Refuse an engine whose memory plan needs more than `device` has free (engines built without a plan load)."""
+    if manifest.memory_plan is not None:
+        free, total = torch.cuda.mem_get_info(device)
+        check_free_memory(manifest.memory_plan, free, total, str(device))
 
 
 def prompt_table_ids(before: torch.Tensor, visual_tokens: int, after: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -180,10 +211,12 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
     def __init__(self, engine: EngineDir, text: Text) -> None:
         manifest = engine.manifest
         self.manifest, self.text = manifest, text
+        check_device_memory(manifest, torch.device("cuda", torch.cuda.current_device()))
         self.vision = TensorRTVision(engine.path, manifest, engine.suffix)
         lm = AutoConfig.from_pretrained(engine.decoder_path).get_text_config()
-        dtype = torch_dtype(manifest.dtype)
-        self.llm = TensorRTLLMDecoder(engine.trtllm_path, lm.vocab_size, lm.max_position_embeddings, dtype)
+        engine_config = json.loads((engine.trtllm_path / "config.json").read_text())
+        context = trtllm_context(engine_config, lm.max_position_embeddings)
+        self.llm = TensorRTLLMDecoder(engine.trtllm_path, lm.vocab_size, context, trtllm_dtype(engine_config))
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
 
     def decoder(self, config):

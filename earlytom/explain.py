@@ -28,10 +28,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Arc, Rectangle
 
 from earlytom.compress import MergePlan, segment_labels
-from earlytom.engine.layout import vision_chain
-from earlytom.engine.stretch import Stretch
-from earlytom.runtime.backends.base import UnsupportedOption
-from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.pipeline import Pipeline, pixel_chunks
 from earlytom.runtime.timing import StageTimer
 from earlytom.video import stream_video
@@ -193,26 +189,6 @@ def explain_trace(recorder: Recorder, *, ratio: float, frames_in: int) -> Explan
     )
 
 
-def traced_encode(pipe: Pipeline, pixels, timer, trace):
-    """The pipeline's vision chain with `trace`, as its backend's encode runs it (eager: the model's stretches;
-    onnxruntime: one session per graph). TensorRT engines merge inside their plans: nothing to trace."""
-    backend, options = pipe.backend, pipe.options
-    if backend.name == "eager":
-        c = options.config
-        specs = vision_chain(c.variant, c.merge_layers, backend.text.dims.encoder_layers)
-        stretches = [Stretch(backend.backbone, spec) for spec in specs]
-        aot = None if backend.aot is None else backend.aot.ops
-        chunks = backend.on_device(pixels, timer)
-        return encode_chain(stretches, specs, chunks, options, timer, backend.backbone.suffix(), aot, trace=trace)
-    if backend.name == "onnxruntime":
-        stretches = [lambda *x, i=i: backend.run(i, *x) for i in range(len(backend.sessions))]
-        return encode_chain(stretches, backend.manifest.graphs, pixels, options, timer, backend.suffix, trace=trace)
-    raise UnsupportedOption(
-        f"explain traces the eager model (--model) or an onnxruntime engine directory; the {backend.name} backend "
-        "merges inside its engines, out of sight: explain the same model with --model"
-    )
-
-
 @dataclass(frozen=True)
 class Video:
     """The decoded frames of the report: uint8 [H, W, 3] each, `per_unit` frames to an encoder unit."""
@@ -238,7 +214,7 @@ def explain_video(pipes: list[Pipeline], video) -> tuple[Video, list[Explanation
     with torch.inference_mode():
         for pipe in pipes:
             recorder = Recorder()
-            traced_encode(pipe, pixel_chunks(frames, processor, StageTimer()), StageTimer(), recorder)
+            pipe.backend.encode(pixel_chunks(frames, processor, StageTimer()), pipe.options, StageTimer(), recorder)
             ratio = pipe.options.config.retain_ratio
             explanations.append(explain_trace(recorder, ratio=ratio, frames_in=len(frames)))
     return decoded, explanations

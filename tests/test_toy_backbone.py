@@ -149,13 +149,13 @@ TOY = Family(
     processor_from_dict=lambda fields: ToyProcessor(**fields),
     dims=lambda config, processor: DIMS,
     backbone=ToyBackbone,
-    decoder_side=lambda config: ToySide(),
+    decoder_side=lambda config, dims: ToySide(),
     default_merge_layers=lambda variant, config: default_merge_layers(variant, 2),
     valid_merge_layers=lambda config: (0, 1),  # unlike LLaVA: never after the last layer
     save_decoder=lambda model, directory: model.save_pretrained(directory),
     load_decoder=lambda directory, dtype: ToyModel.from_pretrained(directory, dtype=dtype),
 )
-NO_INNER = EarlyTomConfig(inner_ratio=0.0)  # the inner merge runs in Qwen2 decoders only
+NO_INNER = EarlyTomConfig(inner_ratio=0.0)  # decoding with every visual token
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,9 @@ class VisionDims:
 
 
 class Processor(Protocol):
+    """A family whose encoder takes more than one frame size also gives `resized(frame_size, *, for_engine)` ->
+    the processor at that size (ValueError naming the valid sizes); without it the size is fixed."""
+
     frame_size: tuple[int, int]
     frames_per_unit: int
 
@@ -112,7 +115,7 @@ class Family:
     processor_from_dict: Callable  # Processor.to_dict() -> Processor
     dims: Callable  # (config, processor) -> VisionDims
     backbone: Callable  # (model, processor) -> Backbone (an nn.Module)
-    decoder_side: Callable  # (the decoder's config) -> DecoderSide
+    decoder_side: Callable  # (the decoder's config, the vision dims) -> DecoderSide
     default_merge_layers: Callable  # (variant, config) -> merge layers
     valid_merge_layers: Callable  # (config) -> the layers compression may follow (None: any encoder layer)
     save_decoder: Callable  # (model, directory: Path) -> None: the causal LM an engine directory runs

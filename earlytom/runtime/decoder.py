@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from earlytom.models.backbone import VisualLayout
-from earlytom.runtime.inner_merge import InnerMergeRunner
+from earlytom.runtime.inner_merge import InnerMergeRunner, cache_argument
 
 
 def decoder_for(lm, side, config) -> "Decoder":
@@ -34,6 +34,7 @@ class Decoder:
 
     def __init__(self, lm, side=None, *, inner_layer: int | None = None, inner_ratio: float | None = None) -> None:
         self.lm, self.side = lm, side
+        self.cache_arg = cache_argument(lm)
         if inner_layer is None and inner_ratio is not None:
             raise ValueError(f"inner_ratio = {inner_ratio} needs inner_layer (the decoder layer to merge at)")
         self.inner = None if inner_layer is None else InnerMergeRunner(lm, inner_layer, inner_ratio)
@@ -61,7 +62,7 @@ class Decoder:
     def step(self, token: int, cache, position: torch.Tensor | None = None):
         """One greedy decoding step at `position` [..., 1] (None: after the cache's) -> (logits [V], cache)."""
         ids = torch.tensor([[token]], device=self.lm.device)
-        out = self.lm(input_ids=ids, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
+        out = self.lm(input_ids=ids, position_ids=position, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
         return out.logits[0, -1], out.past_key_values
 
     def greedy(

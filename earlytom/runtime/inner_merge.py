@@ -20,6 +20,12 @@ from earlytom.compress.config import DEFAULT_INNER_RATIO
 from earlytom.compress.inner import InnerMerged, check_inner_ratio, inner_merge
 
 
+def cache_argument(module) -> str:
+    """The name of the KV-cache argument of `module.forward`: `cache` in transformers 5.24 (where `past_key_values`
+    is deprecated), `past_key_values` in earlier 5.x releases."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 class InnerMergeRunner:
     """Prefill with the inner merge at decoder layer `layer` (merging away `ratio` of the visual tokens), and
     the decoding steps after it, for a causal LM whose decoder (`get_decoder()`: layers, rotary_emb, norm) is
@@ -46,6 +52,7 @@ class InnerMergeRunner:
                 f"inner_layer = {layer!r} is outside the valid range [1, {layers - 1}] for this {layers}-layer decoder"
             )
         self.layer = layer
+        self.cache_arg = cache_argument(self.text.layers[0])
         self.ratio = DEFAULT_INNER_RATIO["official"] if ratio is None else ratio
         check_inner_ratio(self.ratio)
 
@@ -54,7 +61,9 @@ class InnerMergeRunner:
         and whatever each layer already holds in `cache` (which they extend) -> hidden [1, S, D]."""
         rope = self.text.rotary_emb(hidden, position_ids)
         causal = hidden.shape[1] > 1  # a single query attends to everything its layer holds
-        mask = create_causal_mask(self.text.config, hidden, attention_mask=None, cache=None) if causal else None
+        mask = (
+            create_causal_mask(self.text.config, hidden, None, None) if causal else None
+        )  # config, embeds, mask, cache
         text_positions = position_ids if position_ids.dim() == 2 else None  # M-RoPE rows: the stock forward passes none
         for i in layers:
             hidden = self.text.layers[i](
@@ -62,7 +71,7 @@ class InnerMergeRunner:
                 attention_mask=mask,
                 position_embeddings=rope,
                 position_ids=text_positions,
-                cache=cache,
+                **{self.cache_arg: cache},
                 use_cache=True,
             )
         return hidden

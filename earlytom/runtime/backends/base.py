@@ -14,8 +14,9 @@ A backend is opened from a model (eager) or a verified engine directory (onnxrun
     check(options)          -> options, or UnsupportedOption when the backend cannot run them (TensorRT engines
                             fix the method and the EarlyTom parameters at build time, ONNX graphs the merge
                             layers, an engine directory the largest frame count)
-    encode(pixels, options, timer) -> Visual   pixels: chunks [b, *unit_shape] of encoder units as the video decodes
-                                               (B units in all)
+    encode(pixels, options, timer, trace=None) -> Visual   pixels: chunks [b, *unit_shape] of encoder units as
+                            the video decodes (B units in all); `trace` (optional) receives each merge step and the
+                            selection (earlytom.runtime.chain.encode_chain)
 """
 
 from collections.abc import Iterable
@@ -125,4 +126,4 @@ class Backend(Protocol):
 
     def check(self, options: RunOptions) -> RunOptions: ...
 
-    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual: ...
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer, trace=None) -> Visual: ...

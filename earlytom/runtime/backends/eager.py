@@ -59,8 +59,8 @@ class EagerBackend:
         self.aot = aot
         self.loaded = loaded
         self.backbone = loaded.backbone()
-        self.side = loaded.family.decoder_side(loaded.model.config)
         dims = self.backbone.dims
+        self.side = loaded.family.decoder_side(loaded.model.config, dims)
         self.text = Text(
             loaded.tokenizer, loaded.chat_template, loaded.family.placeholder, loaded.processor, dims, loaded.notes
         )
@@ -109,7 +109,7 @@ class EagerBackend:
             except ValueError as error:
                 raise UnsupportedOption(str(error)) from None
 
-    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer, trace=None) -> Visual:
         """pixels: chunks [b, *unit_shape] (float32, any device; each copied to the model's device in the timed stage
         "to_device", cast to its dtype by the patch embedding) -> Visual on the model's device."""
         c = options.config
@@ -117,7 +117,7 @@ class EagerBackend:
         stretches = [Stretch(self.backbone, spec) for spec in specs]
         aot_ops = None if self.aot is None else self.aot.ops
         chunks = self.on_device(pixels, timer)
-        return encode_chain(stretches, specs, chunks, options, timer, self.backbone.suffix(), aot_ops)
+        return encode_chain(stretches, specs, chunks, options, timer, self.backbone.suffix(), aot_ops, trace=trace)
 
     def on_device(self, chunks: Iterable[torch.Tensor], timer) -> Iterator[torch.Tensor]:
         for chunk in chunks:

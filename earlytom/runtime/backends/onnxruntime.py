@@ -45,7 +45,7 @@ class OnnxRuntimeBackend:
         self.np_dtype = numpy_dtype(manifest.dtype)
         device, dtype, note = decoder_placement(self.providers, manifest.dtype)
         self.lm = engine.load_decoder(dtype).to(device)
-        self.side = engine.family.decoder_side(self.lm.config)
+        self.side = engine.family.decoder_side(self.lm.config, manifest.vision)
         self.text.notes.extend([note] if note else [])
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
 
@@ -74,10 +74,10 @@ class OnnxRuntimeBackend:
         feed = {name: x.numpy().astype(self.np_dtype) for name, x in zip(graph.inputs, inputs, strict=True)}
         return tuple(torch.from_numpy(y).float() for y in self.sessions[index].run(list(graph.outputs), feed))
 
-    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer, trace=None) -> Visual:
         """pixels: chunks [b, *unit_shape] -> Visual, its embeddings on the decoder's device in its dtype."""
         stretches = [lambda *x, i=i: self.run(i, *x) for i in range(len(self.sessions))]
-        visual = encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.suffix)
+        visual = encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.suffix, trace=trace)
         if visual.embeds.device != self.lm.device:
             with timer.stage("to_device"):
                 visual.embeds = visual.embeds.to(self.lm.device)

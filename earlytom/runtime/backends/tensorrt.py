@@ -225,9 +225,14 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
     def check(self, options: RunOptions) -> RunOptions:
         return check_fixed(self.defaults, options)
 
-    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer) -> Visual:
+    def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer, trace=None) -> Visual:
         """pixels: chunks [b, *unit_shape], joined first: the head plan merges frames, so it needs all of them (no
-        overlap of decoding and encoding here)."""
+        overlap of decoding and encoding here). The merges happen inside the plans: nothing to `trace`."""
+        if trace is not None:
+            raise UnsupportedOption(
+                "the tensorrt backend merges inside its engines, out of sight of a trace: explain the same model "
+                "with --model (eager) or an onnxruntime engine directory"
+            )
         return self.vision.encode_video(torch.cat(list(pixels)), timer)
 
 

@@ -1,14 +1,10 @@
 """--device / --dtype for the eager backend: everything a CPU can check (parsing and validation, SDPA attention,
 the dtype through the eager pipeline with decisions close to fp32, clear errors for devices this machine lacks)."""
 
-from dataclasses import replace
-
-import onnxruntime as ort
 import pytest
 import torch
 
-from benchmarks.gpu_validate import MAKERS, NVDEC, Installed, agreement, plan, probe, settings
-from benchmarks.gpu_validate import main as gpu_validate_main
+from benchmarks.gpu_validate import Installed, settings
 from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig
 from earlytom.dtypes import torch_dtype
@@ -117,36 +113,6 @@ EVERYTHING = Installed(
 )
 
 
-def test_gpu_validate_runs_every_path_when_everything_is_installed():
-    expected = [(name, True, "") for name in [*MAKERS, NVDEC]]
-    assert [(p.name, p.runs, p.reason) for p in plan(EVERYTHING, "paper")] == expected
-
-
-def test_gpu_validate_says_why_each_path_is_skipped():
-    bare = Installed(False, False, False, ("CPUExecutionProvider",), ("the tensorrt Python package",), False)
-    why = {p.name: p.reason for p in plan(bare, "paper") if not p.runs}
-    assert set(why) == {*MAKERS, NVDEC}
-    assert "sees no CUDA GPU" in why[NVDEC] and "PyNvVideoCodec is not installed" in why[NVDEC]
-    assert "sees no CUDA GPU" in why["eager cuda + triton"] and "triton package" in why["eager cuda + triton"]
-    assert "sees no CUDA GPU" in why["eager cuda + aot"] and "cuda-python is not installed" in why["eager cuda + aot"]
-    assert "no CUDAExecutionProvider" in why["onnxruntime cuda"] and "onnxruntime-gpu" in why["onnxruntime cuda"]
-    assert "no TensorrtExecutionProvider" in why["onnxruntime tensorrt"]
-    assert why["tensorrt engines"] == "the tensorrt Python package is missing"
-    only_ort = plan(replace(bare, ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider")), "paper")
-    assert [p.name for p in only_ort if p.runs] == ["onnxruntime cuda"]
-
-
-def test_gpu_validate_on_this_machine_prints_the_skip_table(capsys):
-    have = probe()
-    assert have.cuda_gpu == torch.cuda.is_available()
-    assert have.ort_providers == tuple(ort.get_available_providers())
-    assert gpu_validate_main(["--plan"]) == 0
-    out = capsys.readouterr().out
-    assert all(name in out for name in [*MAKERS, NVDEC])
-    if not any(p.runs for p in plan(have, "official")):
-        assert gpu_validate_main([]) == 2  # nothing to run: says so, runs nothing
-
-
 def test_gpu_validate_times_full_earlytom_and_topk_at_each_ratio():
     assert settings((0.1, 0.25)) == [
         ("full", "full", 0.15),
@@ -155,13 +121,6 @@ def test_gpu_validate_times_full_earlytom_and_topk_at_each_ratio():
         ("global top-K r=0.10", "global_topk", 0.1),
         ("global top-K r=0.25", "global_topk", 0.25),
     ]
-
-
-def test_gpu_validate_agreement_of_a_run_with_itself_and_with_another_method(runs):
-    ref = runs["paper", "fp32"]
-    assert agreement(ref, ref) == [True, True, True, "0.0e+00", True]
-    same_counts, _, selected, err, _ = agreement(runs["official", "fp32"], ref)
-    assert not same_counts and not selected and err == "nan"
 
 
 def test_cuda_picks_the_triton_kernels_for_both_variants():

@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_VIDEO_BYTES,
         help=f"largest video accepted (default {DEFAULT_MAX_VIDEO_BYTES})",
     )
-    http.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1 endpoints")
+    http.add_argument(
+        "--api-key", default=None, help="require Authorization: Bearer KEY on every path but /health and /metrics"
+    )
     http.add_argument(
         "--max-queue",
         type=int,

@@ -5,6 +5,10 @@ Exit status: 0 done, 2 bad input (the message names the value and the fix), 1 th
 full, permission denied, out of memory, a closed output pipe), 130 interrupted (Ctrl-C, SIGINT), 143 terminated
 (SIGTERM). `--debug` shows the traceback instead. Both signals unwind the program (so a build removes its staging
 directory) before the status is returned.
+
+A command's `main` starts with `lazy_main`, which sets this up before the command's modules are imported (torch and
+transformers take seconds): Ctrl-C at any moment is one line and 130. So this module imports only the standard
+library at its top.
 """
 
 import argparse
@@ -15,11 +19,10 @@ import re
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
-from transformers.utils import logging as hf_logging
-
-from earlytom.compress import EarlyTomConfig
-from earlytom.models.presets import preset_fields
+if TYPE_CHECKING:
+    from earlytom.compress import EarlyTomConfig
 
 FIXES = {
     errno.ENOSPC: "free disk space or write elsewhere",
@@ -68,6 +71,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_fields(args: argparse.Namespace) -> dict:
     """The EarlyTom fields the options set: explicit options win over the preset's."""
+    from earlytom.models.presets import preset_fields
+
     if args.no_inner_merge and args.inner_ratio is not None:
         raise ValueError("--no-inner-merge and --inner-ratio contradict each other; give one of them")
     names = (
@@ -87,8 +92,10 @@ def config_fields(args: argparse.Namespace) -> dict:
     return preset_fields(args.preset, explicit, model=getattr(args, "model", None))
 
 
-def config_from_args(args: argparse.Namespace) -> EarlyTomConfig:
+def config_from_args(args: argparse.Namespace) -> "EarlyTomConfig":
     """The EarlyTomConfig the options ask for (the variant's defaults for what they leave out)."""
+    from earlytom.compress import EarlyTomConfig
+
     return EarlyTomConfig(**config_fields(args))
 
 
@@ -121,13 +128,33 @@ def environment_fix(error: OSError) -> str:
     return FIXES.get(error.errno, "check the path, free space and permissions")
 
 
+def interrupted(stop: BaseException) -> int:
+    """One `error:` line for Ctrl-C (KeyboardInterrupt) or SIGTERM (Terminated); the exit status."""
+    name, status = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("Ctrl-C", 130)
+    print(f"error: interrupted ({name}); nothing half-written was kept", file=sys.stderr)
+    return status
+
+
+def lazy_main(load, argv: list[str] | None) -> int:
+    """The whole of a command's `main`: from here on SIGTERM unwinds and Ctrl-C ends in one line, also while
+    `load()` imports the command and returns (its parser, its run function) for `run_main`."""
+    with sigterm_unwinds():
+        try:
+            parser, run = load()
+        except (KeyboardInterrupt, Terminated) as stop:
+            return interrupted(stop)
+        return run_main(parser, run, argv)
+
+
 def run_main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> int:
     """Parse `argv`, call `run(args)`, and turn every failure into one `error:` line and an exit status."""
     args = parser.parse_args(argv)
-    hf_logging.disable_progress_bar()
     debug = getattr(args, "debug", False)
     try:
         with sigterm_unwinds():
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
             status = run(args)
             sys.stdout.flush()  # a closed pipe shows here, not after the status is decided
             return status
@@ -138,9 +165,7 @@ def run_main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> in
     except (KeyboardInterrupt, Terminated) as stop:
         if debug:
             raise
-        name, status = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("Ctrl-C", 130)
-        print(f"error: interrupted ({name}); nothing half-written was kept", file=sys.stderr)
-        return status
+        return interrupted(stop)
 
 
 def as_os_error(error: Exception) -> Exception:

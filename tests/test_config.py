@@ -133,7 +133,11 @@ def test_scaled_defaults():
     assert spread_layers((8, 21, 23), 26, 3) == (0, 1, 2)  # collisions pushed apart
     assert spread_layers((8, 21, 23), 26, 2) == (0, 1)
     assert spread_layers((8, 21, 23), 26, 1) == (0,)
-    assert EarlyTomConfig().for_model(27, 24).inner_layer == round(18 * 24 / 28)
+    # The inner merge at layer 18 of 28, at the same depth fraction 18 / 28 of other decoders, kept in [1, n - 1]:
+    # 24 layers: 15.43 -> 15; 28: 18; 14: 9; 7: 4.5 -> 4 (Python's round, half to even, as everywhere in
+    # DESIGN.md); 3: 1.93 -> 2; 2: 1.29 -> 1.
+    depths = {24: 15, 28: 18, 14: 9, 7: 4, 3: 2, 2: 1}
+    assert {d: EarlyTomConfig().for_model(27, d).inner_layer for d in depths} == depths
 
 
 @settings(max_examples=100, deadline=None)

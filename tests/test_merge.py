@@ -55,13 +55,17 @@ def test_ema_runs_across_boundaries():
 
 
 def test_merged_pair_is_weighted_average():
-    hidden = frames_with_drift([0.0, 0.05, 0.0, 0.3, 0.05])  # F1 == F2 and s_1 = 1 > s_2: a local peak
-    result = frame_merge(hidden)
-    assert result.source.tolist() == [[0, 0], [1, 2], [3, 3], [4, 4]]
-    s = result.similarity
-    w1, w2 = s[1] / (s[1] + s[2]), s[2] / (s[1] + s[2])
-    torch.testing.assert_close(result.hidden[1], w1 * hidden[1] + w2 * hidden[2])
-    torch.testing.assert_close(result.hidden[0], hidden[0])
+    """Two different frames, merged with weights worked out by hand. Token 0 of the frames: F0 = (1, 0),
+    F1 = (0.8, 0.6), F2 = (0.6, 0.8), F3 = (0, 1); token 1 is twice token 0 (same cosines). So s = (0.8, 0.96,
+    0.8): F1 is a local peak above tau_merge and merges with F2, weights 0.96 / 1.76 = 6/11 and 0.8 / 1.76 = 5/11:
+    token 0 -> (6 * 0.8 + 5 * 0.6, 6 * 0.6 + 5 * 0.8) / 11 = (7.8, 7.6) / 11."""
+    token = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    hidden = torch.stack([token, 2 * token], dim=1)  # [4, L = 2, D = 2]
+    result = frame_merge(hidden, tau_seg=-1.0, tau_merge=0.9)
+    torch.testing.assert_close(result.similarity, torch.tensor([0.8, 0.96, 0.8]))
+    assert result.source.tolist() == [[0, 0], [1, 2], [3, 3]]
+    merged = torch.tensor([[7.8 / 11, 7.6 / 11], [15.6 / 11, 15.2 / 11]])
+    torch.testing.assert_close(result.hidden, torch.stack([hidden[0], merged, hidden[3]]))
 
 
 def test_identical_frames_merge_into_that_frame():

@@ -47,8 +47,8 @@ def run_plan(similarity: torch.Tensor, *, alpha: float, tau_seg: float, max_wind
     data=st.data(),
 )
 def test_plan_kernel_makes_the_reference_decisions(F, max_window, alpha, tau_seg, data):
-    """Segments (EMA reset, window cap), rows, weights and labels equal the reference's exactly, ties between
-    neighbouring similarities and zero sums included, when both read the same float32 similarities."""
+    """Segments (EMA reset, window cap), rows, weights and labels equal the reference's exactly when both read the
+    same float32 similarities (random draws from few values; the ties that decide a merge: the tests below)."""
     W = launch.similarity_width(F, max_window)
     values = st.sampled_from([-0.5, 0.0, 0.3, 0.5, 0.6, 0.9, 1.0])
     similarity = torch.tensor(data.draw(st.lists(values, min_size=F * W, max_size=F * W)), dtype=torch.float32)
@@ -62,6 +62,73 @@ def test_plan_kernel_makes_the_reference_decisions(F, max_window, alpha, tau_seg
     assert torch.equal(ours["weight"][:N], plan.weight)
     static = [a < i < b for a, b in segments.tolist() for i in range(a, b + 1)]
     assert ours["label"].bool().tolist() == static
+
+
+def one_segment(tau_m: float, sig: list[float]) -> torch.Tensor:
+    """similarity [F, W] for F = len(sig) + 3 frames that stay one segment (tau_seg -1, max_window F + 1): the plan
+    reads only tau_m = cos(F0, F_last) at [F - 1, F - 2] and sig_j = cos(m_j, m_j+1) of the middle frames
+    m_j = F_(1+j) at [2 + j, 0]; every other entry is 0."""
+    F = len(sig) + 3
+    similarity = torch.zeros(F, F - 1)
+    similarity[F - 1, F - 2] = tau_m
+    for j, value in enumerate(sig):
+        similarity[2 + j, 0] = value
+    return similarity
+
+
+# (tau_m, sig, the rows (first, last, w) written by hand). A pair (m_j, m_j+1) merges when sig_j > tau_m and
+# sig_j > sig_j+1 (the last pair: sig_j > tau_m alone, w = 1), w = sig_j / (sig_j + sig_j+1); the last middle frame
+# is dropped unless merged. Each case holds a tie where `>=` would merge a different pair.
+TIES = {
+    "neighbours tie": (  # sig_0 = sig_1: m_0 stays alone, (m_1, m_2) merge; `>=` would merge (m_0, m_1), (m_2, m_3)
+        0.5,
+        [0.9, 0.9, 0.6],
+        [(0, 0, 1.0), (1, 1, 1.0), (2, 3, 0.9 / 1.5), (5, 5, 1.0)],
+    ),
+    "threshold tie": (  # sig_0 = tau_m: nothing merges (m_3 dropped); `>=` would merge (m_0, m_1)
+        0.6,
+        [0.6, 0.3, 0.2],
+        [(0, 0, 1.0), (1, 1, 1.0), (2, 2, 1.0), (3, 3, 1.0), (5, 5, 1.0)],
+    ),
+    "last pair at the threshold": (  # sig_2 = tau_m: (m_2, m_3) stay apart, m_3 dropped; `>=` would merge them
+        0.5,
+        [0.1, 0.2, 0.5],
+        [(0, 0, 1.0), (1, 1, 1.0), (2, 2, 1.0), (3, 3, 1.0), (5, 5, 1.0)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TIES))
+def test_plan_ties_make_the_reference_decisions(case):
+    tau_m, sig, rows = TIES[case]
+    similarity = one_segment(tau_m, sig)
+    F = similarity.shape[0]
+    options = {"alpha": 0.9, "tau_seg": -1.0, "max_window": F + 1}
+    plan = plan_compress(similarity, plan_segments(similarity, **options))
+    ours = run_plan(similarity, **options)
+    expected_source = [[first, last] for first, last, _ in rows]
+    expected_weight = torch.tensor([[w, 1.0 - w] for _, _, w in rows])
+    assert plan.source.tolist() == expected_source  # the hand-written plan is the reference's
+    torch.testing.assert_close(plan.weight, expected_weight)
+    N, S = ours["counts"].tolist()
+    assert (S, ours["segments"][:S].tolist()) == (1, [[0, F - 1]])
+    assert torch.stack([ours["first"][:N], ours["last"][:N]], 1).tolist() == expected_source
+    assert torch.equal(ours["weight"][:N], plan.weight)
+    assert ours["label"].tolist() == [0] + [1] * (F - 2) + [0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(J=st.integers(2, 6), data=st.data())
+def test_plan_kernel_decides_ties_as_the_reference(J, data):
+    """One segment of J middle frames whose sig_j and tau_m come from three values: most plans hold ties."""
+    values = st.sampled_from([0.2, 0.5, 0.9])
+    similarity = one_segment(data.draw(values), data.draw(st.lists(values, min_size=J - 1, max_size=J - 1)))
+    options = {"alpha": 0.9, "tau_seg": -1.0, "max_window": J + 3}
+    plan = plan_compress(similarity, plan_segments(similarity, **options))
+    ours = run_plan(similarity, **options)
+    N = int(ours["counts"][0])
+    assert torch.stack([ours["first"][:N], ours["last"][:N]], 1).tolist() == plan.source.tolist()
+    assert torch.equal(ours["weight"][:N], plan.weight)
 
 
 def scene(levels: list[float], L: int, D: int, seed: int, dtype=torch.float32) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The eager LLaVA-OneVision pipeline on the tiny model: the oracle every other backend is checked against."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -48,16 +49,31 @@ def test_uncompressed_adapter_equals_transformers_forward(tiny):
 
 
 def test_scores_are_attention_received_in_last_layer(tiny):
+    """The paper chain's scores are transformers' own attention maps of the last used encoder layer (SigLIP run
+    with output_attentions), averaged over heads and queries and pooled as LLaVA-OV pools its features; no other
+    layer's maps give them."""
     adapter = tiny.backbone()
     head, tail = (Stretch(adapter, spec) for spec in vision_chain("paper", (0,), adapter.dims.encoder_layers))
     pixels = tiny.processor(torch.from_numpy(moving_square_frames(2)))
+    tower = copy.deepcopy(tiny.model.model.vision_tower)  # the session's model keeps its attention kernel
+    tower.set_attn_implementation("eager")  # the implementation that returns attention maps
     with torch.inference_mode():
         tokens, scores = tail(*head(pixels))
+        maps = tower(pixel_values=pixels, output_attentions=True).attentions  # per layer [2, H, L, L]
     grid = 9  # the tiny model's patch grid: 72 px frames, 8 px patches
     assert tokens.shape == (2, adapter.dims.tokens_per_frame, tiny.model.config.text_config.hidden_size)
     assert scores.shape == (2, ((grid + 1) // 2) ** 2)
-    # Unpooled, attention received averages to 1/L per query row; bilinear pooling keeps the mean near 1/L.
-    assert scores.mean().item() == pytest.approx(1 / grid**2, rel=0.1)
+
+    def pooled(layer: int) -> torch.Tensor:
+        received = maps[layer].float().mean(dim=(1, 2))  # [2, L]: mean over heads and query rows
+        if tiny.model.config.vision_feature_select_strategy == "default":
+            received = received[:, 1:]
+        return tiny.model.model.apply_pooling(received[..., None])[..., 0]
+
+    last = adapter.dims.encoder_layers - 1
+    torch.testing.assert_close(scores, pooled(last), rtol=1e-4, atol=1e-6)
+    for layer in range(last):
+        assert not torch.allclose(scores, pooled(layer), rtol=1e-3, atol=1e-5), layer
 
 
 def test_compressed_request_reaches_decoder_with_k_plus_newline(pipeline, clips):

@@ -3,10 +3,12 @@ answers and streams, raw httpx for every error, concurrency against sequential r
 
 import base64
 import concurrent.futures
+import http.client
 import json
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -19,6 +21,7 @@ from serve_helpers import RunningServer  # noqa: E402
 
 from earlytom.runtime.pipeline import Pipeline  # noqa: E402
 from earlytom.runtime.synthetic import moving_square_frames, write_clip  # noqa: E402
+from earlytom.serve import app as app_module  # noqa: E402
 from earlytom.serve.app import Settings, create_app  # noqa: E402
 
 KEY = "test-key"
@@ -161,6 +164,12 @@ def test_models_and_health(server):
     assert health["status"] == "ok"
 
 
+def chat_bytes(url: str, prompt: str) -> bytes:
+    """A chat body written by hand, so that it may hold what json.dumps would not write (a lone surrogate)."""
+    parts = f'[{{"type": "video_url", "video_url": {{"url": "{url}"}}}}, {{"type": "text", "text": "{prompt}"}}]'
+    return f'{{"model": "tiny", "messages": [{{"role": "user", "content": {parts}}}]}}'.encode()
+
+
 def bad_requests(media) -> dict[str, tuple[dict | bytes, int, str]]:
     """name -> (body, expected status, expected error code)."""
     moving = data_url(media["clips"]["moving"])
@@ -194,11 +203,25 @@ def bad_requests(media) -> dict[str, tuple[dict | bytes, int, str]]:
         "sampling": (chat_body(moving, temperature=0.7), 400, "sampling_not_supported"),
         "top_p": (chat_body(moving, top_p=0.5), 400, "sampling_not_supported"),
         "empty stop": (chat_body(moving, stop=[""]), 400, "invalid_stop"),
-        "prompt too long": (
+        "prompt too long": (  # the tiny model's context is 2048 tokens; one byte is one token
             {"model": "tiny", "messages": messages(moving, "x" * 2100), "max_tokens": 4},
             400,
-            "invalid_input",
+            "prompt_too_long",
         ),
+        "prompt of too many characters": (
+            chat_body(moving) | {"messages": messages(moving, "x" * 10**6)},
+            400,
+            "prompt_too_long",
+        ),
+        "lone surrogate in the prompt": (chat_bytes(moving, "\\ud800"), 400, "invalid_prompt"),
+        "JSON nesting bomb": (b"[" * 100_000, 400, "invalid_json"),
+        "nesting bomb inside a field": (b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"}", 400, "invalid_json"),
+        "integer of 5000 digits": (b'{"model": "tiny", "max_tokens": ' + b"9" * 5000 + b"}", 400, "invalid_json"),
+        "not an object": (b"[]", 400, "invalid_request"),
+        "NUL byte in a file URL": (chat_body(f"file://{allowed}/a%00b.mp4"), 400, "invalid_url"),
+        "lone surrogate in a file URL": (chat_bytes(f"file://{allowed}/\\ud800.mp4", "x"), 400, "invalid_url"),
+        "non-ASCII base64": (chat_body("data:video/mp4;base64,\u00e9\u00e9\u00e9\u00e9"), 400, "invalid_data_url"),
+        "stop string too long": (chat_body(moving, stop=["x" * 257]), 400, "invalid_stop"),
         "video over the limit": (chat_body(big), 413, "video_too_large"),
         "http url": (chat_body("https://example.com/clip.mp4"), 400, "remote_url_refused"),
         "ftp url": (chat_body("ftp://example.com/clip.mp4"), 400, "invalid_url"),
@@ -210,8 +233,8 @@ def bad_requests(media) -> dict[str, tuple[dict | bytes, int, str]]:
 
 
 def test_every_bad_request_gets_its_4xx_and_an_openai_error(server, media, client):
-    """Each bad request gets the matching status and {"error": {message, type, code}}, leaves no temporary file
-    behind, and the server answers normally afterwards."""
+    """Each bad request gets the matching status and {"error": {message, type, code}} naming no temporary file of
+    the server's, leaves no temporary file behind, and the server answers normally afterwards."""
     before = temp_videos()
     for name, (body, status, code) in bad_requests(media).items():
         response = post(server, body) if isinstance(body, dict) else post(server, None, content=body)
@@ -219,19 +242,136 @@ def test_every_bad_request_gets_its_4xx_and_an_openai_error(server, media, clien
         error = response.json()["error"]
         assert error["code"] == code, name
         assert error["type"] == "invalid_request_error" and error["message"], name
+        assert "earlytom-serve-" not in error["message"], name  # the server's temporary files stay unnamed
     assert temp_videos() == before
     reply = client.chat.completions.create(model="tiny", messages=messages(data_url(media["clips"]["moving"])))
     assert reply.choices[0].message.content
 
 
-def test_api_key_is_required_on_v1_but_not_health(server, media):
+def test_api_key_is_required_everywhere_but_health_and_metrics(server, media):
     body = chat_body(data_url(media["clips"]["moving"]))
     for key in (None, "wrong"):
         response = post(server, body, key=key)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_api_key"
-    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    for path in ("/v1/models", "/docs", "/redoc", "/openapi.json", "/v1/nope", "/"):
+        response = httpx.get(f"{server.url}{path}")
+        assert (response.status_code, response.json()["error"]["code"]) == (401, "invalid_api_key"), path
+    for path in ("/docs", "/redoc", "/openapi.json"):  # no API documentation is served, with the key either
+        assert httpx.get(f"{server.url}{path}", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
     assert httpx.get(f"{server.url}/health").status_code == 200
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "header, status",
+    [
+        (f"Bearer {KEY}", 200),
+        (f"bearer {KEY}", 200),
+        (f"BEARER {KEY}", 200),
+        (f"bEaReR  {KEY}", 200),
+        (f"Basic {KEY}", 401),
+        (f"Bearer{KEY}", 401),
+        (f"Bearer {KEY}x", 401),
+        (f"Bearer {KEY.upper()}", 401),  # the scheme's case is free, the key's is not
+        ("Bearer", 401),
+        ("", 401),
+    ],
+)
+def test_the_bearer_scheme_is_case_insensitive_and_the_key_exact(server, header, status):
+    assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": header}).status_code == status
+
+
+def test_a_prompt_over_the_context_never_reaches_the_model_thread(server, media, monkeypatch):
+    """Characters (a prompt of a million) and then tokens are checked before the request is queued for the model:
+    the tiny model's chat template adds 6 + 14 tokens to the prompt's 2100 bytes (one token each)."""
+    queued = []
+    monkeypatch.setattr(app_module, "answer", lambda *args, **kw: queued.append(args))
+    moving = data_url(media["clips"]["moving"])
+    for prompt, words in (("x" * 10**6, "1000000 characters"), ("x" * 2100, "prompt (2120 tokens)")):
+        response = post(server, chat_body(moving) | {"messages": messages(moving, prompt)})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "prompt_too_long" and words in error["message"]
+    assert queued == []
+
+
+def test_the_prompt_check_counts_tokens_as_the_pipeline_does(server, pipeline):
+    """The check's own tokenizer counts the chat-formatted prompt as Pipeline.prompt_ids does, control tokens typed
+    in the prompt included (they stay text)."""
+    check = server.server.config.app.state.service.prompts
+    for prompt in ("", "What moves?", "<|im_end|><|im_start|>system\n<video>", "\u20ac\u00e9 " * 40):
+        before, after = pipeline.prompt_ids(prompt)
+        assert check.tokens(prompt) == len(before) + len(after)
+
+
+def same_connection_exchange(server, requests: list[tuple[str, str, bytes | None, dict]]) -> list[tuple[int, dict]]:
+    """The requests (method, path, body, headers) one after another on ONE keep-alive connection -> (status,
+    JSON body) of each; fails if the server closed the connection in between."""
+    address = urlparse(server.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    replies, sock = [], None
+    try:
+        for method, path, body, headers in requests:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            replies.append((response.status, json.loads(response.read())))
+            assert sock is None or connection.sock is sock, "the server closed the connection"
+            sock = connection.sock
+    finally:
+        connection.close()
+    return replies
+
+
+def test_after_any_error_the_connection_serves_the_next_request_and_every_status_is_counted(
+    server, pipeline, media, monkeypatch
+):
+    """A 400 (JSON nesting bomb), a 500 of the model, and a 500 no handler expected (a fault injected where the
+    request is read): each a JSON error on a connection that then serves the next request; /metrics counts each."""
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    good = json.dumps(chat_body(data_url(media["clips"]["short"]), max_tokens=2)).encode()
+    path = "/v1/chat/completions"
+
+    def model_fails(pixels, options, timer):
+        raise RuntimeError("injected fault in the vision head")
+
+    def server_fails(*args, **kwargs):
+        raise OSError(5, f"injected I/O error on {tempfile.gettempdir()}/earlytom-serve-x")
+
+    monkeypatch.setattr(app_module, "open_media", server_fails)
+    before = metric_values(server)
+    replies = same_connection_exchange(
+        server,
+        [
+            ("POST", path, b"[" * 100_000, auth),
+            ("GET", "/v1/models", None, auth),
+            ("POST", path, good, auth),  # open_media fails: nothing handles an OSError there
+            ("GET", "/v1/models", None, auth),
+            ("GET", "/nowhere", None, {}),
+            ("GET", "/v1/models", None, auth),
+        ],
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline.backend, "encode", model_fails)
+    replies += same_connection_exchange(server, [("POST", path, good, auth), ("GET", "/v1/models", None, auth)])
+    after = metric_values(server)
+    statuses = [status for status, _ in replies]
+    assert statuses == [400, 200, 500, 200, 401, 200, 500, 200]
+    assert replies[2][1]["error"] == {
+        "message": "the server failed on this request (OSError)",
+        "type": "server_error",
+        "code": "internal_error",
+    }
+    assert replies[6][1]["error"]["code"] == "model_error"
+
+    def grew(endpoint, status):
+        key = ("earlytom_requests_total", (("endpoint", endpoint), ("status", status)))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("/v1/chat/completions", "500") == 2
+    assert grew("/v1/chat/completions", "400") == 1
+    assert grew("/v1/models", "200") == 4
+    assert grew("other", "401") == 1
 
 
 def test_streamed_errors_before_the_first_token_keep_their_status(server, media):

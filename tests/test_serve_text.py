@@ -1,7 +1,10 @@
-"""Streamed answer text: token-by-token deltas add up to the whole answer, cut at the first stop string, never
-showing half a character or the start of a stop string that later completes. Also the `serve` command line."""
+"""Streamed answer text: token-by-token deltas add up to the whole answer, cut at the earliest stop string,
+never showing half a character or the start of a stop string that later completes. Expected texts are written by
+hand or found by a plain loop here (`earliest_cut`), never by the functions under test. Also the `serve` command
+line."""
 
 import argparse
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -24,22 +27,77 @@ def ids(text: str) -> list[int]:
 TOKEN = st.one_of(st.sampled_from(ids("ab\u00e9\u20acx ")), st.integers(0, 261))
 
 
+def earliest_cut(text: str, stop: list[str]) -> tuple[str, bool]:
+    """The oracle: read the text one character at a time; as soon as a stop string is complete, cut at its start
+    (at the start of the longest, when one character completes several)."""
+    for end in range(1, len(text) + 1):
+        complete = [s for s in stop if text[:end].endswith(s)]
+        if complete:
+            return text[: end - max(map(len, complete))], True
+    return text, False
+
+
+@st.composite
+def stop_lists(draw, text: str):
+    """0-4 stop strings, most of them pieces of `text` (so they hit, often several at once and overlapping), some
+    random, and sometimes one of them twice."""
+    piece = st.integers(0, max(len(text) - 1, 0)).flatmap(lambda i: st.integers(i + 1, i + 3).map(lambda j: text[i:j]))
+    random = st.text("ab\u00e9\u20ac", min_size=1, max_size=3)
+    stop = draw(st.lists(piece.filter(bool) | random if text else random, max_size=4))
+    if stop and len(stop) < 4 and draw(st.booleans()):
+        stop.append(draw(st.sampled_from(stop)))  # a repeated stop string
+    return stop
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    ids=st.lists(TOKEN, min_size=1, max_size=40),
-    stop=st.lists(st.text("ab\u00e9\u20ac", min_size=1, max_size=3), max_size=4),
-)
-def test_streamed_deltas_add_up_to_the_visible_answer(ids, stop):
+@given(ids=st.lists(TOKEN, min_size=1, max_size=40), data=st.data())
+def test_streamed_deltas_add_up_to_the_visible_answer(ids, data):
+    whole = TOKENIZER.decode(ids, skip_special_tokens=True)
+    stop = data.draw(stop_lists(whole))
     stream = TextStream(TOKENIZER, stop)
     deltas = [stream.push(i) for i in ids]
-    whole = TOKENIZER.decode(ids, skip_special_tokens=True)
-    visible, stopped = cut_at_stop(whole, stop)
+    visible, stopped = earliest_cut(whole, stop)
+    assert cut_at_stop(whole, stop) == (visible, stopped)
     streamed = "".join(deltas)
     assert visible.startswith(streamed)
     for end in range(1, len(deltas) + 1):  # nothing released ever goes past a stop string
         assert not any(s in "".join(deltas[:end]) for s in stop)
     assert streamed + stream.finish(whole) == visible
     assert stopped or not stream.stopped  # never claims a stop string that is not there
+
+
+@pytest.mark.parametrize(
+    "text, stop, expected",
+    [
+        ("abcabc", ["bc", "ca"], "a"),  # "bc" hits at 1, "ca" at 2
+        ("abcabc", ["ca", "bc"], "a"),  # the list's order does not matter, the text's does
+        ("hello world", ["world", "lo w"], "hel"),  # the later-listed stop string hits first
+        ("hello world", ["o"], "hell"),  # a stop string that occurs twice: its first occurrence
+        ("banana", ["na", "an", "na"], "b"),  # repeated in the list, overlapping in the text
+        ("overlap", ["lap", "erl"], "ov"),
+        ("aaaa", ["aa"], ""),  # at the very start
+        ("x. y. z.", [". ", "."], "x"),  # two stop strings hitting at the same position
+        ("caf\u00e9 \u20ac5", ["\u20ac", "\u00e9"], "caf"),
+        ("aba", ["aba", "b"], "a"),  # "b" is complete first: the generation ends there, before "aba" could
+        ("xaby", ["xaby", "ab"], "x"),
+        ("abc", ["bc", "abc"], ""),  # both complete with "c": the longer one starts earlier
+        ("abcd", ["abcd", "bc"], "a"),
+    ],
+)
+def test_the_earliest_stop_string_wins(text, stop, expected):
+    assert cut_at_stop(text, stop) == (expected, True)
+
+
+@pytest.mark.parametrize("text, stop", [("no stop here", ["xyz", "Here"]), ("ab", []), ("", ["a"])])
+def test_text_without_a_stop_string_is_kept_whole(text, stop):
+    assert cut_at_stop(text, stop) == (text, False)
+
+
+def test_a_stream_stops_at_the_earliest_of_repeated_and_overlapping_stop_strings():
+    stream = TextStream(TOKENIZER, ["c d", "b c", "b c"])
+    deltas = [stream.push(i) for i in ids("a b c d e")]
+    assert "".join(deltas) == "a " and stream.stopped
+    assert stream.finish("a b c d e") == ""
 
 
 def test_a_multibyte_character_is_released_whole():
@@ -56,6 +114,21 @@ def test_a_stop_string_prefix_is_held_until_it_fails_to_complete():
 def test_stop_prefix_length():
     assert stop_prefix_length("hello wor", ["world", "or"]) == 3
     assert stop_prefix_length("hello", ["xyz"]) == 0
+
+
+def test_a_port_in_use_is_one_error_line_before_the_model_loads(capsys):
+    pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
+    from earlytom.serve.__main__ import main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = main(["--model", "no-such-model", "--port", str(port)])  # a model that would fail to load
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == (
+        f"error: cannot listen on --host 127.0.0.1 --port {port}: Address already in use; choose another --port, "
+        "or stop the program listening on it\n"
+    )
 
 
 def serve_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ and the old engine under its hidden name: `recover` (run by every build and ever
 after both renames leaves a hidden old copy that `recover` deletes. `recover` only touches hidden directories of
 processes that are gone (a build in progress elsewhere keeps its own), and a load never fails because a stale
 one cannot be deleted. Only directories this tool created are ever deleted or replaced: `--overwrite` replaces an
-empty directory or one holding an engine manifest, and refuses anything else.
+empty directory or an engine directory that verifies (its manifest's schema, and exactly its files with their
+hashes: a manifest that merely claims the format is not enough), and refuses anything else untouched.
 """
 
 import contextlib
@@ -20,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from earlytom.engine.layout import MANIFEST
+from earlytom.engine.manifest import EngineDirError, read_manifest
 
 PARTIAL, OLD = ".earlytom-partial-", ".earlytom-old-"
 
@@ -91,11 +93,16 @@ def check_output(output: Path, *, overwrite: bool) -> None:
         return
     if not overwrite:
         raise OutputError(f"{output} already exists; pass --overwrite to replace it (it stays intact until then)")
-    if any(output.iterdir()) and not is_engine_dir(output):
+    if not any(output.iterdir()):
+        return
+    try:
+        read_manifest(output)
+    except EngineDirError as error:
         raise OutputError(
-            f"{output} is not an engine directory (no engine {MANIFEST}) and not empty: --overwrite replaces only "
-            "engine directories; choose another --output or empty it yourself"
-        )
+            f"{output} is not empty and does not verify as an engine directory ({error}): --overwrite replaces only "
+            "an engine directory whose files match its manifest, or an empty directory; nothing was changed. "
+            "Choose another --output, or remove the directory yourself if it is yours to delete"
+        ) from error
 
 
 @contextlib.contextmanager

@@ -1,6 +1,10 @@
-"""The FastAPI app: POST /v1/chat/completions (JSON or server-sent events), GET /v1/models, /health, /metrics."""
+"""The FastAPI app: POST /v1/chat/completions (JSON or server-sent events), GET /v1/models, /health, /metrics.
+
+Every path but /health and /metrics needs the API key when one is set (there are no /docs). Every error is an
+OpenAI-style JSON body, counted in /metrics by status, and leaves the connection open for the next request."""
 
 import asyncio
+import copy
 import hmac
 import json
 import logging
@@ -8,15 +12,17 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from earlytom.runtime.pipeline import Pipeline, Result
+from earlytom.runtime.pipeline import Pipeline, PromptTooLong, Result
 from earlytom.serve.media import Media, open_media
 from earlytom.serve.metrics import Metrics
 from earlytom.serve.protocol import (
@@ -33,7 +39,8 @@ from earlytom.serve.worker import QueueFull, Worker
 log = logging.getLogger("earlytom.serve")
 
 RETRY_AFTER_S = 1
-COUNTED_ENDPOINTS = ("/v1/chat/completions", "/v1/models")
+OPEN_PATHS = ("/health", "/metrics")  # answered without the API key
+ENDPOINTS = ("/v1/chat/completions", "/v1/models", *OPEN_PATHS)  # /metrics counts any other path as "other"
 
 
 @dataclass
@@ -84,17 +91,16 @@ def answer(pipeline: Pipeline, media: Media, prompt: str, max_tokens: int, on_to
     return Answer(result, len(before) + len(after) + result.counts["visual_tokens"] + 1)
 
 
-def as_api_error(error: BaseException) -> ApiError:
+def as_api_error(error: BaseException, media: Media) -> ApiError:
     """A failure of the model thread as the client sees it: the pipeline's ValueErrors are the request's fault
-    (unreadable video, prompt too long); anything else is the server's."""
+    (unreadable video, prompt too long); anything else is the server's. No message names a temporary file."""
     if isinstance(error, ApiError):
         return error
     if isinstance(error, ValueError):
-        return ApiError(400, str(error), "invalid_input")
+        return ApiError(400, media.public(str(error)), "invalid_input")
     log.error("the model failed on a request", exc_info=error)
-    return ApiError(
-        500, f"the model failed on this request: {type(error).__name__}: {error}", "model_error", kind="server_error"
-    )
+    message = media.public(f"the model failed on this request: {type(error).__name__}: {error}")
+    return ApiError(500, message, "model_error", kind="server_error")
 
 
 def finish_reason(result: Result, eos: int, stopped: bool) -> str:
@@ -114,12 +120,10 @@ def extras(result: Result) -> dict:
     return {"timings_ms": result.timings_ms, "counts": result.counts, "notes": result.notes}
 
 
-def check_api_key(request: Request, key: str | None) -> None:
-    if key is None:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-        raise ApiError(401, "missing or wrong API key: send the header Authorization: Bearer <key>", "invalid_api_key")
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case, as RFC 9110 has it)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -140,23 +144,56 @@ def sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-class StatusCounter:
-    """ASGI middleware counting responses of the /v1 endpoints by status (streamed ones when they start)."""
+def error_response(error: ApiError) -> Response:
+    """The error as JSON in ASCII (a lone surrogate echoed from a request stays valid JSON)."""
+    return Response(json.dumps(error.body()), error.status, error.headers, media_type="application/json")
+
+
+class RequireKey:
+    """ASGI middleware: 401 on every path but OPEN_PATHS unless the request carries `Authorization: Bearer <key>`."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            token = bearer_token(Headers(scope=scope).get("authorization"))
+            if token is None or not hmac.compare_digest(token.encode(), self.key):
+                message = "missing or wrong API key: send the header Authorization: Bearer <key>"
+                return await error_response(ApiError(401, message, "invalid_api_key"))(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class CountAndContain:
+    """ASGI middleware: counts every response by endpoint and status (streamed ones when they start), and answers
+    an error no handler took with a JSON 500 itself. (Starlette's last-resort handler re-raises it after its
+    plain-text 500, and uvicorn then closes the connection under the client's next request.)"""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        endpoint = scope["path"] if scope["path"] in COUNTED_ENDPOINTS else "other"
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        started = False
 
         async def counting_send(message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 self.metrics.requests.labels(endpoint, str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception as error:
+            if started:  # a response under way can only be cut off
+                raise
+            log.error("unhandled error in a request to %s", endpoint, exc_info=error)
+            message = f"the server failed on this request ({type(error).__name__})"
+            failed = ApiError(500, message, "internal_error", kind="server_error")
+            await error_response(failed)(scope, receive, counting_send)
 
 
 class TokenFeed:
@@ -184,6 +221,51 @@ class TokenFeed:
         return await self.queue.get()
 
 
+class PromptCheck:
+    """The prompt's size, checked before the request reaches the model thread: its characters first (no longer
+    prompt can fit the context: each token spells at most the longest vocabulary entry), then its tokens, counted
+    on a thread of their own with a tokenizer of their own (a tokenizer is not thread-safe: each call sets whether
+    typed special tokens are split). Both refusals are a 400 "prompt_too_long"."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.tokenizer = copy.deepcopy(pipeline.tokenizer)
+        before, after = pipeline.prompt_ids("")
+        self.template_tokens = len(before) + len(after)  # prompt_ids tokenizes the prompt apart from the template
+        self.context = pipeline.decoder.context_length
+        self.max_chars = self.context * max(map(len, self.tokenizer.get_vocab()))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="earlytom-tokenize")
+
+    def tokens(self, prompt: str) -> int:
+        """Text tokens of the whole chat-formatted prompt (as Pipeline.prompt_ids counts them)."""
+        ids = self.tokenizer(prompt, add_special_tokens=False, split_special_tokens=True).input_ids
+        return self.template_tokens + len(ids)
+
+    def fits(self, prompt: str, max_tokens: int) -> None:
+        """Runs on the check's thread: PromptTooLong unless the prompt, the visual tokens and the answer fit."""
+        self.pipeline.check_context(self.tokens(prompt), max_tokens, self.context)
+
+    async def check(self, prompt: str, max_tokens: int) -> None:
+        try:
+            prompt.encode()
+        except UnicodeEncodeError as error:
+            raise ApiError(400, f"the prompt is not valid Unicode text: {error}", "invalid_prompt") from error
+        if len(prompt) > self.max_chars:
+            raise ApiError(
+                400,
+                f"the prompt has {len(prompt)} characters; no prompt over {self.max_chars} fits this model's "
+                f"context window of {self.context} tokens",
+                "prompt_too_long",
+            )
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.fits, prompt, max_tokens)
+        except PromptTooLong as error:
+            raise ApiError(400, str(error), "prompt_too_long") from error
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class Job:
     """One validated chat request."""
@@ -200,6 +282,7 @@ class ChatService:
     def __init__(self, pipeline: Pipeline, settings: Settings) -> None:
         self.pipeline, self.settings = pipeline, settings
         self.worker = Worker(settings.max_queue)
+        self.prompts = PromptCheck(pipeline)
         self.metrics = Metrics(lambda: self.worker.waiting)
         self.eos = pipeline.tokenizer.eos_token_id
 
@@ -235,7 +318,7 @@ class ChatService:
         try:
             done = await self.submit(media, job, None)
         except Exception as error:
-            raise as_api_error(error) from error
+            raise as_api_error(error, media) from error
         self.record(done, started)
         text, stopped = cut_at_stop(done.result.text, job.stop)
         choice = {
@@ -259,7 +342,7 @@ class ChatService:
         future.add_done_callback(feed.close)
         first = await feed.get()
         if first is TokenFeed.END:
-            raise as_api_error(future.exception())
+            raise as_api_error(future.exception(), media)
         head, text = self.envelope("chat.completion.chunk"), TextStream(self.pipeline.tokenizer, job.stop)
 
         def chunk(delta: dict, reason: str | None = None, **more) -> str:
@@ -272,7 +355,7 @@ class ChatService:
                     if not text.stopped:
                         yield chunk({"content": text.push(token_id)})
                 if future.exception() is not None:
-                    yield sse(as_api_error(future.exception()).body())
+                    yield sse(as_api_error(future.exception(), media).body())
                     return
                 done = future.result()
                 self.record(done, started)
@@ -292,7 +375,6 @@ class ChatService:
         )
 
     async def handle(self, request: Request) -> Response:
-        check_api_key(request, self.settings.api_key)
         body = await read_body(request, self.settings.body_limit)
         chat = await asyncio.to_thread(parse_chat, body)
         if chat.model != self.settings.served_model_name:
@@ -305,14 +387,11 @@ class ChatService:
         check_greedy(chat)
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         job = Job(prompt, max_new_tokens(chat), stop_strings(chat), include_usage)
+        await self.prompts.check(job.prompt, job.max_tokens)
         media = await asyncio.to_thread(
             open_media, url, allowed=self.settings.allowed_local_media_path, max_bytes=self.settings.max_video_bytes
         )
         return await (self.stream(media, job) if chat.stream else self.complete(media, job))
-
-
-def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def create_app(pipeline: Pipeline, settings: Settings) -> FastAPI:
@@ -324,18 +403,21 @@ def create_app(pipeline: Pipeline, settings: Settings) -> FastAPI:
     async def lifespan(_app: FastAPI):
         yield
         service.worker.close()
+        service.prompts.close()
 
-    app = FastAPI(title="EarlyTom video chat", lifespan=lifespan)
-    app.add_middleware(StatusCounter, metrics=service.metrics)
+    app = FastAPI(title="EarlyTom video chat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if settings.api_key is not None:
+        app.add_middleware(RequireKey, key=settings.api_key)
+    app.add_middleware(CountAndContain, metrics=service.metrics)  # added last: outside the key check
     app.state.service = service
 
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, error: ApiError) -> JSONResponse:
+    async def api_error(_request: Request, error: ApiError) -> Response:
         return error_response(error)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        code = "not_found" if error.status_code == 404 else "method_not_allowed"
+    async def http_error(_request: Request, error: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(ApiError(error.status_code, str(error.detail), code))
 
     @app.post("/v1/chat/completions")
@@ -343,8 +425,7 @@ def create_app(pipeline: Pipeline, settings: Settings) -> FastAPI:
         return await service.handle(request)
 
     @app.get("/v1/models")
-    async def models(request: Request) -> dict:
-        check_api_key(request, settings.api_key)
+    async def models() -> dict:
         card = {"id": settings.served_model_name, "object": "model", "created": started, "owned_by": "earlytom"}
         return {"object": "list", "data": [card]}
 

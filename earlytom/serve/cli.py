@@ -7,12 +7,21 @@
 """
 
 import argparse
+import errno
+import os
+import socket
 from pathlib import Path
 
+from earlytom.command_line import add_debug_arg
 from earlytom.runtime.backends.base import METHODS
 
 DEFAULT_MAX_VIDEO_BYTES = 64 * 2**20
 DEFAULT_MAX_QUEUE = 16
+LISTEN_FIXES = {
+    errno.EADDRINUSE: "choose another --port, or stop the program listening on it",
+    errno.EACCES: "choose a --port above 1023 (lower ones need privileges)",
+    errno.EADDRNOTAVAIL: "give --host an address of this machine (127.0.0.1, or 0.0.0.0 for all)",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_VIDEO_BYTES,
         help=f"largest video accepted (default {DEFAULT_MAX_VIDEO_BYTES})",
     )
-    http.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1 endpoints")
+    http.add_argument(
+        "--api-key", default=None, help="require Authorization: Bearer KEY on every path but /health and /metrics"
+    )
     http.add_argument(
         "--max-queue",
         type=int,
@@ -58,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--ray", action="store_true", help="serve replicas on Ray Serve (the [ray] extra)")
     ray.add_argument("--replicas", type=int, default=None, help="replicas with --ray (default 1)")
     ray.add_argument("--cpus-per-replica", type=float, default=None, help="CPUs Ray reserves per replica (default 1)")
+    add_debug_arg(parser)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -80,8 +92,20 @@ def require(extra: str, module: str):
         ) from error
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, or a ValueError naming them and the fix (a port in use, a foreign host)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        return socket.create_server(address, family=family)
+    except OSError as error:  # create_server's message repeats the address; a failed lookup has a negative errno
+        reason = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror
+        fix = LISTEN_FIXES.get(error.errno, "check --host and --port")
+        raise ValueError(f"cannot listen on --host {host} --port {port}: {reason}; {fix}") from error
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Load the model, then serve until interrupted (user errors are ValueErrors, as for every command)."""
+    """Listen, load the model, then serve until interrupted (user errors are ValueErrors, as for every command).
+    The port is taken first: one in use fails at once, not after the model has loaded."""
     if not args.ray and (args.replicas is not None or args.cpus_per_replica is not None):
         raise ValueError("--replicas and --cpus-per-replica need --ray")
     uvicorn = require("serve", "uvicorn")
@@ -115,6 +139,7 @@ def serve(args: argparse.Namespace) -> int:
             cpus_per_replica=1.0 if args.cpus_per_replica is None else args.cpus_per_replica,
         )
         return 0
-    app = app_module.create_app(spec.load(), settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    with listen(args.host, args.port) as server_socket:
+        app = app_module.create_app(spec.load(), settings)
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[server_socket])
     return 0

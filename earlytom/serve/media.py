@@ -2,7 +2,6 @@
 `file://` URL inside the one directory the operator allowed. Remote URLs are refused: the server fetches nothing."""
 
 import base64
-import binascii
 import os
 import tempfile
 from dataclasses import dataclass
@@ -10,6 +9,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from earlytom.serve.protocol import ApiError
+
+TEMPORARY_NAME = "<the data URL>"
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class Media:
     def release(self) -> None:
         if self.temporary:
             self.path.unlink(missing_ok=True)
+
+    def public(self, message: str) -> str:
+        """`message` as the client may see it: a temporary file is named TEMPORARY_NAME, not by its server path."""
+        return message.replace(str(self.path), TEMPORARY_NAME) if self.temporary else message
 
 
 def too_large(size: int, limit: int, what: str) -> ApiError:
@@ -47,7 +52,7 @@ def from_data_url(url: str, max_bytes: int) -> Media:
         raise too_large(base64_size(payload), max_bytes, "the video in the data URL")
     try:
         data = base64.b64decode(payload, validate=True)
-    except binascii.Error as error:
+    except ValueError as error:  # binascii.Error, or a character that is not ASCII
         raise ApiError(400, f"the data URL's payload is not valid base64: {error}", "invalid_data_url") from error
     if not data:
         raise ApiError(400, "the data URL holds no bytes", "invalid_data_url")
@@ -63,20 +68,25 @@ def from_file_url(url: str, allowed: Path | None, max_bytes: int) -> Media:
         raise ApiError(
             403, "file:// URLs are disabled; start the server with --allowed-local-media-path DIR", "file_url_disabled"
         )
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        path = Path(unquote(parsed.path)).resolve()
+        inside = path.is_relative_to(allowed)  # whole path components: /srv/videos-evil is not in /srv/videos
+        size = path.stat().st_size if inside and path.is_file() else None
+    except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, an unencodable or overlong name, a link loop
+        raise ApiError(400, f"file URL {url!r} names no usable path: {error}", "invalid_url") from error
     if parsed.netloc not in ("", "localhost"):
         raise ApiError(400, f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path", "invalid_url")
-    path = Path(unquote(parsed.path)).resolve()
-    if not path.is_relative_to(allowed):
+    if not inside:
         raise ApiError(
             403,
-            f"{url} lies outside the allowed media directory {allowed} (--allowed-local-media-path)",
+            f"{url!r} lies outside the allowed media directory {allowed} (--allowed-local-media-path)",
             "media_path_forbidden",
         )
-    if not path.is_file():
-        raise ApiError(400, f"{url}: no such video file under {allowed}", "media_not_found")
-    if path.stat().st_size > max_bytes:
-        raise too_large(path.stat().st_size, max_bytes, url)
+    if size is None:
+        raise ApiError(400, f"{url!r}: no such video file under {allowed}", "media_not_found")
+    if size > max_bytes:
+        raise too_large(size, max_bytes, repr(url))
     return Media(path, temporary=False)
 
 

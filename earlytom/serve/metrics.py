@@ -12,7 +12,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "earlytom_requests", "HTTP requests to /v1 endpoints by response status", ["endpoint", "status"], registry=r
+            "earlytom_requests",
+            "HTTP requests by endpoint (other: any path not served) and response status",
+            ["endpoint", "status"],
+            registry=r,
         )
         self.queue_depth = Gauge("earlytom_queue_depth", "requests waiting for the model", registry=r)
         self.queue_depth.set_function(waiting)

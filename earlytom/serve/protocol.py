@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_MAX_TOKENS = 128
 MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256  # each is compared with the answer's end at every token, on the event loop
+MAX_PROBLEMS = 5  # validation errors named in a 400 (a body may hold thousands)
 
 
 class ApiError(Exception):
@@ -71,13 +73,18 @@ def parse_chat(body: bytes) -> ChatRequest:
     """The request body -> ChatRequest, or a 400 naming what is wrong."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # not JSON, not UTF-8, an integer of more than 4300 digits
         raise ApiError(400, f"the request body is not valid JSON: {error}", "invalid_json") from error
+    except RecursionError as error:
+        raise ApiError(400, "the request body is JSON nested too deeply to read", "invalid_json") from error
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
-        raise ApiError(400, f"invalid chat request: {problems}", "invalid_request") from error
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()]
+        more = f"; and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+        raise ApiError(
+            400, f"invalid chat request: {'; '.join(problems[:MAX_PROBLEMS])}{more}", "invalid_request"
+        ) from error
 
 
 def conversation(chat: ChatRequest) -> tuple[str, str]:
@@ -133,10 +140,15 @@ def check_greedy(chat: ChatRequest) -> None:
 
 
 def stop_strings(chat: ChatRequest) -> list[str]:
-    """`stop` as a list of 0 to MAX_STOP_STRINGS non-empty strings."""
+    """`stop` as a list of 0 to MAX_STOP_STRINGS non-empty strings of at most MAX_STOP_CHARS characters."""
     if chat.stop is None:
         return []
     stop = [chat.stop] if isinstance(chat.stop, str) else chat.stop
-    if len(stop) > MAX_STOP_STRINGS or "" in stop:
-        raise ApiError(400, f"stop = {chat.stop!r}: give up to {MAX_STOP_STRINGS} non-empty strings", "invalid_stop")
+    if len(stop) > MAX_STOP_STRINGS or not all(1 <= len(s) <= MAX_STOP_CHARS for s in stop):
+        raise ApiError(
+            400,
+            f"stop = {chat.stop!r:.200}: give up to {MAX_STOP_STRINGS} non-empty strings of at most "
+            f"{MAX_STOP_CHARS} characters",
+            "invalid_stop",
+        )
     return stop

@@ -3,9 +3,14 @@ without splitting a multi-byte character or showing the start of a stop string t
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """(text up to the earliest stop string, whether one occurred)."""
-    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """(text up to the stop string that is complete first, whether one is). Read character by character, the answer
+    ends at the start of the first stop string to complete (the longest, if several complete with one character):
+    the same cut whether the text arrives whole or token by token. ("aba" with stop ["aba", "b"] -> "a".)"""
+    hits = [(i + len(s), -len(s)) for s in stop if (i := text.find(s)) >= 0]  # (end, -length) of each first hit
+    if not hits:
+        return text, False
+    end, minus_length = min(hits)
+    return text[: end + minus_length], True
 
 
 def stop_prefix_length(text: str, stop: list[str]) -> int:

@@ -3,6 +3,7 @@ directory uses)."""
 
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +24,14 @@ def assert_one_error(err: str, *needles: str) -> str:
 def command(module: str, *args: str) -> list[str]:
     """argv running `python -m module args` with this worktree first on the path."""
     return [sys.executable, "-m", module, *args]
+
+
+def terminal_signals() -> None:
+    """A child's `preexec_fn`: SIGINT and SIGTERM at their defaults, as under a terminal. Children inherit ignored
+    signals, and pytest started in the background (`&`, nohup) ignores SIGINT: Python then raises no
+    KeyboardInterrupt on it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def child_env(*, drop: tuple[str, ...] = ()) -> dict:

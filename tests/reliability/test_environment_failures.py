@@ -7,12 +7,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from reliability_support import assert_one_error, child_env, command, tree
+from reliability_support import assert_one_error, child_env, command, terminal_signals, tree
 from safetensors.torch import save_file
 
 from earlytom.cli import main as earlytom_main
@@ -141,7 +142,12 @@ def test_signals_during_a_build_keep_the_old_engine(engine, tmp_path):
         before[name] = tree(output.parent)
         argv = command("earlytom.engine_builder.build", "--model", "tiny", "--output", str(output), "--overwrite")
         children[name] = subprocess.Popen(
-            [*argv, "--frames", "2"], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*argv, "--frames", "2"],
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=terminal_signals,  # the same however pytest was started
         )
     for name, (signum, _) in signals.items():
         output = tmp_path / name / "engine"
@@ -159,6 +165,42 @@ def test_signals_during_a_build_keep_the_old_engine(engine, tmp_path):
         Pipeline.from_engine_dir(output)
         assert read_manifest(output).max_frames == 4
         assert tree(output.parent) == before[name]
+
+
+CTRL_C_AT_TORCH = """
+import os, signal, sys
+
+class CtrlCAtTorch:
+    \"\"\"Presses Ctrl-C (a real SIGINT to this process) when `torch` is first imported.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCAtTorch())
+from {module} import main
+sys.exit(main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"), [("earlytom.cli", ["demo"]), ("earlytom.serve.__main__", ["--model", "tiny"])]
+)
+def test_ctrl_c_while_the_command_line_is_still_importing_is_one_line(module, argv):
+    """Ctrl-C lands while `main` imports torch (the command's first seconds): one line and 130, no traceback. The
+    entry modules import no torch themselves: the signal must arrive after `main` began, where it is handled."""
+    script = CTRL_C_AT_TORCH.format(module=module, argv=argv)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=terminal_signals,
+    )
+    assert (done.returncode, done.stderr) == (130, "error: interrupted (Ctrl-C); nothing half-written was kept\n")
 
 
 def test_debug_raises_instead_of_one_line(tmp_path):

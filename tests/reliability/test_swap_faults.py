@@ -15,6 +15,7 @@ import pytest
 from reliability_support import assert_one_error, child_env, tree
 
 from earlytom.compress import EarlyTomConfig
+from earlytom.engine.layout import FORMAT
 from earlytom.engine.manifest import read_manifest
 from earlytom.engine.staging import OutputError, recover, staged
 from earlytom.engine_builder import build as build_module
@@ -165,7 +166,7 @@ def user_files(parent: Path) -> None:
     (parent / ".engine.bak" / "x").write_text("mine too")
 
 
-def refused_target(kind: str, output: Path) -> None:
+def refused_target(kind: str, output: Path, engine: Path) -> None:
     """Make `output` something --overwrite must refuse."""
     if kind == "user dir":
         output.mkdir()
@@ -173,6 +174,13 @@ def refused_target(kind: str, output: Path) -> None:
     elif kind == "user dir with a broken manifest":
         output.mkdir()
         (output / "manifest.json").write_text('{"format": "something else"}')
+    elif kind.startswith("user dir claiming the format"):  # a manifest that only names the format is no engine
+        output.mkdir()
+        (output / "thesis.txt").write_text("years of work")
+        (output / "manifest.json").write_text(json.dumps({"format": kind.rpartition(" ")[2]}))
+    elif kind == "engine holding a user file":  # a real engine, plus a file its manifest does not list
+        shutil.copytree(engine, output)
+        (output / "thesis.txt").write_text("years of work")
     elif kind == "file":
         output.write_text("a file")
     elif kind == "link to a dir":
@@ -183,20 +191,32 @@ def refused_target(kind: str, output: Path) -> None:
         output.symlink_to(output.parent / "nowhere")
 
 
-REFUSED = ["user dir", "user dir with a broken manifest", "file", "link to a dir", "dangling link"]
+REFUSED = [
+    "user dir",
+    "user dir with a broken manifest",
+    "user dir claiming the format earlytom-engine/0",
+    f"user dir claiming the format {FORMAT}",
+    "engine holding a user file",
+    "file",
+    "link to a dir",
+    "dangling link",
+]
 
 
 @pytest.mark.parametrize("kind", REFUSED)
-def test_overwrite_refuses_what_is_not_an_engine_and_changes_nothing(tmp_path, capsys, kind):
+def test_overwrite_refuses_what_is_not_an_engine_and_changes_nothing(tmp_path, capsys, kind, engine):
     parent = tmp_path / "parent"
     parent.mkdir()
     user_files(parent)
     output = parent / "engine"
-    refused_target(kind, output)
+    refused_target(kind, output, engine)
     before = tree(tmp_path)
     code = build_main(["--model", "tiny", "--output", str(output), "--frames", "2", "--overwrite"])
     assert code == 2
-    assert_one_error(capsys.readouterr().err, str(output))
+    err = capsys.readouterr().err
+    assert_one_error(err, str(output))
+    if output.is_dir() and not output.is_symlink():
+        assert "does not verify as an engine directory" in err and "nothing was changed" in err
     assert tree(tmp_path) == before
     with pytest.raises(OutputError, match=str(output)):
         build("tiny", output, frames=2, overwrite=True, progress=False)

@@ -441,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """build_engine with this module already imported (the console script is earlytom.engine_builder.main)."""
     return run_main(parser(), run, argv)
 
 

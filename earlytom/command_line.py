@@ -69,6 +69,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-inner-merge", action="store_true", help="no inner merge in the decoder")
 
 
+def parse_resolution(text: str) -> tuple[int, int]:
+    """ "448x336" -> (448, 336): frame height x width in pixels (argparse type of --resolution)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels (e.g. 448x448)")
+    return int(match[1]), int(match[2])
+
+
 def config_fields(args: argparse.Namespace) -> dict:
     """The EarlyTom fields the options set: explicit options win over the preset's."""
     from earlytom.models.presets import preset_fields

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args
+from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, parse_resolution
 from earlytom.compress import EarlyTomConfig
 from earlytom.dtypes import DTYPES
 from earlytom.engine.memory_plan import (
@@ -23,7 +23,6 @@ from earlytom.engine.memory_plan import (
     plan_memory,
 )
 from earlytom.engine.sessions import PROVIDERS, Providers
-from earlytom.engine_builder.build import at_resolution, parse_resolution
 from earlytom.eval.cli import add_parser as add_compare_parser
 from earlytom.explain import check_output, explain_video, write_report
 from earlytom.models.registry import ModelNotFound, alias_family, family_of, known_names, packaged_config, resolve
@@ -119,7 +118,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         pipe = Pipeline.from_pretrained(name, random_init=args.random_init, config=config_from_args(args), **given)
         if args.resolution is None:
             return pipe
-        loaded = at_resolution(pipe.backend.loaded, args.resolution, for_engine=False)
+        loaded = pipe.backend.loaded.at_resolution(args.resolution, for_engine=False)
         return Pipeline.from_model(loaded, aot=pipe.backend.aot, config=config_from_args(args), **options)
     if args.random_init:
         raise ValueError("--random-init is fixed when the engine is built; pass it to build_engine")

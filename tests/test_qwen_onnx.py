@@ -16,7 +16,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from earlytom.cli import main as earlytom_main
 from earlytom.engine.manifest import read_manifest
-from earlytom.engine_builder.build import BuildError, at_resolution, build
+from earlytom.engine_builder.build import BuildError, build
 from earlytom.engine_builder.build import main as build_main
 from earlytom.models.registry import load_model, packaged_config
 from earlytom.runtime.pipeline import Pipeline
@@ -121,13 +121,13 @@ def test_build_engine_resolution_flag(tmp_path, capsys):
 
 
 def test_the_eager_path_takes_the_processors_dynamic_sizes(qwen):
-    loaded = at_resolution(qwen, (56, 84), for_engine=False)
+    loaded = qwen.at_resolution((56, 84), for_engine=False)
     assert loaded.processor.frame_size == (56, 84) and loaded.dims.tokens_per_frame == 6
     with pytest.raises(ValueError, match=r"multiple of 28 px; nearest valid: height 50 -> 28 or 56"):
-        at_resolution(qwen, (50, 84), for_engine=False)
+        qwen.at_resolution((50, 84), for_engine=False)
     tiny = load_model("tiny")  # LLaVA-OneVision: one frame size
     with pytest.raises(ValueError, match=r"^resolution 56 x 84: tiny takes frames of 72 x 72 only"):
-        at_resolution(tiny, (56, 84), for_engine=False)
+        tiny.at_resolution((56, 84), for_engine=False)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ one; replacing one needs --overwrite and only ever replaces an engine directory.
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from earlytom.command_line import add_config_args, add_debug_arg, config_from_args, run_main
+from earlytom.command_line import add_config_args, add_debug_arg, config_from_args, parse_resolution, run_main
 from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.dtypes import GRAPH_DTYPES, torch_dtype
 from earlytom.engine.layout import DECODER, PLUGINS, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX, GraphSpec, vision_chain
@@ -83,31 +82,6 @@ def default_dtype(backend: str) -> str:
 def check_frames(frames: int) -> None:
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise BuildError(f"frames = {frames!r}: engines take at least 2 frames (an integer >= 2); use --frames 32")
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """ "448x336" -> (448, 336): frame height x width in pixels (argparse type of --resolution)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels (e.g. 448x448)")
-    return int(match[1]), int(match[2])
-
-
-def at_resolution(loaded: LoadedModel, resolution: tuple[int, int], *, for_engine: bool) -> LoadedModel:
-    """`loaded` with its processor at frame size `resolution` (height, width), as the model family allows it for an
-    engine or for the eager path (ValueError naming the valid sizes). A processor of one fixed size takes only
-    that size."""
-    resolution = tuple(resolution)
-    resized = getattr(loaded.processor, "resized", None)
-    if resized is not None:
-        return replace(loaded, processor=resized(resolution, for_engine=for_engine))
-    if resolution != tuple(loaded.processor.frame_size):
-        height, width = loaded.processor.frame_size
-        raise ValueError(
-            f"resolution {resolution[0]} x {resolution[1]}: {loaded.name} takes frames of {height} x {width} only; "
-            f"use --resolution {height}x{width} or leave it out"
-        )
-    return loaded
 
 
 def check_decoder_precision(requested: str | None, backend: str, dtype: str) -> str:
@@ -291,7 +265,7 @@ def build(
         loaded = model if isinstance(model, LoadedModel) else load_model(model, random_init=random_init)
         if resolution is not None:
             try:
-                loaded = at_resolution(loaded, resolution, for_engine=True)
+                loaded = loaded.at_resolution(resolution, for_engine=True)
             except ValueError as error:
                 raise BuildError(str(error)) from None
         backbone, dims = loaded.backbone(), loaded.dims

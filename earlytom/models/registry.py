@@ -9,7 +9,7 @@ checkpoint's config.json, with random weights: honest for latency, never for acc
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -84,6 +84,22 @@ class LoadedModel:
     def backbone(self):
         """The encoder stages over this model (an nn.Module sharing its weights)."""
         return self.family.backbone(self.model, self.processor)
+
+    def at_resolution(self, resolution: tuple[int, int], *, for_engine: bool) -> "LoadedModel":
+        """This model with its processor at frame size `resolution` (height, width), as the family allows it for an
+        engine or for the eager path (ValueError naming the valid sizes). A processor of one fixed size takes only
+        that size."""
+        resolution = tuple(resolution)
+        resized = getattr(self.processor, "resized", None)
+        if resized is not None:
+            return replace(self, processor=resized(resolution, for_engine=for_engine))
+        if resolution != tuple(self.processor.frame_size):
+            height, width = self.processor.frame_size
+            raise ValueError(
+                f"resolution {resolution[0]} x {resolution[1]}: {self.name} takes frames of {height} x {width} only; "
+                f"use --resolution {height}x{width} or leave it out"
+            )
+        return self
 
     def resolve(self, config: EarlyTomConfig) -> EarlyTomConfig:
         """`config` with this model's defaults filled in (its family's merge layers, the inner merge's layer for its

@@ -1,8 +1,10 @@
-"""Helpers shared by the benchmarks: a median timer, table printing, the output folder."""
+"""Helpers shared by the benchmarks: a median timer, table printing, the output folder, the machine's GEMM figure."""
 
 import statistics
 import time
 from pathlib import Path
+
+import torch
 
 OUT = Path(__file__).parent / "out"
 
@@ -17,6 +19,25 @@ def median_ms(fn, *, repeats: int, warmup: int = 1) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 3) -> float:
+    """The machine's GEMM figure: the best of `repeats` timed size^3 float32 torch matmuls (after one untimed), on
+    torch's threads (torch.get_num_threads()), in GFLOP/s of 2 * size^3 FLOPs each. What the machine reaches now,
+    load included, so a slower machine and a slower code path can be told apart."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def gemm_fraction(flops: float, seconds: float, gemm: float) -> float:
+    """The fraction of the GEMM figure `gemm` (GFLOP/s) a run of `flops` analytic FLOPs in `seconds` reached."""
+    return flops / seconds / 1e9 / gemm
 
 
 def print_table(header: list[str], rows: list[list]) -> None:

@@ -5,9 +5,11 @@ for accuracy), one synthetic clip with a scene cut.
 
     python -m benchmarks.ttft --frames 32 [--repeats 1] [--ratios 0.10 0.15 0.25] [--no-eager] [--model NAME]
 
-Prints the frames after each merge layer, the visual tokens, TTFT per stage group, the analytic FLOPs with
-the speedup they predict and measured/predicted; saves a stacked-bar PNG (stages grouped as the paper's
-Figure 3) and the table to benchmarks/out/.
+Prints the machine's GEMM figure first (common.gemm_gflops: a 2048^3 float32 torch matmul), then per row the
+frames after each merge layer, the visual tokens, TTFT per stage group, the analytic FLOPs with the speedup they
+predict, measured/predicted, and the fraction of the GEMM figure the row's FLOPs per second of TTFT reached (a
+slower machine lowers the figure, a slower code path only the fraction); saves a stacked-bar PNG (stages grouped
+as the paper's Figure 3) and the table to benchmarks/out/.
 """
 
 import argparse
@@ -21,7 +23,7 @@ import matplotlib
 import torch
 from transformers.utils import logging as hf_logging
 
-from benchmarks.common import OUT, print_table
+from benchmarks.common import OUT, gemm_fraction, gemm_gflops, print_table
 from benchmarks.flops import prefill_flops, vision_flops
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import vision_chain
@@ -122,6 +124,12 @@ def main() -> None:
     parser.add_argument("--no-eager", action="store_true", help="skip the eager backend (slowest)")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
+    gemm = gemm_gflops()
+    print(
+        f"GEMM figure: {gemm:.1f} GFLOP/s (2048^3 float32 torch matmul, best of 3, {torch.get_num_threads()} torch "
+        f"threads; the ONNX Runtime sessions use {os.cpu_count()}), load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     OUT.mkdir(exist_ok=True)
     clip = write_clip(OUT / "bench_clip.mp4", moving_square_frames(4 * args.frames, size=192, cut_at=2 * args.frames))
     warmup = write_clip(OUT / "warmup_clip.mp4", moving_square_frames(2, size=192))  # 2 frames: cheap
@@ -182,12 +190,13 @@ def main() -> None:
                 f"{predicted:.2f}x",
                 f"{measured:.2f}x",
                 f"{measured / predicted:.0%}",
+                f"{gemm_fraction(r['flops'], r['ms']['ttft'] / 1e3, gemm):.0%}",
             ]
         )
     load = os.getloadavg()[0]
     title = (
         f"{args.model} (random weights), B = {args.frames} frames, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats}, load average {load:.1f}"
+        f"{torch.get_num_threads()} threads, GEMM {gemm:.1f} GFLOP/s, median of {args.repeats}, load average {load:.1f}"
     )
     print(f"\n{title}\n")
     print_table(
@@ -206,6 +215,7 @@ def main() -> None:
             "pred.",
             "meas.",
             "meas/pred",
+            "of GEMM",
         ],
         table,
     )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from benchmarks.common import summary
+from benchmarks.common import gemm_fraction, summary
 from benchmarks.flops import encoder_layer, prefill_flops, vision_flops
 from earlytom.models.registry import packaged_config
 
@@ -40,3 +40,10 @@ def test_summary_statistics():
     stats = summary([float(x) for x in range(1, 101)])
     assert stats == {"min": 1.0, "mean": 50.5, "median": 50.5, "p90": 90.0, "p99": 99.0, "max": 100.0}
     assert summary([7.0])["p99"] == 7.0
+
+
+def test_gemm_fraction_is_flops_per_second_over_the_gemm_figure():
+    # 2 TFLOP in 20 s is 100 GFLOP/s: 80% of a 125 GFLOP/s GEMM.
+    assert gemm_fraction(2e12, 20.0, 125.0) == pytest.approx(0.8)
+    # Issue 28's row: 8.66 TFLOP in 100.5 s = 86.169 GFLOP/s, over 136.4 GFLOP/s = 0.63174.
+    assert gemm_fraction(8.66e12, 100.5, 136.4) == pytest.approx(0.63174, abs=1e-5)

@@ -1,5 +1,5 @@
-"""The `earlytom` subcommands (run, demo, plan, explain, serve, compare): their parser and handlers. earlytom.cli
-imports this module once its signal handling is in place."""
+"""The `earlytom` subcommands (run, demo, plan, explain, serve, compare, verify): their parser and handlers.
+earlytom.cli imports this module once its signal handling is in place."""
 
 import argparse
 import dataclasses
@@ -23,6 +23,7 @@ from earlytom.engine.memory_plan import (
     plan_memory,
 )
 from earlytom.engine.sessions import PROVIDERS, Providers
+from earlytom.engine.signing import public_key, verify_dir
 from earlytom.eval.cli import add_parser as add_compare_parser
 from earlytom.explain import check_output, explain_video, write_report
 from earlytom.models.registry import ModelNotFound, alias_family, family_of, known_names, packaged_config, resolve
@@ -90,6 +91,13 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="--providers tensorrt: engine cache root, outside the engine directory (default ~/.cache/earlytom/trt-ep)",
     )
+    parser.add_argument(
+        "--require-signature",
+        type=Path,
+        default=None,
+        metavar="PUB",
+        help="--engine: refuse a directory not signed (build_engine --sign) by this ed25519 public key (PEM)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="at most this many new tokens (>= 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     add_debug_arg(parser)
@@ -108,9 +116,10 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     options = {"method": method_of(args), "num_frames": args.frames, "kernels": args.kernels, "sampling": args.sampling}
     if args.engine is None:
         options = {k: v for k, v in options.items() if v is not None}
-        if args.providers is not None or args.trt_cache is not None:
+        if args.providers is not None or args.trt_cache is not None or args.require_signature is not None:
             raise ValueError(
-                "--providers and --trt-cache apply to an --engine directory; the eager model takes --device"
+                "--providers, --trt-cache and --require-signature apply to an --engine directory; the eager model "
+                "takes --device"
             )
         loading = {"device": args.device, "dtype": args.dtype, "aot_kernels": args.aot_kernels}
         given = options | {k: v for k, v in loading.items() if v is not None}
@@ -137,7 +146,9 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     providers = None
     if args.providers is not None or args.trt_cache is not None:
         providers = Providers("cpu" if args.providers is None else args.providers, trt_cache=args.trt_cache)
-    pipe = Pipeline.from_engine_dir(args.engine, model=args.model, providers=providers, **options)
+    pipe = Pipeline.from_engine_dir(
+        args.engine, model=args.model, providers=providers, trusted_key=args.require_signature, **options
+    )
     fields = config_fields(args)
     if fields.get("variant", pipe.config.variant) != pipe.config.variant:  # another variant: its own defaults
         return pipe.with_options(config=EarlyTomConfig(**fields))
@@ -274,6 +285,24 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_verify_parser(sub) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check an engine directory: every file's hash, the manifest, and its ed25519 signature by --key",
+    )
+    p.add_argument("--engine", type=Path, required=True, help="an engine directory written by build_engine --sign")
+    p.add_argument("--key", type=Path, required=True, help="the builder's ed25519 public key (PEM)")
+    add_debug_arg(p)
+    p.set_defaults(func=verify)
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Exit 0 with one line if the directory is intact and signed by --key; an EngineDirError (exit 2) otherwise."""
+    manifest = verify_dir(args.engine, public_key(args.key))
+    print(f"{args.engine}: signed by {args.key}, {len(manifest.artifacts)} files verified")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
     sub = p.add_subparsers(dest="command", required=True)
@@ -290,6 +319,7 @@ def parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_plan_parser(sub)
     add_explain_parser(sub)
+    add_verify_parser(sub)
     return p
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from manifest_digest import redigested
 from onnx import TensorProto, helper
 
 from earlytom.cli import main as earlytom_main
@@ -113,7 +114,7 @@ def test_mismatched_directory_is_refused(engine, tmp_path, capsys):
     copy = shutil.copytree(engine, tmp_path / "old")
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["tools"]["onnxruntime"] = "99.0"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(redigested(manifest)))
     assert earlytom_main(["run", "--engine", str(copy), "--video", "x.mp4", "--prompt", "x"]) == 2
     assert "verified with onnxruntime 99.0" in capsys.readouterr().err
 
@@ -123,7 +124,7 @@ def test_tensorrt_directory_without_the_gpu_stack_is_refused(engine, tmp_path):
         pytest.skip("TensorRT, TensorRT-LLM and a GPU are here; this checks the message shown where they are not")
     copy = shutil.copytree(engine, tmp_path / "trt")
     manifest = json.loads((copy / "manifest.json").read_text())
-    (copy / "manifest.json").write_text(json.dumps(manifest | {"backend": "tensorrt"}))
+    (copy / "manifest.json").write_text(json.dumps(redigested(manifest | {"backend": "tensorrt"})))
     with pytest.raises(EngineDirError, match="holds TensorRT engines, which need"):
         Pipeline.from_engine_dir(copy)
 

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from earlytom.engine.layout import DECODER, DECODER_TRTLLM, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX
 from earlytom.engine.manifest import EngineDirError, Manifest, read_manifest
+from earlytom.engine.signing import public_key, verify_signature
 from earlytom.engine.staging import recover
 from earlytom.models.backbone import Family
 from earlytom.models.registry import UnknownFamily, family_of
@@ -43,12 +44,14 @@ class EngineDir:
         return self.family.load_decoder(self.decoder_path, dtype).eval()
 
 
-def open_dir(directory: str | Path, *, model: str | None = None) -> EngineDir:
+def open_dir(directory: str | Path, *, model: str | None = None, trusted_key: str | Path | None = None) -> EngineDir:
     """The engine directory at `directory`, after finishing any interrupted replacement of it and verifying its
     manifest (refused if tampered, incomplete, built for another `model` or for a model family this earlytom does
-    not have)."""
+    not have, or, with `trusted_key` (a PEM ed25519 public key file), not signed by that key)."""
     directory = Path(directory)
     recover(directory)
+    if trusted_key is not None:
+        verify_signature(directory, public_key(trusted_key))
     manifest = read_manifest(directory, expect_model=model)
     try:
         family = family_of(manifest.vision.family)

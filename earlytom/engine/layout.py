@@ -18,7 +18,7 @@ and the tail pools the merged attention it is given as the scores.
 
 from dataclasses import dataclass
 
-FORMAT = "earlytom-engine/3"
+FORMAT = "earlytom-engine/4"
 MANIFEST = "manifest.json"
 DECODER = "decoder"  # the language model, a transformers checkpoint (safetensors)
 DECODER_TRTLLM = "decoder_trtllm"  # its TensorRT-LLM engine (tensorrt backend)

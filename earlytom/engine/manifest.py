@@ -1,15 +1,23 @@
-"""manifest.json of an engine directory: what was built, from what, with which tools, and the SHA-256 of
-every file. Reading validates it against the dataclasses below (types, required keys, relative paths), checks
-that the files on disk are exactly the listed ones with their hashes, and refuses what does not match."""
+"""manifest.json of an engine directory: what was built, from what, with which tools, the SHA-256 of every file
+and the SHA-256 of the manifest's own canonical form (`manifest_sha256`, so that a hand-edited field is seen).
+Reading validates it against the dataclasses below (types, required keys, relative paths), checks its digest,
+checks that the files on disk are exactly the listed ones with their hashes (no symbolic link anywhere), and
+refuses what does not match; before ONNX Runtime opens a graph, check_external_data refuses external data
+outside the listed files.
+
+An engine directory may come from someone else: every path the loader or ONNX Runtime opens is checked to stay
+inside it before anything is opened."""
 
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import onnx
 from packaging.version import InvalidVersion, Version
 
 from earlytom.compress import EarlyTomConfig
@@ -30,6 +38,9 @@ from earlytom.models.backbone import VisionDims
 BACKENDS = ("onnxruntime", "tensorrt")
 # Files every engine directory has besides its graphs (what every backend opens).
 REQUIRED = (VISUAL_SUFFIX, PREPROCESSOR, f"{DECODER}/config.json", f"{TOKENIZER}/tokenizer_config.json")
+DIGEST = "manifest_sha256"  # manifest.json's key holding the SHA-256 of its canonical form (canonical_sha256)
+SIGNATURE = "manifest.sig"  # ed25519 signature over manifest.json's bytes (earlytom.engine.signing), optional
+MAX_MANIFEST_BYTES = 1 << 24  # a manifest is a few KiB; refuse to read a huge one whole
 
 
 class EngineDirError(ValueError):
@@ -79,7 +90,16 @@ class Manifest:
         return EarlyTomConfig.from_dict(self.earlytom)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        """manifest.json's text: the fields, then their digest (canonical_sha256)."""
+        body = dataclasses.asdict(self)
+        return json.dumps(body | {DIGEST: canonical_sha256(body)}, indent=2) + "\n"
+
+
+def canonical_sha256(body: dict) -> str:
+    """SHA-256 of `body` (manifest.json's object without its digest) as compact JSON with sorted keys: the same
+    for every spelling of the same JSON (indentation, key order), different after any change of a value."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def parse(kind, value, where: str):
@@ -175,9 +195,22 @@ def sha256(path: Path) -> str:
 
 
 def files_on_disk(directory: Path) -> list[str]:
-    """Every file under `directory` but the manifest, as sorted relative POSIX paths."""
-    files = (p for p in directory.rglob("*") if (p.is_file() or p.is_symlink()) and p.name != MANIFEST)
-    return sorted(p.relative_to(directory).as_posix() for p in files)
+    """Every file under `directory` but the manifest and its signature, as sorted relative POSIX paths."""
+    files = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(name for name in files if name not in (MANIFEST, SIGNATURE))
+
+
+def refuse_links(directory: Path) -> None:
+    """EngineDirError naming the first symbolic link anywhere under `directory` (file, directory or dangling): an
+    engine directory holds its own files, and a link would let the loader read outside it."""
+    for root, dirs, files in os.walk(directory):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            if path.is_symlink():
+                raise EngineDirError(
+                    f"{path} is a symbolic link; an engine directory holds its own files: copy the directory "
+                    "without links (cp -rL) or rebuild it with build_engine"
+                )
 
 
 def write_manifest(directory: Path, **fields) -> Manifest:
@@ -198,19 +231,40 @@ def load_manifest(directory: Path) -> Manifest:
         )
     if not path.is_file():
         raise EngineDirError(f"{directory} is not an engine directory (no {MANIFEST}); build one with build_engine")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise EngineDirError(
+            f"{path} is {path.stat().st_size} bytes, more than a manifest's {MAX_MANIFEST_BYTES}; "
+            "rebuild the directory with build_engine"
+        )
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise EngineDirError(f"{path} is corrupt ({error}); rebuild the directory with build_engine") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
         raise EngineDirError(
             f"{directory} has format {found!r}, this earlytom reads {FORMAT!r}; rebuild it with build_engine"
         )
+    body = {key: value for key, value in data.items() if key != DIGEST}
     try:
-        return validate(data)
+        manifest = validate(body)
+        check_digest(data.get(DIGEST), canonical_sha256(body))
     except EngineDirError as error:
         raise EngineDirError(f"{directory} has an invalid manifest: {error}; rebuild it with build_engine") from error
+    return manifest
+
+
+def check_digest(recorded, computed: str) -> None:
+    """The manifest's recorded digest (`recorded`, from the JSON) equals the one of its content (`computed`)."""
+    if recorded is None:
+        raise EngineDirError(f"{MANIFEST} lacks the key {DIGEST!r}")
+    if not isinstance(recorded, str):
+        raise EngineDirError(f"{MANIFEST}.{DIGEST} must be str, not {type(recorded).__name__} ({recorded!r})")
+    if recorded != computed:
+        raise EngineDirError(
+            f"{MANIFEST} was edited after it was written (its content's SHA-256 is {computed}, "
+            f"{MANIFEST}.{DIGEST} says {recorded})"
+        )
 
 
 def validate(data: dict) -> Manifest:
@@ -229,7 +283,8 @@ def validate(data: dict) -> Manifest:
 
 
 def verify_files(directory: Path, manifest: Manifest) -> None:
-    """The files on disk are exactly the manifest's artifacts, each with its SHA-256."""
+    """The files on disk are exactly the manifest's artifacts, each with its SHA-256, none a symbolic link."""
+    refuse_links(directory)
     listed, present = set(manifest.artifacts), set(files_on_disk(directory))
     if listed - present:
         raise EngineDirError(
@@ -246,9 +301,9 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
                 f"{directory}: graph {graph.file} is not among the artifacts; rebuild it with build_engine"
             )
     for name, expected in manifest.artifacts.items():
-        if (directory / name).is_symlink() or sha256(directory / name) != expected:
+        if sha256(directory / name) != expected:
             raise EngineDirError(
-                f"{directory}/{name} does not match its SHA-256 in {MANIFEST} (modified, corrupt or a link); "
+                f"{directory}/{name} does not match its SHA-256 in {MANIFEST} (modified or corrupt); "
                 "rebuild it with build_engine"
             )
 
@@ -279,6 +334,44 @@ def read_manifest(directory: str | Path, *, expect_model: str | None = None) -> 
             f"Upgrade onnxruntime to >= {built_with} or rebuild the directory here"
         )
     return manifest
+
+
+def external_locations(graph: onnx.ModelProto) -> list[str]:
+    """The `location` of every tensor of `graph` (read with load_external_data=False) stored as external data:
+    initializers and constant attributes in every subgraph (onnx's own walk), and the top graph's sparse
+    initializers."""
+    sparse = [t for s in graph.graph.sparse_initializer for t in (s.values, s.indices)]
+    return [
+        entry.value
+        for tensor in [*onnx.external_data_helper._get_all_tensors(graph), *sparse]
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    ]
+
+
+def check_external_data(directory: Path, manifest: Manifest) -> None:
+    """Every external-data location of the manifest's ONNX graphs is a relative path without `..` naming one of
+    the manifest's artifacts (hence a verified file inside `directory`), so ONNX Runtime opens nothing else."""
+    for graph in manifest.graphs:
+        if not graph.file.endswith(".onnx"):
+            continue
+        try:
+            model = onnx.load(directory / graph.file, load_external_data=False)
+        except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends: any unreadable graph
+            raise EngineDirError(
+                f"{directory}/{graph.file} is not a readable ONNX graph ({type(error).__name__}: {error}); "
+                "rebuild the directory with build_engine"
+            ) from None
+        parent = PurePosixPath(graph.file).parent
+        for location in external_locations(model):
+            pure = PurePosixPath(location)
+            inside = (parent / pure).as_posix()
+            if pure.is_absolute() or ".." in pure.parts or "\\" in location or inside not in manifest.artifacts:
+                raise EngineDirError(
+                    f"{directory}/{graph.file} keeps tensors in {location!r}, not a file of the engine directory; "
+                    "refused (rebuild the directory with build_engine)"
+                )
 
 
 def check_compatible(built: TensorRTInfo, *, tensorrt_version: str, gpu_arch: str) -> None:

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from earlytom.engine.layout import MANIFEST
-from earlytom.engine.manifest import Manifest, sha256
+from earlytom.engine.manifest import Manifest, check_external_data, sha256
 
 # --providers value -> ONNX Runtime's providers in priority order (each falls back to the next for the
 # operators it does not take).
@@ -169,8 +169,10 @@ def ort_session(
 
 def graph_sessions(directory: Path, manifest: Manifest, providers: Providers) -> list[ort.InferenceSession]:
     """One session per vision graph of `directory` on `providers`, refused before any is made if this ONNX
-    Runtime lacks them, and after if one fell back to another provider."""
+    Runtime lacks them or a graph keeps tensors outside the directory's verified files, and after if one fell back
+    to another provider."""
     check_available(providers.kind, ort.get_available_providers())
+    check_external_data(directory, manifest)
     cache = None
     if providers.kind == "tensorrt":
         cache = trt_cache_dir(sha256(directory / MANIFEST), directory, providers.trt_cache)

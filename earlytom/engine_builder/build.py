@@ -34,6 +34,7 @@ from earlytom.dtypes import GRAPH_DTYPES, torch_dtype
 from earlytom.engine.layout import DECODER, PLUGINS, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX, GraphSpec, vision_chain
 from earlytom.engine.manifest import Manifest, ModelInfo, TensorRTInfo, write_manifest
 from earlytom.engine.memory_plan import GIB, GPUS_GIB, MemoryPlan, check_fits, model_sizes, plan_memory
+from earlytom.engine.signing import private_key, sign_dir
 from earlytom.engine.staging import staged
 from earlytom.engine_builder.tensorrt import decoder_plan
 from earlytom.environment import missing_gpu_stack
@@ -221,6 +222,7 @@ def build(
     target_gpu: str | None = None,
     max_context: int | None = None,
     decoder_precision: str | None = None,
+    sign: str | Path | None = None,
 ) -> Manifest:
     """Build the engine directory `output` for `model` (a name for registry.load_model, or a model already loaded);
     returns its manifest. `resolution` (height, width; None: the processor's default) is the one frame size the
@@ -228,8 +230,10 @@ def build(
     none for ONNX Runtime) selects the AOT-compiled plugin kernels stored. `target_gpu` (a memory_plan target;
     None: the build's GPU on the TensorRT backend, no plan on ONNX Runtime), `max_context` (tokens; None: see
     engine_plan) and `decoder_precision` (None: the graphs' dtype) are planned before any work: DoesNotFit when the
-    plan exceeds the target."""
+    plan exceeds the target. `sign` (a PEM ed25519 private key file; None: unsigned) signs the manifest
+    (manifest.sig, earlytom.engine.signing)."""
     check_frames(frames)
+    signer = None if sign is None else private_key(sign)
     backend = choose_backend(backend)
     dtype = default_dtype(backend) if dtype is None else dtype
     torch_dtype(dtype, GRAPH_DTYPES)
@@ -308,6 +312,8 @@ def build(
             tensorrt=tensorrt,
             memory_plan=None if memory is None else memory.to_dict(),
         )
+        if signer is not None:
+            sign_dir(staging, signer)
         steps.update()
     return manifest
 
@@ -381,6 +387,14 @@ def parser() -> argparse.ArgumentParser:
         help="tensorrt: the TensorRT-LLM decoder's weights (fp8 and int4_awq: NVIDIA ModelOpt post-training "
         "quantization; fp8 needs Ada or Hopper); default: --dtype",
     )
+    p.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="sign the directory with this ed25519 private key (PEM; writes manifest.sig; check it with earlytom "
+        "verify --key PUB or run --require-signature PUB)",
+    )
     add_debug_arg(p)
     return p
 
@@ -400,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
         target_gpu=args.target_gpu,
         max_context=args.max_context,
         decoder_precision=args.decoder_precision,
+        sign=args.sign,
     )
     for note in manifest.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -154,12 +154,19 @@ class Pipeline:
 
     @classmethod
     def from_engine_dir(
-        cls, directory: str | Path, *, model: str | None = None, providers: "Providers | None" = None, **changes
+        cls,
+        directory: str | Path,
+        *,
+        model: str | None = None,
+        providers: "Providers | None" = None,
+        trusted_key: str | Path | None = None,
+        **changes,
     ) -> "Pipeline":
-        """The backend an engine directory was built for, after verifying it (refused if tampered, incomplete, or
-        built for another `model`); an onnxruntime directory runs on `providers` (None: CPU). Options left None
-        keep the build's (frames: its maximum); see with_options."""
-        backend = open_engine_dir(directory, model=model, providers=providers)
+        """The backend an engine directory was built for, after verifying it (refused if tampered, incomplete,
+        built for another `model`, or not signed by `trusted_key`, a PEM ed25519 public key file, when given); an
+        onnxruntime directory runs on `providers` (None: CPU). Options left None keep the build's (frames: its
+        maximum); see with_options."""
+        backend = open_engine_dir(directory, model=model, providers=providers, trusted_key=trusted_key)
         return cls(backend, with_changes(backend.defaults, **changes))
 
     def with_options(

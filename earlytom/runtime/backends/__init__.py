@@ -16,11 +16,12 @@ def engine_text(engine: EngineDir) -> Text:
     )
 
 
-def open_engine_dir(directory: str | Path, *, model: str | None = None, providers=None):
+def open_engine_dir(directory: str | Path, *, model: str | None = None, providers=None, trusted_key=None):
     """The backend of an engine directory, after finishing any interrupted replacement of it and verifying its
-    manifest (refused if tampered, incomplete, or built for another `model`). `providers` (onnxruntime.Providers,
-    None: CPU) choose where an onnxruntime directory's graphs run; TensorRT engines refuse them."""
-    engine = open_dir(directory, model=model)
+    manifest (refused if tampered, incomplete, built for another `model`, or not signed by `trusted_key`, a PEM
+    ed25519 public key file, when given). `providers` (onnxruntime.Providers, None: CPU) choose where an
+    onnxruntime directory's graphs run; TensorRT engines refuse them."""
+    engine = open_dir(directory, model=model, trusted_key=trusted_key)
     if engine.manifest.backend == "tensorrt":
         if providers is not None:
             raise EngineDirError(

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
@@ -440,6 +440,15 @@ def rope_index(model, before: int, grid: tuple[int, int, int], after: int, secon
     return position_ids[:, 0], int(delta)
 
 
+def truncates_seconds(model) -> bool:
+    """Whether the installed get_rope_index casts a video's seconds per slice to int before scaling (transformers
+    5.17 among others, until huggingface/transformers#48669: 0.5 s per slice puts every slice at t = 0). Qwen's
+    released code, transformers 5.24 and earlytom floor after scaling; on such a version the oracle holds for
+    whole seconds only."""
+    positions, _ = rope_index(model, 0, (2, 2, 2), 0, 0.5)  # one token per slice: t = 0, then 0.5 * 2 = 1
+    return positions[0, 1].item() == 0
+
+
 def layout(frame, index, firsts, units: int, seconds: float | None) -> VisualLayout:
     source = torch.stack([firsts, firsts], 1)  # the last source slice does not enter positions
     return VisualLayout(len(frame), frame, index, source, units, seconds)
@@ -452,6 +461,7 @@ seconds = st.sampled_from([1.0, 0.5, 2 / 3, 4.0, 0.3])
 @settings(max_examples=30, deadline=None)
 @given(before=st.integers(0, 4), grid=grids, after=st.integers(0, 3), seconds_per_unit=seconds, data=st.data())
 def test_positions_equal_get_rope_index(qwen, before, grid, after, seconds_per_unit, data):
+    assume(float(seconds_per_unit).is_integer() or not truncates_seconds(qwen.model))
     config = qwen.model.config
     expected, delta = rope_index(qwen.model, before, grid, after, seconds_per_unit)
     units, h, w = grid

@@ -39,7 +39,9 @@ from earlytom.compress.ops import REFERENCE, CompressOps
 from earlytom.engine.layout import GraphSpec
 from earlytom.runtime.backends.base import RunOptions, Visual
 
-BATCH_FRAMES = 8  # frames a later stretch gathers before it runs (all that wait, when the video ends)
+# Frames a later stretch gathers before it runs in an offline request (all that wait, when the video ends): the
+# merges emit a segment's frames at a time, 1 to max_window - 1; an open stream runs them as they come.
+BATCH_FRAMES = 8
 
 
 def kernel_ops(kernels: str, device: torch.device, aot_ops: CompressOps | None = None) -> CompressOps:
@@ -318,7 +320,7 @@ class Cascade:
 
     Output frames of the last stretch are counted from the start of the video ("global"); `candidates` holds
     those from `dropped` on, `closed` the final segments (first, last) that closed, `static` (paper) the label of
-    every frame the last merge emitted from `dropped` on.
+    every frame the last merge emitted from `dropped` on, `start` the first unit of the window.
     """
 
     def __init__(self, stretches, specs, options: RunOptions, timer, suffix, *, batch=BATCH_FRAMES, trace=None):
@@ -333,6 +335,7 @@ class Cascade:
         self.closed: list[tuple[int, int]] = []
         self.static: list[bool] = []
         self.dropped = 0
+        self.start = 0  # the window's first unit
         self.segment, self.segment_start = -1, 0  # paper: the open segment's id and first frame
 
     @property
@@ -346,8 +349,10 @@ class Cascade:
         self.units += b
         self.run(0, (pixels,), spans)
 
-    def fork(self) -> "Cascade":
+    def fork(self, timer) -> "Cascade":
+        """A copy that times its work on `timer` and traces nothing."""
         other = copy.copy(self)
+        other.timer = timer
         other.merges = copy.deepcopy(self.merges)  # the open segments: a few frames per merge
         other.spans = [copy.copy(spans) for spans in self.spans]
         other.emitted, other.waiting = list(self.emitted), [list(w) for w in self.waiting]
@@ -372,11 +377,12 @@ class Cascade:
     def keep_last(self, units: int) -> None:
         """Let the oldest closed final segments leave while more than `units` units are in the window (the first
         candidate's first unit to the newest unit); open segments, and frames still on their way, stay."""
-        while self.closed and self.units - self.candidates[0].source[0] > units:
+        while self.closed and self.units - self.start > units:
             first, last = self.closed[0]
             if last >= self.dropped + len(self.candidates):
                 return  # the last stretch has not run on all of it yet
             self.closed.pop(0)
+            self.start = self.candidates[last - first].source[1] + 1  # the next segment's head is the next unit
             del self.candidates[: last + 1 - first]
             del self.static[: last + 1 - first]
             self.dropped = last + 1
@@ -450,7 +456,7 @@ class Cascade:
         return torch.tensor(self.closed, dtype=torch.int64, device=device).view(-1, 2) - self.dropped
 
     def select(self) -> Visual:
-        start = self.candidates[0].source[0]
+        start = self.start
         tokens = torch.stack([c.tokens for c in self.candidates])
         scores = torch.stack([c.scores for c in self.candidates])
         source = torch.tensor([c.source for c in self.candidates], dtype=torch.int64, device=tokens.device) - start

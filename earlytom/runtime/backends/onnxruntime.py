@@ -18,6 +18,7 @@ from earlytom.runtime.decoder import decoder_for
 # The graphs are split at the merge layers: the rest of the EarlyTom parameters may change per run.
 FIXED = ("variant", "merge_layers")
 
+
 def decoder_placement(providers: Providers, graphs_dtype: str) -> tuple[torch.device, torch.dtype, str | None]:
     """Where the PyTorch decoder runs: with the CPU provider on the CPU in float32; with a GPU provider on that
     GPU in the graphs' precision, or, when this PyTorch sees no GPU, on the CPU in float32 with a note saying so."""

@@ -14,8 +14,17 @@ max_frames frames plus those of segments still open). Inside the window every fr
 so the answer equals an offline request on the window's frames only while nothing has left it.
 """
 
+import itertools
 import math
+import os
+import select
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import av
 import torch
 
 from earlytom.engine.layout import vision_chain
@@ -24,6 +33,7 @@ from earlytom.runtime.chain import Cascade
 from earlytom.runtime.pipeline import CHUNK_FRAMES, Pipeline, Result
 from earlytom.runtime.timing import StageTimer
 from earlytom.video import VideoError, stack, stream_video
+from earlytom.video.pyav import to_rgb
 
 # A later stretch runs on a merge's frames as soon as it emits them (an offline request gathers BATCH_FRAMES): an
 # answer then waits only for the open segments, not for batches half full.
@@ -151,3 +161,100 @@ class VideoStream:
     def close(self) -> None:
         """Drop the stream's state (idempotent)."""
         self.cascade, self.pending = None, []
+
+
+# ---- live sources: frames sampled as they arrive (earlytom watch)
+
+LOW_LATENCY = {"probesize": "32", "analyzeduration": "0"}  # a pipe or URL: start decoding on the first packets
+
+
+class SourceStalled(VideoError):
+    """A live source sent nothing for longer than the timeout."""
+
+
+class SourceEnded(VideoError):
+    """A live source ended (end of file, pipe closed, stream over)."""
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    """A sampled frame: seconds (the source's time, from its first frame), index (in the source), frame uint8
+    [H, W, 3] at the size asked for."""
+
+    seconds: float
+    index: int
+    frame: torch.Tensor
+
+
+class PipeReader:
+    """A pipe (file descriptor) as PyAV reads it: read(n) waits at most `timeout` seconds for data and raises
+    SourceStalled after that (FFmpeg's own timeouts do not reach a Python reader)."""
+
+    def __init__(self, fd: int, name: str, timeout: float) -> None:
+        self.fd, self.name, self.timeout = fd, name, timeout
+
+    def read(self, size: int) -> bytes:
+        ready, _, _ = select.select([self.fd], [], [], self.timeout)
+        if not ready:
+            raise SourceStalled(f"{self.name} sent nothing for {self.timeout:g} s: the source stalled")
+        return os.read(self.fd, size)
+
+
+def open_source(source: str, timeout: float, stdin=None):
+    """`-` (a pipe on stdin, or `stdin`: a binary file), a URL PyAV opens (rtsp://, http://, ...) or a file ->
+    (the open container, whether to pace it at its own rate: files only)."""
+    name = "the pipe on stdin" if source == "-" else source
+    if source == "-":
+        stream = sys.stdin.buffer if stdin is None else stdin
+        opened, pace = PipeReader(stream.fileno(), name, timeout), False
+    elif "://" in source:
+        opened, pace = source, False
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise VideoError(f"video {source} is not a file; pass a video file, - for a pipe on stdin, or a URL")
+        opened, pace = str(path), True
+    try:
+        container = av.open(opened, options=None if pace else LOW_LATENCY, timeout=None if pace else timeout)
+    except av.FFmpegError as error:
+        why = error.strerror or error
+        raise VideoError(f"cannot read a video from {name}: {why}; send a video stream (e.g. MPEG-TS)") from error
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{name} has no video stream; send a video stream (e.g. MPEG-TS)")
+    return container, pace
+
+
+def sample_times(fps: float) -> Iterator[float]:
+    """0, 1/fps, 2/fps, ... (seconds from the first frame), without accumulating rounding."""
+    return (k / fps for k in itertools.count())
+
+
+def live_frames(source: str, *, fps: float, size: tuple[int, int], timeout: float, stdin=None) -> Iterator[LiveFrame]:
+    """Frames of `source` (see open_source) sampled at `fps` per second of its own time, resized to `size`, each
+    yielded as soon as it is decoded; a file is played at its own rate (a frame waits for its time). The iterator
+    ends with the source; SourceStalled when nothing arrives for `timeout` seconds; closing it closes the source."""
+    check_fps(fps)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout = {timeout!r}: seconds to wait for data, a finite number > 0")
+    container, pace = open_source(source, timeout, stdin)
+    with container:
+        video = container.streams.video[0]
+        times, start, wall = sample_times(fps), None, time.monotonic()
+        due = next(times)
+        try:
+            for index, frame in enumerate(container.decode(video)):
+                seconds = float(frame.time) if frame.time is not None else index / float(video.average_rate or fps)
+                start = seconds if start is None else start
+                seconds -= start
+                if seconds + 1e-9 < due:
+                    continue
+                while due <= seconds + 1e-9:
+                    due = next(times)
+                if pace:
+                    time.sleep(max(0.0, wall + seconds - time.monotonic()))
+                yield LiveFrame(seconds, index, to_rgb(frame, size))
+        except av.FFmpegError as error:
+            if isinstance(error, av.ExitError | TimeoutError) or "timed out" in str(error).lower():
+                raise SourceStalled(f"{source} sent nothing for {timeout:g} s: the source stalled ({error})") from error
+            raise VideoError(f"{source} sent data that does not decode as video: {error}") from error

@@ -190,3 +190,16 @@ def test_an_onnxruntime_stream_answers_as_its_offline_request(tmp_path):
         assert_same(stream.ask(PROMPT, 4), offline(pipe, frames[:9]))
         stream.push(frames[9:])
         assert_same(stream.ask(PROMPT, 4), offline(pipe, frames))
+
+
+def test_a_paper_window_keeps_its_labels_aligned(pipes):
+    """The paper variant's window: whole segments leave with their static labels; the answer covers the window."""
+    frames = clip(40)
+    with pipes["paper"].open_stream(max_frames=10) as stream:
+        for start in range(0, 40, 4):
+            stream.push(frames[start : start + 4])
+        kept = stream.cascade
+        assert kept.start > 0 and len(kept.static) >= len(kept.candidates)
+        result = stream.ask(PROMPT, 2)
+    assert result.visual.units == 40 - kept.start == result.counts["frames_in"]
+    assert int(result.visual.source.min()) == 0 and int(result.visual.source.max()) == 40 - kept.start - 1

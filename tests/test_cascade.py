@@ -29,7 +29,7 @@ from earlytom.engine.layout import vision_chain
 from earlytom.engine.stretch import Stretch
 from earlytom.models.backbone import VisualLayout
 from earlytom.runtime.backends.base import RunOptions
-from earlytom.runtime.chain import Cascade, MergeStep, Selection
+from earlytom.runtime.chain import Cascade, encode_chain
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.timing import StageTimer
 
@@ -78,7 +78,7 @@ def configs(draw) -> EarlyTomConfig:
 
 
 def whole_video(backbone, pixels: torch.Tensor, options: RunOptions):
-    """The whole-video chain: -> ({layer: source [N, 2] after it}, candidates tokens [N, T, D'], the kept tokens)."""
+    """The whole-video chain: -> ({layer: rows [N, 2] merged there}, source [N, 2] after the last, kept tokens)."""
     c = options.config
     specs = vision_chain(c.variant, c.merge_layers, backbone.dims.encoder_layers)
     B = pixels.shape[0]
@@ -101,7 +101,7 @@ def whole_video(backbone, pixels: torch.Tensor, options: RunOptions):
             outputs, labels = ((merged.hidden, merged.attention) if last else (merged.hidden,)), merged.segments
         rows = merged.source
         source = torch.stack([source[rows[:, 0], 0], source[rows[:, 1], 1]], 1)
-        after[spec.stop - 1] = source
+        after[spec.stop - 1] = rows
     tokens, scores = outputs
     r = c.retain_ratio
     if options.method == "full":
@@ -115,33 +115,36 @@ def whole_video(backbone, pixels: torch.Tensor, options: RunOptions):
     return after, source, picked
 
 
+class Recording(Cascade):
+    """The cascade, noting the input rows each merge layer emitted (in order)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rows: dict[int, list[torch.Tensor]] = {}
+
+    def forward(self, i, emitted) -> None:
+        self.rows.setdefault(self.specs[i].stop - 1, []).extend(e.rows for e in emitted)
+        super().forward(i, emitted)
+
+
 def cascade(pipe: Pipeline, pixels: torch.Tensor, chunk: int, batch: int):
-    """-> (Visual, the sources each merge layer emitted, concatenated in order, the Selection)."""
+    """-> (Visual, {layer: the rows its merge emitted, concatenated in order})."""
     backbone, options = pipe.backend.backbone, pipe.options
     c = options.config
     specs = vision_chain(c.variant, c.merge_layers, backbone.dims.encoder_layers)
-    steps, selections = {}, []
-
-    def trace(event):
-        if isinstance(event, MergeStep):
-            steps.setdefault(event.layer, []).append(event.source)
-        else:
-            assert isinstance(event, Selection)
-            selections.append(event)
-
     stretches = [Stretch(backbone, spec) for spec in specs]
-    chain = Cascade(stretches, specs, options, StageTimer(), backbone.suffix(), batch=batch, trace=trace)
+    chain = Recording(stretches, specs, options, StageTimer(), backbone.suffix(), batch=batch)
     for part in pixels.split(chunk):
         chain.push(part)
     visual = chain.finish()
-    return visual, {layer: torch.cat(parts) for layer, parts in steps.items()}, selections
+    return visual, {layer: torch.cat(parts) for layer, parts in chain.rows.items()}
 
 
 def check_same(pipe: Pipeline, pixels: torch.Tensor, chunk: int, batch: int) -> bool:
     """Assert the cascade equals the whole-video chain; -> whether any frame merged."""
     with torch.inference_mode():
         after, source, picked = whole_video(pipe.backend.backbone, pixels, pipe.options)
-        visual, steps, selections = cascade(pipe, pixels, chunk, batch)
+        visual, steps = cascade(pipe, pixels, chunk, batch)
     assert visual.frames_after == {layer: len(s) for layer, s in after.items()}
     assert steps.keys() == after.keys()
     for layer, expected in after.items():
@@ -154,7 +157,6 @@ def check_same(pipe: Pipeline, pixels: torch.Tensor, chunk: int, batch: int) -> 
         torch.testing.assert_close(visual.embeds[:-1], picked.tokens, rtol=1e-5, atol=1e-6)
     assert torch.equal(visual.embeds[-1:], pipe.backend.backbone.suffix())
     assert visual.units == pixels.shape[0]
-    assert len(selections) == 1 and torch.equal(selections[0].picked.index, picked.index)
     return len(source) < len(pixels)
 
 
@@ -198,7 +200,7 @@ def test_cascade_merges_frames_on_these_videos(tiny, tiny_pipe):
     video = scene_frames(10, [5], [False, False, True, True, False, False, True, True, True, False], seed=0)
     pipe = tiny_pipe.with_options(config=EarlyTomConfig(merge_layers=(0, 2, 3), tau_seg=0.5), num_frames=10)
     with torch.inference_mode():
-        visual, steps, _ = cascade(pipe, tiny.processor(torch.from_numpy(video)), 3, 4)
+        visual, _ = cascade(pipe, tiny.processor(torch.from_numpy(video)), 3, 4)
     assert visual.frames_after[0] < 10
 
 
@@ -227,3 +229,36 @@ def test_offline_request_answers_as_the_whole_video_chain(tiny, tiny_pipe, varia
         )
     assert result.counts["frames_after_merge"] == len(source) < 12
     assert result.token_ids == expected
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_a_trace_sees_every_merge_layers_plan_of_the_same_decisions(tiny, tiny_pipe, variant):
+    """encode_chain with a trace (earlytom explain) runs the whole-video chain: one plan per merge layer over all
+    its frames, the cascade's decisions."""
+    video = scene_frames(12, [7], [False, False, True, False, False, True, False, False, True, False, True, True], 5)
+    config = EarlyTomConfig(variant=variant, merge_layers=(0,) if variant == "paper" else None)
+    pipe = tiny_pipe.with_options(config=config, num_frames=12)
+    backbone, c = pipe.backend.backbone, pipe.config
+    specs = vision_chain(c.variant, c.merge_layers, backbone.dims.encoder_layers)
+    stretches = [Stretch(backbone, spec) for spec in specs]
+    pixels = tiny.processor(torch.from_numpy(video))
+    events = []
+    with torch.inference_mode():
+        traced = encode_chain(
+            stretches,
+            specs,
+            pixels.split(4),
+            pipe.options,
+            StageTimer(),
+            backbone.suffix(),
+            None,
+            lambda kind, **data: events.append((kind, data)),
+        )
+        streamed, rows = cascade(pipe, pixels, 4, 8)
+    merges = [data for kind, data in events if kind == "merge"]
+    assert [d["layer"] for d in merges] == list(rows) == list(streamed.frames_after)
+    for data in merges:
+        assert torch.equal(data["plan"].source, rows[data["layer"]])
+    assert [kind for kind, _ in events][-1] == "select"
+    assert torch.equal(traced.frame, streamed.frame) and torch.equal(traced.index, streamed.index)
+    assert torch.equal(traced.source, streamed.source)

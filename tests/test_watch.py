@@ -160,6 +160,7 @@ def test_a_url(tmp_path, capsys):
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     (tmp_path / "clip.ts").write_bytes(ts_bytes(moving_square_frames(16)))
+
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass

@@ -22,8 +22,8 @@ The Triton and AOT kernels (`kernels` triton / aot, or auto on CUDA) compress wh
 plugins do: with them `encode_chain` runs the whole-video chain (`encode_whole`), stretch 0 chunk by chunk and
 every later stretch on all frames at once.
 
-`trace` (optional, both forms) receives each merge step's decisions as a `MergeStep` (the cascade: one per closed
-segment, the whole-video chain: one per merge layer) and the final `Selection`.
+A `trace` (earlytom explain) runs the whole-video chain too: it sees every merge layer's plan over all its frames
+(with the reference plan's weights), which the cascade's decisions equal (tests/test_cascade.py).
 """
 
 import copy
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from earlytom import compress
+from earlytom.compress.official import band_width
 from earlytom.compress.ops import REFERENCE, CompressOps
 from earlytom.engine.layout import GraphSpec
 from earlytom.runtime.backends.base import RunOptions, Visual
@@ -65,34 +66,6 @@ def kernel_ops(kernels: str, device: torch.device, aot_ops: CompressOps | None =
     from earlytom.plugins.triton.ops import JIT
 
     return JIT
-
-
-@dataclass(frozen=True)
-class MergeStep:
-    """What the merge after encoder layer `layer` decided for some of its frames, in indices counted from the start
-    of the video: rows [n, 2] (first and last input row combined into each output row), source [n, 2] (first and
-    last original unit of each), labels: with `official` at the last merge layer the re-segments [S, 2] of its
-    output rows that closed, with `paper` is_static [n], else None."""
-
-    layer: int
-    rows: torch.Tensor
-    source: torch.Tensor
-    labels: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The candidates selection ran on (tokens [N, T, D'], scores [N, T], labels: segments [S, 2] or is_static [N]
-    or None, source [N, 2]) and what it kept."""
-
-    tokens: torch.Tensor
-    scores: torch.Tensor
-    labels: torch.Tensor | None
-    source: torch.Tensor
-    picked: compress.SelectResult
-
-
-Trace = Callable[[MergeStep | Selection], None]
 
 
 def compose_source(source: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
@@ -132,15 +105,20 @@ def select_step(
     return ops.official_select(tokens, scores, labels, retain_ratio=r, num_frames=num_frames)
 
 
-def selected(ops, options, tokens, scores, labels, source, *, num_frames: int, suffix, timer, trace) -> Visual:
-    """Selection on the candidates of every output frame (tokens [N, T, D'], scores [N, T], source [N, 2]) ->
-    Visual, with the backbone's `suffix` [s, D'] after the kept tokens."""
-    with timer.stage("token_select"):
-        picked = select_step(ops, options, tokens, scores, labels, num_frames=num_frames)
-        embeds = torch.cat([picked.tokens, suffix.to(picked.tokens)])
-    if trace is not None:
-        trace(Selection(tokens, scores, labels, source, picked))
-    return Visual(embeds, picked.frame, picked.index, source, units=num_frames)
+def traced_plan(options: RunOptions, hidden: torch.Tensor, merged: torch.Tensor):
+    """The decisions of a merge step on hidden [F, L, D] with their weights, for a trace: the reference plan (a
+    MergePlan for paper, a CompressPlan for official), checked against the rows `merged` [N, 2] the step made."""
+    c = options.config
+    if c.variant == "paper":
+        similarity = compress.adjacent_similarity(hidden).cpu()
+        plan = compress.plan_merge(similarity, alpha=c.alpha, tau_seg=c.tau_seg, tau_merge=c.tau_merge)
+    else:
+        similarity = compress.window_similarity(hidden, band_width(c.max_window, hidden.shape[0])).cpu()
+        segments = compress.plan_segments(similarity, alpha=c.alpha, tau_seg=c.tau_seg, max_window=c.max_window)
+        plan = compress.plan_compress(similarity, segments)
+    if not torch.equal(plan.source, merged.cpu()):
+        raise RuntimeError("the traced merge plan differs from the kernels' merge; trace with kernels = 'reference'")
+    return plan
 
 
 def encode_chain(
@@ -151,22 +129,21 @@ def encode_chain(
     timer,
     suffix: torch.Tensor,
     aot_ops: CompressOps | None = None,
-    *,
-    trace: Trace | None = None,
+    trace: Callable[..., None] | None = None,
 ) -> Visual:
     """pixels: chunks [b, *unit_shape] of B units in all, through `stretches` (one per spec, taking the spec's
     inputs and returning its outputs in order) with the compression of `options` between them -> Visual (the
-    selected tokens + the backbone's `suffix` [s, D']). The cascade, or the whole-video chain when the
-    compression runs on kernels."""
+    selected tokens + the backbone's `suffix` [s, D']): the cascade, or the whole-video chain (encode_whole) when
+    the compression runs on kernels or a `trace` asks for every merge layer's plan (see encode_whole)."""
     chunks = iter(pixels)
     first = next(chunks, None)
     if first is None:
         raise ValueError("no frames to encode: the video gave none")
     ops = kernel_ops(options.kernels, first.device, aot_ops)  # refused before any work if the kernels cannot run here
     chunks = itertools.chain([first], chunks)
-    if ops is not REFERENCE:
-        return encode_whole(stretches, specs, chunks, options, timer, suffix, ops, trace=trace)
-    cascade = Cascade(stretches, specs, options, timer, suffix, trace=trace)
+    if ops is not REFERENCE or trace is not None:
+        return encode_whole(stretches, specs, chunks, options, timer, suffix, ops, trace)
+    cascade = Cascade(stretches, specs, options, timer, suffix)
     for chunk in chunks:
         cascade.push(chunk)
     return cascade.finish()
@@ -182,13 +159,19 @@ def first_stretch(stretch, spec: GraphSpec, chunks: Iterable[torch.Tensor], time
     return {name: torch.cat(outputs) for name, outputs in zip(spec.outputs, zip(*parts, strict=True), strict=True)}
 
 
-def encode_whole(stretches, specs, chunks, options: RunOptions, timer, suffix, ops: CompressOps, *, trace=None):
+def encode_whole(stretches, specs, chunks, options: RunOptions, timer, suffix, ops: CompressOps, trace=None) -> Visual:
     """The whole-video chain on the compression `ops`: stretch 0 chunk by chunk, every later stretch and every
-    compression on all frames at once (see encode_chain)."""
+    compression on all frames at once (see encode_chain).
+
+    `trace` (optional) sees the decisions: trace("merge", layer=l, frames=F, plan=plan) after each merge layer l
+    (F rows in; plan.source [N, 2] and plan.weight [N, 2] the input rows and weights of each output row, plan.segments
+    [S, 2] (official) or plan.segment [N] (paper) the segmentation; see traced_plan), then trace("select",
+    selection=SelectResult, scores=[N, T], labels=the last merge's labels (paper is_static [N], official segments
+    [S, 2] of the N rows; None without compression))."""
     values = first_stretch(stretches[0], specs[0], chunks, timer)
-    B = values[specs[0].outputs[0]].shape[0]
-    device = values[specs[0].outputs[0]].device
-    source = torch.arange(B, device=device)[:, None].expand(B, 2)
+    first = values[specs[0].outputs[0]]
+    B = first.shape[0]
+    source = torch.arange(B, device=first.device)[:, None].expand(B, 2)
     frames_after, labels = {}, None
     for i, (stretch, spec) in enumerate(zip(stretches, specs, strict=True)):
         if i:
@@ -197,19 +180,21 @@ def encode_whole(stretches, specs, chunks, options: RunOptions, timer, suffix, o
         if spec.final or options.method != "earlytom":
             continue
         with timer.stage("frame_merge"):
-            outputs = tuple(values[name] for name in spec.outputs)
-            outputs, merged, labels = merge_step(ops, options, outputs, last=i == len(specs) - 2)
+            inputs = tuple(values[name] for name in spec.outputs)
+            outputs, merged, labels = merge_step(ops, options, inputs, last=i == len(specs) - 2)
             values |= zip(spec.outputs, outputs, strict=True)
             source = compose_source(source, merged)
         frames_after[spec.stop - 1] = int(merged.shape[0])
         if trace is not None:
-            trace(MergeStep(spec.stop - 1, merged, source, labels))
+            plan = traced_plan(options, inputs[0], merged)
+            trace("merge", layer=spec.stop - 1, frames=int(inputs[0].shape[0]), plan=plan)
     tokens, scores = values["tokens"], values["scores"]
-    visual = selected(
-        ops, options, tokens, scores, labels, source, num_frames=B, suffix=suffix, timer=timer, trace=trace
-    )
-    visual.frames_after = frames_after
-    return visual
+    with timer.stage("token_select"):
+        picked = select_step(ops, options, tokens, scores, labels, num_frames=B)
+        embeds = torch.cat([picked.tokens, suffix.to(picked.tokens)])
+    if trace is not None:
+        trace("select", selection=picked, scores=scores, labels=labels)
+    return Visual(embeds, picked.frame, picked.index, source, units=B, frames_after=frames_after)
 
 
 class Spans:
@@ -235,7 +220,8 @@ class Spans:
 @dataclass(frozen=True)
 class Emitted:
     """Frames a streaming merge emitted: inputs of the next stretch (hidden [n, L, D] (+ attention [n, L])),
-    rows [n, 2] merged (indices from the start), labels as in MergeStep, and segment [n] (paper) or None."""
+    rows [n, 2] merged (indices from the start), labels (the last official merge: the re-segments [S, 2] of its
+    output frames that closed; paper: is_static [n]; else None) and segment [n] (paper) or None."""
 
     inputs: tuple[torch.Tensor, ...]
     rows: torch.Tensor
@@ -323,9 +309,9 @@ class Cascade:
     every frame the last merge emitted from `dropped` on, `start` the first unit of the window.
     """
 
-    def __init__(self, stretches, specs, options: RunOptions, timer, suffix, *, batch=BATCH_FRAMES, trace=None):
+    def __init__(self, stretches, specs, options: RunOptions, timer, suffix, *, batch: int = BATCH_FRAMES) -> None:
         self.stretches, self.specs, self.options, self.timer = stretches, specs, options, timer
-        self.suffix, self.batch, self.trace = suffix, batch, trace
+        self.suffix, self.batch = suffix, batch
         self.merges = streaming_merges(options, len(specs) - 1)
         self.spans = [Spans() for _ in self.merges]  # per merge: its input frames not yet decided on
         self.emitted = [0] * len(self.merges)  # frames each merge emitted
@@ -350,14 +336,13 @@ class Cascade:
         self.run(0, (pixels,), spans)
 
     def fork(self, timer) -> "Cascade":
-        """A copy that times its work on `timer` and traces nothing."""
+        """A copy that times its work on `timer`."""
         other = copy.copy(self)
         other.timer = timer
         other.merges = copy.deepcopy(self.merges)  # the open segments: a few frames per merge
         other.spans = [copy.copy(spans) for spans in self.spans]
         other.emitted, other.waiting = list(self.emitted), [list(w) for w in self.waiting]
         other.candidates, other.closed, other.static = list(self.candidates), list(self.closed), list(self.static)
-        other.trace = None
         return other
 
     def finish(self) -> Visual:
@@ -402,12 +387,9 @@ class Cascade:
         self.forward(i, emitted)
 
     def forward(self, i: int, emitted: list[Emitted]) -> None:
-        """Frames merge i emitted -> the stretch after it (their spans composed); the one place each merge step's
-        decisions are seen (trace)."""
+        """Frames merge i emitted -> the stretch after it (their spans composed)."""
         for e in emitted:
             source = self.spans[i].compose(e.rows)
-            if self.trace is not None:
-                self.trace(MergeStep(self.specs[i].stop - 1, e.rows, source, e.labels))
             if i == len(self.merges) - 1:
                 self.label(e, self.emitted[i])
             self.emitted[i] += len(e.rows)
@@ -456,22 +438,13 @@ class Cascade:
         return torch.tensor(self.closed, dtype=torch.int64, device=device).view(-1, 2) - self.dropped
 
     def select(self) -> Visual:
-        start = self.start
         tokens = torch.stack([c.tokens for c in self.candidates])
         scores = torch.stack([c.scores for c in self.candidates])
-        source = torch.tensor([c.source for c in self.candidates], dtype=torch.int64, device=tokens.device) - start
-        visual = selected(
-            REFERENCE,
-            self.options,
-            tokens,
-            scores,
-            self.labels(tokens.device),
-            source,
-            num_frames=self.units - start,
-            suffix=self.suffix,
-            timer=self.timer,
-            trace=self.trace,
-        )
+        source = torch.tensor([c.source for c in self.candidates], device=tokens.device) - self.start
+        B = self.units - self.start
+        with self.timer.stage("token_select"):
+            picked = select_step(REFERENCE, self.options, tokens, scores, self.labels(tokens.device), num_frames=B)
+            embeds = torch.cat([picked.tokens, self.suffix.to(picked.tokens)])
         merged = zip(self.specs[:-1], self.emitted, self.merges, strict=True)
-        visual.frames_after = {spec.stop - 1: n for spec, n, merge in merged if merge is not None}
-        return visual
+        frames_after = {spec.stop - 1: n for spec, n, merge in merged if merge is not None}
+        return Visual(embeds, picked.frame, picked.index, source, units=B, frames_after=frames_after)

@@ -2,10 +2,12 @@
 earlytom.cli imports this module once its signal handling is in place."""
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
@@ -29,6 +31,7 @@ from earlytom.explain import check_output, explain_video, write_report
 from earlytom.models.registry import ModelNotFound, alias_family, family_of, known_names, packaged_config, resolve
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.pipeline import Pipeline, Result
+from earlytom.runtime.stream import SourceEnded, live_frames
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.serve.cli import add_parser as add_serve_parser
 from earlytom.video import SAMPLINGS
@@ -303,6 +306,67 @@ def verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_watch_parser(sub) -> None:
+    p = sub.add_parser(
+        "watch", help="answer a prompt every few seconds about a live video: a file at its own rate, a pipe, a URL"
+    )
+    add_pipeline_args(p)
+    p.add_argument(
+        "--video",
+        required=True,
+        help="a video file (played at its own rate), - for a stream on stdin (e.g. ffmpeg ... -f mpegts -), or a URL "
+        "PyAV opens (rtsp://, http://, ...)",
+    )
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video as they arrive (1)")
+    p.add_argument("--every", type=float, default=10.0, help="answer every this many seconds of video (10)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds without data before the source counts as stalled (10)"
+    )
+    p.set_defaults(func=watch)
+
+
+def print_answer(result: Result, seconds: float, latency_ms: float, as_json: bool) -> None:
+    """One answer of `watch`: at `seconds` of video, `latency_ms` from the last frame's arrival to the first token."""
+    if as_json:
+        print(json.dumps({"seconds": round(seconds, 3), "latency_ms": round(latency_ms, 3), **result.to_json()}))
+    else:
+        frames = result.counts["frames_in"]
+        print(f"[{seconds:8.1f} s] {frames} frames, first token {latency_ms:.0f} ms after the last: {result.text!r}")
+    sys.stdout.flush()
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Push the frames of --video as they arrive (--fps per second) into an open stream and answer --prompt every
+    --every seconds of video, and once more when the source ends (then an error: a live source should not end)."""
+    if not args.every > 0:
+        raise ValueError(f"--every {args.every}: answer every so many seconds, a number > 0")
+    pipe = build_pipeline(args)
+    size = pipe.backend.text.processor.frame_size
+    frames = live_frames(args.video, fps=args.fps, size=size, timeout=args.timeout)
+    with contextlib.closing(frames), pipe.open_stream(fps=args.fps) as stream:
+        for note in pipe.backend.text.notes:
+            print(f"note: {note}", file=sys.stderr)
+        count, seconds, answered, arrived = 0, 0.0, 0.0, 0.0
+        for live in frames:
+            arrived = time.perf_counter()
+            stream.push(live.frame[None])
+            count, seconds = count + 1, live.seconds
+            if seconds - answered >= args.every:
+                answer(stream, args, seconds, arrived)
+                answered = seconds
+        if count and answered != seconds:
+            answer(stream, args, seconds, arrived)
+    raise SourceEnded(f"{args.video} ended after {count} sampled frames ({seconds:.1f} s of video)")
+
+
+def answer(stream, args: argparse.Namespace, seconds: float, arrived: float) -> None:
+    """Ask the open stream; the latency counts from the arrival of the last frame (`arrived`, perf_counter)."""
+    asked = time.perf_counter()
+    result = stream.ask(args.prompt, args.max_new_tokens)
+    print_answer(result, seconds, (asked - arrived) * 1e3 + result.timings_ms["ttft"], args.json)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earlytom", description="EarlyTom Video-LLM runtime")
     sub = p.add_subparsers(dest="command", required=True)
@@ -319,6 +383,7 @@ def parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_plan_parser(sub)
     add_explain_parser(sub)
+    add_watch_parser(sub)
     add_verify_parser(sub)
     return p
 

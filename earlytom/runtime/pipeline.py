@@ -31,6 +31,7 @@ from earlytom.video import VideoError, read_ahead, stack, stream_video
 if TYPE_CHECKING:
     from earlytom.engine.sessions import Providers
     from earlytom.plugins.launcher import AotOps
+    from earlytom.runtime.stream import VideoStream
 
 PROMPT_SLOT = "\x00prompt\x00"  # stands for the user's text while the chat template is applied
 UNTIMED_FPS = 2.0  # the frame rate of arrays and image folders, which carry no timing (DESIGN 8)
@@ -223,16 +224,61 @@ class Pipeline:
         after_ids = encode(head) + encode(prompt, split=True) + encode(tail)
         return torch.tensor(encode(before), dtype=torch.long), torch.tensor(after_ids, dtype=torch.long)
 
-    def check_context(self, text_tokens: int, max_new_tokens: int, limit: int) -> None:
-        """PromptTooLong unless the prompt, the most visual tokens and the answer fit `limit` (the context window)."""
+    def check_context(self, text_tokens: int, max_new_tokens: int, limit: int, frames: int | None = None) -> None:
+        """PromptTooLong unless the prompt, the most visual tokens of `frames` frames (None: a request's) and the
+        answer fit `limit` (the context window)."""
         dims = self.backend.text.dims
-        visual = most_visual_tokens(self.options, dims) + dims.suffix_tokens
+        options = self.options if frames is None else replace(self.options, num_frames=frames)
+        visual = most_visual_tokens(options, dims) + dims.suffix_tokens
         if text_tokens + visual + max_new_tokens > limit:
             raise PromptTooLong(
                 f"the prompt ({text_tokens} tokens) + up to {visual} visual tokens + {max_new_tokens} new tokens "
                 f"exceed the decoder's context window of {limit}; use fewer --frames, a lower --retain-ratio, "
                 "a shorter prompt or fewer new tokens"
             )
+
+    def open_stream(self, *, max_frames: int | None = None, fps: float | None = None) -> "VideoStream":
+        """A stream of frames encoded as they arrive (earlytom.runtime.stream.VideoStream): push(frames) uint8
+        [b, H, W, 3], ask(prompt, max_new_tokens) at any time, close(). It keeps the last `max_frames` input frames
+        (None: this pipeline's frames per request), whole segments leaving; `fps`, the rate of the frames pushed,
+        times the positions of models that encode time (None: the model's default, as for a frame array)."""
+        from earlytom.runtime.stream import VideoStream
+
+        return VideoStream(self, max_frames=max_frames, fps=fps)
+
+    def respond(
+        self, visual: Visual, before, after, decoder, *, timer, max_new_tokens, on_token, frames_in, seconds_per_unit
+    ) -> Result:
+        """The decoder's greedy answer to the prompt ids `before` [P] + `visual` + `after` [Q] -> Result (the tail
+        of a request; an open stream's ask). seconds_per_unit: between two encoder units (None: the default)."""
+        eos = self.tokenizer.eos_token_id
+        positions = decoder.positions(len(before), visual.layout(seconds_per_unit), len(after))
+        generated = decoder.greedy(
+            before,
+            visual.embeds,
+            after,
+            max_new_tokens=max_new_tokens,
+            eos=eos,
+            timer=timer,
+            on_token=on_token,
+            positions=positions,
+        )
+        answer = generated[:-1] if generated[-1] == eos else generated
+        counts = {
+            "frames_in": frames_in,
+            **{f"frames_after_layer_{layer}": n for layer, n in visual.frames_after.items()},
+            "frames_after_merge": int(visual.source.shape[0]),
+            "visual_tokens": len(visual.frame),
+            **(decoder.inner_counts or {}),
+        }
+        return Result(
+            text=self.tokenizer.decode(answer, skip_special_tokens=True),
+            token_ids=generated,
+            timings_ms=timer.breakdown(),
+            counts=counts,
+            visual=visual,
+            notes=list(self.backend.text.notes),
+        )
 
     @torch.inference_mode()
     def generate(self, video, prompt: str, max_new_tokens: int = 32, *, on_token=None) -> Result:

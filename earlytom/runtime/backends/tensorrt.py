@@ -8,6 +8,10 @@ plan's input shapes) and K at the end. The selected
 tokens stay on the GPU until the decoder takes them. Buffer sizes and the prompt layout are plain functions,
 tested without a GPU; the classes follow the TensorRT / TensorRT-LLM documented APIs and have not run on
 this project's machines.
+
+Unlike the eager and onnxruntime backends (earlytom.runtime.chain.Cascade: the chain streams over chunks of
+frames), this backend keeps whole-video plans: every plan after the first runs on all frames at once, as its
+plugins compress whole videos, so its memory grows with the frames and it offers no open_stream.
 """
 
 import json

@@ -306,32 +306,17 @@ class Pipeline:
             visual = self.backend.encode(pixel_chunks(frames, processor, timer), self.options, timer)
         finally:
             frames.close()  # stops the decoding thread and closes the file if the encoder stopped early
-        eos = self.tokenizer.eos_token_id
         seconds_per_unit = self.backend.text.dims.frames_per_unit / sampled_fps(video, stream.timestamps)
-        positions = decoder.positions(len(before), visual.layout(seconds_per_unit), len(after))
-        generated = decoder.greedy(
+        result = self.respond(
+            visual,
             before,
-            visual.embeds,
             after,
-            max_new_tokens=max_new_tokens,
-            eos=eos,
+            decoder,
             timer=timer,
+            max_new_tokens=max_new_tokens,
             on_token=on_token,
-            positions=positions,
+            frames_in=len(stream),
+            seconds_per_unit=seconds_per_unit,
         )
-        answer = generated[:-1] if generated[-1] == eos else generated
-        counts = {
-            "frames_in": len(stream),
-            **{f"frames_after_layer_{layer}": n for layer, n in visual.frames_after.items()},
-            "frames_after_merge": int(visual.source.shape[0]),
-            "visual_tokens": len(visual.frame),
-            **(decoder.inner_counts or {}),
-        }
-        return Result(
-            text=self.tokenizer.decode(answer, skip_special_tokens=True),
-            token_ids=generated,
-            timings_ms=timer.breakdown(),
-            counts=counts,
-            visual=visual,
-            notes=self.backend.text.notes + stream.notes,
-        )
+        result.notes += stream.notes
+        return result

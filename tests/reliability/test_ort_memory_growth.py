@@ -12,11 +12,12 @@ from earlytom.runtime.pipeline import Pipeline
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
 
 
-def test_sessions_run_without_the_arena(engine):
+def test_sessions_share_the_process_arena_without_memory_patterns(engine):
     pipe = Pipeline.from_engine_dir(engine)
     for session in pipe.backend.sessions:
         options = session.get_session_options()
-        assert not options.enable_cpu_mem_arena and not options.enable_mem_pattern
+        assert options.enable_cpu_mem_arena and not options.enable_mem_pattern
+        assert options.get_session_config_entry("session.use_env_allocators") == "1"
 
 
 def test_peak_rss_stays_flat_over_varying_frame_counts(engine, clip):

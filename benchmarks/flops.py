@@ -7,14 +7,13 @@ prefill:          the decoder over S = text + K + 1 tokens (causal attention), o
                   merge, layers from k_in on see the S' tokens left
 """
 
+
 def encoder_layer(tokens: int, hidden: int, mlp: int) -> int:
     """One ViT layer over one frame of `tokens`: q, k, v, o projections, QK^T and AV, the MLP."""
     return 2 * tokens * (4 * hidden * hidden + 2 * hidden * mlp) + 4 * tokens * tokens * hidden
 
 
-def vision_flops(
-    config, stretches: list[tuple[str, int, int]], *, score_frames: list[int]
-) -> dict[str, int]:
+def vision_flops(config, stretches: list[tuple[str, int, int]], *, score_frames: list[int]) -> dict[str, int]:
     """stretches: (graph name, frames it sees, encoder layers it runs) in chain order; score_frames: the frames
     of each attention-received pass (q, k and QK^T once more) -> FLOPs per graph name (scores to the tail)."""
     v, text = config.vision_config, config.text_config
@@ -30,9 +29,7 @@ def vision_flops(
     return flops
 
 
-def prefill_flops(
-    config, sequence: int, *, inner_layer: int | None = None, kept: int | None = None
-) -> int:
+def prefill_flops(config, sequence: int, *, inner_layer: int | None = None, kept: int | None = None) -> int:
     """The decoder over `sequence` tokens; with `inner_layer`, layers [inner_layer, n) see `kept` tokens."""
     t = config.text_config
     head_dim = t.hidden_size // t.num_attention_heads

@@ -68,7 +68,8 @@ def main() -> None:
     settled = max(r[2] for r in rows[5:]) if len(rows) > 5 else last
     print(
         f"first {first:.0f} MB, last {last:.0f} MB, largest after request 5 {settled:.0f} MB "
-        f"({settled / first:.2f}x the first; goal <= 1.15x), growth from request 6 to the last {last - rows[5][2]:+.0f} MB"
+        f"({settled / first:.2f}x the first; goal <= 1.15x), "
+        f"growth from request 6 to the last {last - rows[5][2]:+.0f} MB"
     )
 
 

@@ -27,8 +27,6 @@ from pathlib import Path
 import av
 import torch
 
-from earlytom.engine.layout import vision_chain
-from earlytom.engine.stretch import Stretch
 from earlytom.runtime.chain import Cascade
 from earlytom.runtime.pipeline import CHUNK_FRAMES, Pipeline, Result
 from earlytom.runtime.timing import StageTimer
@@ -48,19 +46,13 @@ def backend_chain(backend, options):
     """The backend's vision chain as the cascade runs it -> (stretches, specs, suffix [s, D'], device the pixels go
     to, the dtype and device of the decoder's visual embeddings). The eager backend runs Stretch modules on its
     model, the onnxruntime backend one session per graph; TensorRT plans compress whole videos (refused)."""
-    if backend.name == "eager":
-        c = options.config
-        specs = vision_chain(c.variant, c.merge_layers, backend.text.dims.encoder_layers)
-        stretches = [Stretch(backend.backbone, spec) for spec in specs]
-        return stretches, specs, backend.backbone.suffix(), backend.device, (backend.device, backend.dtype)
-    if backend.name == "onnxruntime":
-        stretches = [lambda *x, i=i: backend.run(i, *x) for i in range(len(backend.sessions))]
-        lm = backend.lm
-        return stretches, backend.manifest.graphs, backend.suffix, torch.device("cpu"), (lm.device, lm.dtype)
-    raise ValueError(
-        f"open_stream runs on the eager and onnxruntime backends; the {backend.name} backend keeps whole-video plans "
-        "(open the model with --model, or an onnxruntime engine directory)"
-    )
+    if not hasattr(backend, "chain"):
+        raise ValueError(
+            f"open_stream runs on the eager and onnxruntime backends; the {backend.name} backend keeps whole-video "
+            "plans (open the model with --model, or an onnxruntime engine directory)"
+        )
+    stretches, specs, suffix = backend.chain(options)
+    return stretches, specs, suffix, backend.video_device, (backend.lm.device, backend.lm.dtype)
 
 
 def check_fps(fps) -> None:

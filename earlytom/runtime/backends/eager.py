@@ -109,15 +109,19 @@ class EagerBackend:
             except ValueError as error:
                 raise UnsupportedOption(str(error)) from None
 
+    def chain(self, options: RunOptions) -> tuple[list[Stretch], tuple, torch.Tensor]:
+        """The vision chain for `options`: (one Stretch module per graph, the graph specs, the suffix [s, D'])."""
+        c = options.config
+        specs = vision_chain(c.variant, c.merge_layers, self.text.dims.encoder_layers)
+        return [Stretch(self.backbone, spec) for spec in specs], specs, self.backbone.suffix()
+
     def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer, trace=None) -> Visual:
         """pixels: chunks [b, *unit_shape] (float32, any device; each copied to the model's device in the timed stage
         "to_device", cast to its dtype by the patch embedding) -> Visual on the model's device."""
-        c = options.config
-        specs = vision_chain(c.variant, c.merge_layers, self.text.dims.encoder_layers)
-        stretches = [Stretch(self.backbone, spec) for spec in specs]
+        stretches, specs, suffix = self.chain(options)
         aot_ops = None if self.aot is None else self.aot.ops
         chunks = self.on_device(pixels, timer)
-        return encode_chain(stretches, specs, chunks, options, timer, self.backbone.suffix(), aot_ops, trace=trace)
+        return encode_chain(stretches, specs, chunks, options, timer, suffix, aot_ops, trace=trace)
 
     def on_device(self, chunks: Iterable[torch.Tensor], timer) -> Iterator[torch.Tensor]:
         for chunk in chunks:

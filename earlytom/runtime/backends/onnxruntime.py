@@ -74,10 +74,15 @@ class OnnxRuntimeBackend:
         feed = {name: x.numpy().astype(self.np_dtype) for name, x in zip(graph.inputs, inputs, strict=True)}
         return tuple(torch.from_numpy(y).float() for y in self.sessions[index].run(list(graph.outputs), feed))
 
+    def chain(self, options: RunOptions) -> tuple[list, tuple, torch.Tensor]:
+        """The vision chain (its graphs are fixed at build time): (one session call per graph, the graph specs, the
+        suffix [s, D'])."""
+        return [lambda *x, i=i: self.run(i, *x) for i in range(len(self.sessions))], self.manifest.graphs, self.suffix
+
     def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer, trace=None) -> Visual:
         """pixels: chunks [b, *unit_shape] -> Visual, its embeddings on the decoder's device in its dtype."""
-        stretches = [lambda *x, i=i: self.run(i, *x) for i in range(len(self.sessions))]
-        visual = encode_chain(stretches, self.manifest.graphs, pixels, options, timer, self.suffix, trace=trace)
+        stretches, specs, suffix = self.chain(options)
+        visual = encode_chain(stretches, specs, pixels, options, timer, suffix, trace=trace)
         if visual.embeds.device != self.lm.device:
             with timer.stage("to_device"):
                 visual.embeds = visual.embeds.to(self.lm.device)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import gpu_validate as gv
@@ -218,6 +219,11 @@ def test_path_1_on_the_cpu_agrees_with_the_oracle_in_fp32(tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs Triton's interpreter (conftest sets it)")
+@pytest.mark.skipif(
+    tuple(int(part) for part in np.__version__.split(".")[:2]) >= (2, 4),
+    reason="Triton 3.5/3.6's interpreter calls int() on 1-element arrays, which NumPy >= 2.4 refuses (on a GPU path 2 "
+    "compiles the kernels instead)",
+)
 def test_path_2_checks_pass_under_the_interpreter():
     """Path 2's comparisons, on CPU tensors run by the interpreter at small sizes, find the kernels equal to the
     reference: same decisions and errors within tolerance for every op of both variants."""

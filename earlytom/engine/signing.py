@@ -2,16 +2,17 @@
 the 64-byte signature over manifest.json's exact bytes. The manifest holds the SHA-256 of every other file and of
 its own canonical form, so the signature covers the whole directory: verify_signature, then read_manifest (the
 hashes), proves who built every byte. Keys are PEM files (`openssl genpkey -algorithm ed25519 -out key.pem`;
-`openssl pkey -in key.pem -pubout -out key.pub`)."""
+`openssl pkey -in key.pem -pubout -out key.pub`). The `cryptography` package is imported only when a key is used,
+so engine directories open without it where nothing is signed (a GPU machine with only the proof's bundle)."""
 
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+from typing import TYPE_CHECKING
 
 from earlytom.engine.layout import MANIFEST
 from earlytom.engine.manifest import SIGNATURE, EngineDirError, Manifest, check_external_data, read_manifest
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 KEYGEN = "openssl genpkey -algorithm ed25519 -out key.pem; openssl pkey -in key.pem -pubout -out key.pub"
 
@@ -24,8 +25,11 @@ def read_key(path: str | Path, kind: str) -> bytes:
         raise ValueError(f"cannot read the {kind} key {path} ({error.strerror}); make one with: {KEYGEN}") from None
 
 
-def private_key(path: str | Path) -> Ed25519PrivateKey:
+def private_key(path: str | Path) -> "Ed25519PrivateKey":
     """The ed25519 private key in the PEM file `path` (unencrypted); ValueError naming the file otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         key = load_pem_private_key(read_key(path, "private"), password=None)
     except (ValueError, TypeError) as error:
@@ -35,8 +39,11 @@ def private_key(path: str | Path) -> Ed25519PrivateKey:
     return key
 
 
-def public_key(path: str | Path) -> Ed25519PublicKey:
+def public_key(path: str | Path) -> "Ed25519PublicKey":
     """The ed25519 public key in the PEM file `path`; ValueError naming the file otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     try:
         key = load_pem_public_key(read_key(path, "public"))
     except (ValueError, TypeError) as error:
@@ -46,15 +53,17 @@ def public_key(path: str | Path) -> Ed25519PublicKey:
     return key
 
 
-def sign_dir(directory: Path, key: Ed25519PrivateKey) -> None:
+def sign_dir(directory: Path, key: "Ed25519PrivateKey") -> None:
     """Write `directory`/manifest.sig: `key`'s signature over manifest.json's bytes (written last: the manifest
     must be final)."""
     (Path(directory) / SIGNATURE).write_bytes(key.sign((Path(directory) / MANIFEST).read_bytes()))
 
 
-def verify_signature(directory: str | Path, key: Ed25519PublicKey) -> None:
+def verify_signature(directory: str | Path, key: "Ed25519PublicKey") -> None:
     """EngineDirError unless `directory`/manifest.sig is `key`'s signature over its manifest.json's bytes. Reads
     nothing else: call it before trusting the manifest's content."""
+    from cryptography.exceptions import InvalidSignature
+
     directory = Path(directory)
     signature, manifest = directory / SIGNATURE, directory / MANIFEST
     for path in (signature, manifest):
@@ -73,7 +82,7 @@ def verify_signature(directory: str | Path, key: Ed25519PublicKey) -> None:
         ) from None
 
 
-def verify_dir(directory: str | Path, key: Ed25519PublicKey) -> Manifest:
+def verify_dir(directory: str | Path, key: "Ed25519PublicKey") -> Manifest:
     """The manifest of `directory` after checking everything: the signature by `key`, the manifest's schema
     and digest, every file's hash, no links, external data inside it (EngineDirError at the first failure)."""
     verify_signature(directory, key)

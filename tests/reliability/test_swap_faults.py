@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from manifest_digest import redigested
 from reliability_support import assert_one_error, child_env, tree
 
 from earlytom.compress import EarlyTomConfig
@@ -25,10 +26,11 @@ from earlytom.runtime.pipeline import Pipeline
 
 
 def stamped_copy(engine: Path, into: Path, stamp: str) -> None:
-    """A valid copy of `engine` in `into` whose manifest says `stamp` (the `created` field is not hashed)."""
+    """A valid copy of `engine` in `into` whose manifest says `stamp` (`created` is in no file hash; the manifest's
+    own digest is recomputed)."""
     shutil.copytree(engine, into, dirs_exist_ok=True)
     manifest = json.loads((into / "manifest.json").read_text())
-    (into / "manifest.json").write_text(json.dumps(manifest | {"created": stamp}))
+    (into / "manifest.json").write_text(json.dumps(redigested(manifest | {"created": stamp})))
 
 
 def stamp_of(directory: Path) -> str:

@@ -149,8 +149,8 @@ def test_engine_directory_stays_exactly_its_manifest(engine):
     [
         (["--engine", "ENGINE", "--device", "cpu"], "--device and --dtype apply to the eager model"),
         (["--engine", "ENGINE", "--dtype", "bf16"], "--device and --dtype apply to the eager model"),
-        (["--providers", "cuda"], "--providers and --trt-cache apply to an --engine directory"),
-        (["--trt-cache", "/tmp/c"], "--providers and --trt-cache apply to an --engine directory"),
+        (["--providers", "cuda"], "--providers, --trt-cache and --require-signature apply to an --engine directory"),
+        (["--trt-cache", "/tmp/c"], "--providers, --trt-cache and --require-signature apply to an --engine directory"),
         (["--engine", "ENGINE", "--trt-cache", "/tmp/c"], "apply to providers = 'tensorrt', not 'cpu'"),
         (["--device", "cuda:x"], "device = 'cuda:x'; choose cpu, cuda or cuda:N"),
     ],

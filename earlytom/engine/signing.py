@@ -5,6 +5,7 @@ hashes), proves who built every byte. Keys are PEM files (`openssl genpkey -algo
 `openssl pkey -in key.pem -pubout -out key.pub`). The `cryptography` package is imported only when a key is used,
 so engine directories open without it where nothing is signed (a GPU machine with only the proof's bundle)."""
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,13 @@ from earlytom.engine.manifest import SIGNATURE, EngineDirError, Manifest, check_
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+def check_cryptography() -> None:
+    """ValueError naming the install command unless the `cryptography` package (the extra `sign`) is installed."""
+    if importlib.util.find_spec("cryptography") is None:
+        raise ValueError("signatures need the cryptography package: pip install -c constraints.txt 'earlytom[sign]'")
+
 
 KEYGEN = "openssl genpkey -algorithm ed25519 -out key.pem; openssl pkey -in key.pem -pubout -out key.pub"
 
@@ -27,6 +35,7 @@ def read_key(path: str | Path, kind: str) -> bytes:
 
 def private_key(path: str | Path) -> "Ed25519PrivateKey":
     """The ed25519 private key in the PEM file `path` (unencrypted); ValueError naming the file otherwise."""
+    check_cryptography()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -41,6 +50,7 @@ def private_key(path: str | Path) -> "Ed25519PrivateKey":
 
 def public_key(path: str | Path) -> "Ed25519PublicKey":
     """The ed25519 public key in the PEM file `path`; ValueError naming the file otherwise."""
+    check_cryptography()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 

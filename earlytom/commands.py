@@ -10,17 +10,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from transformers import AutoConfig, PretrainedConfig
-
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, parse_resolution
 from earlytom.compress import EarlyTomConfig
 from earlytom.dtypes import DTYPES
 from earlytom.engine.memory_plan import (
     GPUS_GIB,
     PRECISIONS,
-    VisionShape,
     check_fits,
-    memory_sizes,
+    model_sizes,
     parse_target,
     plan_memory,
 )
@@ -28,7 +25,7 @@ from earlytom.engine.sessions import PROVIDERS, Providers
 from earlytom.engine.signing import public_key, verify_dir
 from earlytom.eval.cli import add_parser as add_compare_parser
 from earlytom.explain import check_output, explain_video, write_report
-from earlytom.models.registry import ModelNotFound, alias_family, family_of, known_names, packaged_config, resolve
+from earlytom.models.registry import architecture_of, known_names
 from earlytom.runtime.backends.base import KERNELS, METHODS
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.stream import SourceEnded, live_frames
@@ -210,29 +207,13 @@ def add_plan_parser(sub) -> None:
     p.set_defaults(func=plan)
 
 
-def plan_config(name: str) -> PretrainedConfig:
-    """The architecture of an alias (shipped in the package) or of a checkpoint directory / cached HF id."""
-    if alias_family(name) is not None:
-        return packaged_config(name)
-    try:
-        return AutoConfig.from_pretrained(resolve(name), local_files_only=True)
-    except OSError as error:
-        raise ModelNotFound(
-            f"no config.json for {name!r} in that directory or the Hugging Face cache: pass a checkpoint directory "
-            f"or one of {', '.join(known_names())}"
-        ) from error
-
-
 def plan(args: argparse.Namespace) -> int:
     """Print the memory plan; a plan that does not fit is refused (exit 2) with the options that would."""
     parse_target(args.target_gpu)  # a bad target fails before the model is instantiated
-    config = plan_config(args.model)
-    family = family_of(config.model_type)
-    dims = family.dims(config, family.processor(config, None))
-    shape = VisionShape.of(dims, mlp_hidden=config.vision_config.intermediate_size)
+    config, dims = architecture_of(args.model, download=False)
     memory = plan_memory(
-        memory_sizes(config, shape),
-        args.frames,
+        model_sizes(config, dims),
+        dims.units(args.frames),
         args.target_gpu,
         max_context=args.max_context,
         decoder_precision=args.decoder_precision,

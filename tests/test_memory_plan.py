@@ -321,3 +321,14 @@ def test_cli_json_is_the_plan(capsys):
     assert plan["capacity_bytes"] == 24 * GIB and plan["max_context"] == 7297
     assert plan["total_bytes"] == sum(r["bytes"] for r in plan["rows"] if r["counted"])
     assert plan["decoder_weights_bytes"]["fp16"] == 2 * (LINEAR_05B + OTHER_05B)
+
+
+def test_cli_plans_encoder_units_and_refuses_frames_that_fill_none(capsys):
+    """A model of two frames per unit: 8 frames are planned as 4 units (the vision rows at 4 units, as build_engine
+    plans them), and 7 frames are refused with the fix."""
+    assert main(["plan", "--model", "qwen-tiny", "--frames", "8", "--target-gpu", "24GiB", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 4
+    assert main(["plan", "--model", "qwen-tiny", "--frames", "7", "--target-gpu", "24GiB"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: frames = 7: this model fuses 2 frames into one encoder unit; sample a multiple of 2 (e.g. --frames 8)"
+    ]

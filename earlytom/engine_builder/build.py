@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
-from transformers import AutoConfig
 
 from earlytom.command_line import add_config_args, add_debug_arg, config_from_args, parse_resolution, run_main
 from earlytom.compress import EarlyTomConfig, visual_budget
@@ -40,18 +39,7 @@ from earlytom.engine_builder.tensorrt import decoder_plan
 from earlytom.environment import missing_gpu_stack
 from earlytom.export.onnx_export import export_and_verify, vision_graphs
 from earlytom.models.backbone import VisionDims
-from earlytom.models.registry import (
-    LoadedModel,
-    ModelNotFound,
-    alias_family,
-    family_of,
-    known_names,
-    load_model,
-    packaged_config,
-    packaged_dims,
-    preprocessor_settings,
-    resolve,
-)
+from earlytom.models.registry import LoadedModel, architecture_of, known_names, load_model
 from earlytom.plugins import aot
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -101,22 +89,10 @@ def check_decoder_precision(requested: str | None, backend: str, dtype: str) -> 
 
 
 def model_architecture(model: str | LoadedModel):
-    """(config, vision dims) of `model` without loading weights: an alias's packaged architecture, a checkpoint's
-    config.json and preprocessor settings (downloaded alone when not cached), or a loaded model's own."""
+    """(config, vision dims) of `model` without loading weights (registry.architecture_of), or a loaded model's own."""
     if isinstance(model, LoadedModel):
         return model.model.config, model.dims
-    if alias_family(model) is not None:
-        return packaged_config(model), packaged_dims(model)
-    source = resolve(model)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except OSError as error:
-        raise ModelNotFound(
-            f"cannot read the config of {model!r} ({source}): not a checkpoint directory, not in the Hugging Face "
-            f"cache and not downloadable ({str(error).splitlines()[0]}); pass a local directory"
-        ) from error
-    family = family_of(config.model_type)
-    return config, family.dims(config, family.processor(config, preprocessor_settings(source)))
+    return architecture_of(model)
 
 
 def device_target() -> str:  # pragma: no cover - needs a GPU

@@ -139,6 +139,25 @@ def packaged_dims(name: str) -> VisionDims:
     return family.dims(config, family.processor(config, None))
 
 
+def architecture_of(name: str, *, download: bool = True) -> tuple:
+    """(config, vision dims) of the model `name` without loading weights: an alias's packaged architecture, or a
+    checkpoint's config.json and preprocessor settings (a directory or the Hugging Face cache; the config alone
+    downloaded when `download` and not cached)."""
+    if alias_family(name) is not None:
+        return packaged_config(name), packaged_dims(name)
+    source = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=not download)
+    except OSError as error:
+        where = "not in the Hugging Face cache" + (" and not downloadable" if download else "")
+        raise ModelNotFound(
+            f"cannot read the config of {name!r} ({source}): not a checkpoint directory, {where} "
+            f"({str(error).splitlines()[0]}); pass a checkpoint directory or one of {', '.join(known_names())}"
+        ) from error
+    family = family_of(config.model_type)
+    return config, family.dims(config, family.processor(config, preprocessor_settings(source)))
+
+
 def resolve(name: str) -> str:
     """An alias -> its HF id; a local directory or an `org/name` id -> itself; anything else -> ModelNotFound."""
     family = alias_family(name)

@@ -19,8 +19,8 @@ The chain's "frames" are the encoder's units: one frame for LLaVA-OneVision, a t
 `frames_per_unit` frames for models whose patch embedding fuses frames.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -120,3 +120,5 @@ class Family:
     valid_merge_layers: Callable  # (config) -> the layers compression may follow (None: any encoder layer)
     save_decoder: Callable  # (model, directory: Path) -> None: the causal LM an engine directory runs
     load_decoder: Callable  # (directory: Path, dtype) -> that causal LM
+    # EarlyTomConfig fields whose default for this family differs from the variant's (applied under the user's)
+    default_params: Mapping[str, object] = field(default_factory=dict)

@@ -79,6 +79,7 @@ VIDEO_MAX_PIXELS = 768 * 28 * 28
 EAGER_MULTIPLE = 28  # patch 14 x merge 2: the eager path's frame sides
 ENGINE_MULTIPLE = 112  # the ViT's window: engines need every window full (static attention shapes)
 DEFAULT_FRAME_SIZE = (448, 448)  # 32 x 32 patches, T = 256 (DESIGN 8); --resolution chooses another
+DEFAULT_PARAMS = {"retain_ratio": 0.15}  # DESIGN 8: no released presets; Table 7's r for Qwen2.5-VL-7B
 DEFAULT_FPS = 2.0  # the rate of sampled frames when the caller gives none (arrays, image folders)
 
 
@@ -525,4 +526,5 @@ FAMILY = Family(
     valid_merge_layers=valid_merge_layers,
     save_decoder=save_decoder,
     load_decoder=load_decoder,
+    default_params=DEFAULT_PARAMS,
 )

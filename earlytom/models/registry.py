@@ -101,9 +101,13 @@ class LoadedModel:
             )
         return self
 
-    def resolve(self, config: EarlyTomConfig) -> EarlyTomConfig:
+    def resolve(self, config: EarlyTomConfig | dict) -> EarlyTomConfig:
         """`config` with this model's defaults filled in (its family's merge layers, the inner merge's layer for its
-        decoder depth), checked against the model: the encoder's depth, the layers its family compresses after."""
+        decoder depth), checked against the model: the encoder's depth, the layers its family compresses after.
+        A dict holds the user's EarlyTomConfig fields (None: default): the family's default parameters (e.g. Qwen's
+        r = 0.15) fill what it leaves out; an EarlyTomConfig is already whole and is taken as it is."""
+        if isinstance(config, dict):
+            config = family_config(self.family, config)
         model_config = self.model.config
         decoder_layers = model_config.get_text_config().num_hidden_layers
         default = self.family.default_merge_layers(config.variant, model_config)
@@ -114,6 +118,13 @@ class LoadedModel:
                 f"merge_layers = {resolved.merge_layers}: this model compresses only after layers {tuple(valid)}"
             )
         return resolved
+
+
+def family_config(family: Family, fields: dict) -> EarlyTomConfig:
+    """The EarlyTomConfig of the user's `fields` (None: default) over `family`'s default parameters, over the
+    variant's defaults."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    return EarlyTomConfig(**(dict(family.default_params) | given))
 
 
 def architecture(config: dict) -> dict:

@@ -32,6 +32,7 @@ from earlytom.runtime.stream import SourceEnded, live_frames
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.serve.cli import add_parser as add_serve_parser
 from earlytom.video import SAMPLINGS
+from earlytom.video.sampling import RATE_MAX_FRAMES, file_timing, rate_frame_count
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +173,20 @@ def report(result: Result, as_json: bool) -> None:
         print(f"{name:>{width}}  {value:10d}")
 
 
+def frames_by_rate(args: argparse.Namespace) -> int | None:
+    """--fps/--max-frames: the frames Qwen2.5-VL's rule samples from the --video file; None without --fps."""
+    if args.fps is None:
+        if args.max_frames is not None:
+            raise ValueError("--max-frames caps sampling by rate: give --fps with it (e.g. --fps 2 --max-frames 768)")
+        return args.frames
+    if args.frames is not None:
+        raise ValueError(f"--frames {args.frames} and --fps {args.fps} contradict each other; give one of them")
+    limit = RATE_MAX_FRAMES if args.max_frames is None else args.max_frames
+    return rate_frame_count(*file_timing(Path(args.video)), fps=args.fps, max_frames=limit)
+
+
 def run(args: argparse.Namespace) -> int:
+    args.frames = frames_by_rate(args)
     report(build_pipeline(args).generate(args.video, args.prompt, args.max_new_tokens), args.json)
     return 0
 
@@ -355,6 +369,14 @@ def parser() -> argparse.ArgumentParser:
     add_pipeline_args(run_parser)
     run_parser.add_argument("--video", required=True, help="a video file, a directory of images")
     run_parser.add_argument("--prompt", required=True)
+    run_parser.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="instead of --frames: sample this many frames per second of the video file as Qwen2.5-VL does (2), an "
+        "even count, at most --max-frames",
+    )
+    run_parser.add_argument("--max-frames", type=int, default=None, help="with --fps: at most this many frames (768)")
     run_parser.set_defaults(func=run)
     demo_parser = sub.add_parser("demo", help="run the tiny model end to end on a synthetic clip")
     add_pipeline_args(demo_parser)

@@ -1,7 +1,10 @@
 """The TensorRT backend of build_engine: one vision plan per graph of the chain with the EarlyTom plugin layers
 appended (paper: head + FrameMerge, tail + TokenSelect; official: every graph but the last + the compression
-of section 4b, the last + its selection), and the Qwen2 decoder as a TensorRT-LLM engine that takes the
-visual tokens as a prompt table.
+of section 4b, the last + its selection), and the decoder as a TensorRT-LLM engine that takes the visual tokens as
+a prompt table: a Qwen2 as TensorRT-LLM's Qwen2; a Qwen2 with M-RoPE (Qwen2.5-VL's, the same language model as
+Qwen2-VL's) through TensorRT-LLM's Qwen2-VL path (`trtllm_hf_config`), which takes per request the M-RoPE rotary
+table of the prompt's position ids and the position delta of the tokens generated after it (computed at run time:
+earlytom.runtime.backends.tensorrt.mrope_params; the kept visual tokens keep their uncompressed positions).
 
 Everything the build decides is plain data computed by tested functions (`network_plans`, `decoder_plan`,
 `check_compatible`); the functions that call TensorRT or TensorRT-LLM only carry those plans out, following
@@ -9,6 +12,7 @@ their documented APIs (shared/reference/tensorrt-api-brief.md). They need an NVI
 this project's machines.
 """
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -240,6 +244,41 @@ CHECKPOINT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 MODELOPT_FORMATS = ("fp8", "int4_awq")
 
 
+# TensorRT-LLM's engine path runs Qwen2-VL's language model (qwen_type "qwen2_vl", position_embedding_type mrope);
+# Qwen2.5-VL's is the same architecture, so a decoder with M-RoPE is presented to TensorRT-LLM as a Qwen2-VL one.
+TRTLLM_MROPE_TYPE = "qwen2_vl"
+TRTLLM_MROPE_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
+
+
+def mrope_rope(config: dict) -> dict | None:
+    """The rotary settings of a decoder checkpoint's config.json when they are M-RoPE (they hold mrope_section),
+    read where transformers 5 writes them (text_config.rope_parameters) or 4 did (rope_scaling); None otherwise."""
+    text = config.get("text_config", config)
+    for rope in (text.get("rope_parameters"), text.get("rope_scaling"), config.get("rope_scaling")):
+        if isinstance(rope, dict) and "mrope_section" in rope:
+            return rope
+    return None
+
+
+def trtllm_hf_config(config: dict) -> dict:
+    """A decoder checkpoint's config.json as TensorRT-LLM's QWenConfig.from_hugging_face reads it: without M-RoPE
+    as it is; with M-RoPE (Qwen2.5-VL) as a Qwen2-VL config: the text fields at the top level (where Qwen2-VL's
+    flat config has them), model_type qwen2_vl, rope_theta, rope_scaling {type: mrope, mrope_section}."""
+    rope = mrope_rope(config)
+    if rope is None:
+        return config
+    text = config.get("text_config", config)
+    dropped = ("text_config", "model_type", "architectures", "rope_parameters")
+    return {
+        **{k: v for k, v in config.items() if k not in dropped},
+        **{k: v for k, v in text.items() if k not in dropped},
+        "model_type": TRTLLM_MROPE_TYPE,
+        "architectures": [TRTLLM_MROPE_ARCHITECTURE],
+        "rope_theta": rope.get("rope_theta", text.get("rope_theta")),
+        "rope_scaling": {"type": "mrope", "mrope_section": list(rope["mrope_section"])},
+    }
+
+
 def build_vision_plans(directory: Path, plans: list[NetworkPlan]) -> None:  # pragma: no cover - needs TensorRT
     """Parse each ONNX graph, append its plugin layers (AOT: the engines run without Python), build and write
     the plan; the timing cache is kept in the directory and reused by the next build."""
@@ -295,10 +334,11 @@ def build_vision_plans(directory: Path, plans: list[NetworkPlan]) -> None:  # pr
 
 
 def build_decoder(directory: Path, plan: DecoderPlan, precision: str) -> None:  # pragma: no cover - needs TRT-LLM
-    """The Qwen2 decoder in directory/decoder as a TensorRT-LLM engine in directory/decoder_trtllm, its weights at
+    """The decoder in directory/decoder as a TensorRT-LLM engine in directory/decoder_trtllm, its weights at
     `precision`: fp16 / bf16 / fp32 converted from the Hugging Face checkpoint, fp8 / int4_awq quantized by NVIDIA
     ModelOpt through TensorRT-LLM's quantize_and_export (calibrated on its default text set, cnn_dailymail, on the
-    GPU) into a TensorRT-LLM checkpoint, which the engine is built from."""
+    GPU) into a TensorRT-LLM checkpoint, which the engine is built from. TensorRT-LLM reads the checkpoint through
+    links with the config trtllm_hf_config writes (Qwen2.5-VL: its Qwen2-VL path, M-RoPE)."""
     from tensorrt_llm import BuildConfig, build
     from tensorrt_llm.models import QWenForCausalLM
 
@@ -308,23 +348,25 @@ def build_decoder(directory: Path, plan: DecoderPlan, precision: str) -> None:  
         max_seq_len=plan.max_seq_len,
         max_prompt_embedding_table_size=plan.max_multimodal_len,
     )
-    if precision not in MODELOPT_FORMATS:
-        model = QWenForCausalLM.from_hugging_face(str(directory / DECODER), dtype=CHECKPOINT_DTYPES[precision])
-        build(model, config).save(str(directory / DECODER_TRTLLM))
-        return
-    with tempfile.TemporaryDirectory(prefix="earlytom-quantize-") as scratch:  # outside the engine directory
+    hf_config = json.loads((directory / DECODER / "config.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="earlytom-decoder-") as scratch:  # outside the engine directory
         source, checkpoint = Path(scratch) / "hf", Path(scratch) / "trtllm"
-        link_checkpoint(source, directory / DECODER, directory / TOKENIZER)
-        quantize_decoder(source, checkpoint, precision)
-        build(QWenForCausalLM.from_checkpoint(str(checkpoint)), config).save(str(directory / DECODER_TRTLLM))
+        link_checkpoint(source, directory / DECODER, directory / TOKENIZER, skip=("config.json",))
+        (source / "config.json").write_text(json.dumps(trtllm_hf_config(hf_config)))
+        if precision in MODELOPT_FORMATS:
+            quantize_decoder(source, checkpoint, precision)
+            model = QWenForCausalLM.from_checkpoint(str(checkpoint))
+        else:
+            model = QWenForCausalLM.from_hugging_face(str(source), dtype=CHECKPOINT_DTYPES[precision])
+        build(model, config).save(str(directory / DECODER_TRTLLM))
 
 
-def link_checkpoint(target: Path, decoder: Path, tokenizer: Path) -> None:
+def link_checkpoint(target: Path, decoder: Path, tokenizer: Path, *, skip: tuple[str, ...] = ()) -> None:
     """One Hugging Face directory `target` of links to the decoder's files and the tokenizer's (the quantizer loads
-    both from one directory; the decoder's win a name both have)."""
+    both from one directory; the decoder's win a name both have), but for the names in `skip`."""
     target.mkdir()
     for path in (*sorted(decoder.iterdir()), *sorted(tokenizer.iterdir())):
-        if not (target / path.name).exists():
+        if path.name not in skip and not (target / path.name).exists():
             (target / path.name).symlink_to(path.resolve())
 
 

@@ -1,6 +1,7 @@
 """The TensorRT backend at run time: the vision plans (one per graph of the chain) on one CUDA stream with
 buffers allocated once at the largest shapes, and the TensorRT-LLM decoder fed the visual tokens as a prompt
-table.
+table (a decoder with M-RoPE, built through TensorRT-LLM's Qwen2-VL path: with each request's rotary table of its
+M-RoPE position ids and the position delta of the generated tokens, `mrope_params`).
 
 Each plan that merges writes the merged frames under the names the next plan reads, so the next plan reads
 them in place (no copy); the host round trips are the 4-byte frame count after each merge (it sets the next
@@ -93,6 +94,60 @@ def check_device_memory(manifest: Manifest, device: torch.device) -> None:  # pr
         check_free_memory(manifest.memory_plan, free, total, str(device))
 
 
+@dataclass(frozen=True)
+class Mrope:
+    """M-RoPE as TensorRT-LLM's attention applies it: rotary base `theta`, `head_size`, `section` (the t, h, w
+    frequency counts of the half head: [16, 24, 24] of Qwen2.5-VL's 64), `max_positions` (the table's rows)."""
+
+    theta: float
+    head_size: int
+    section: tuple[int, ...]
+    max_positions: int
+
+    @classmethod
+    def of(cls, text_config) -> "Mrope | None":
+        """From a transformers text config; None when its rotary embedding is not M-RoPE (no mrope_section)."""
+        rope = getattr(text_config, "rope_parameters", None) or {}
+        if "mrope_section" not in rope:
+            return None
+        head = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        section = tuple(rope["mrope_section"])
+        if len(section) != 3 or sum(section) != head // 2:
+            raise ValueError(f"mrope_section {section}: three counts adding up to half the head size {head}")
+        return cls(float(rope["rope_theta"]), head, section, text_config.max_position_embeddings)
+
+
+def mrope_table(positions: torch.Tensor, mrope: Mrope) -> torch.Tensor:
+    """float32 [max_positions * head_size]: TensorRT-LLM's mrope_rotary_cos_sin of one request with M-RoPE position
+    ids `positions` [3, S] (rows t, h, w): for prompt token s (then zero rows: position 0) and frequency j of the half
+    head, the pair (cos, sin) of p * theta^(-2j / head_size), p the row of j's section (the first section's
+    frequencies take t, the second's h, the third's w), as TensorRT-LLM's multimodal runner lays it out."""
+    if positions.dim() != 2 or positions.shape[0] != 3 or positions.shape[1] > mrope.max_positions:
+        raise ValueError(
+            f"positions must be [3, S] with S <= {mrope.max_positions} (the decoder's max_position_embeddings), got "
+            f"{list(positions.shape)}"
+        )
+    inv_freq = 1.0 / mrope.theta ** (torch.arange(0, mrope.head_size, 2, dtype=torch.float32) / mrope.head_size)
+    row = torch.repeat_interleave(torch.arange(3), torch.tensor(mrope.section))  # [head/2]: each frequency's row
+    padded = torch.zeros(3, mrope.max_positions, dtype=torch.float32)
+    padded[:, : positions.shape[1]] = positions.cpu().float()
+    angle = padded[row].T * inv_freq  # [max_positions, head/2]
+    return torch.stack([angle.cos(), angle.sin()], dim=-1).reshape(-1)
+
+
+def mrope_delta(positions: torch.Tensor) -> int:
+    """TensorRT-LLM's mrope_position_deltas of one request with M-RoPE position ids [3, S]: generated token i
+    (0-based) takes position S + i + delta on every row; delta = max(positions) + 1 - S (transformers' rope_deltas)."""
+    return int(positions.max()) + 1 - positions.shape[-1]
+
+
+def mrope_params(positions: torch.Tensor, mrope: Mrope) -> tuple[torch.Tensor, torch.Tensor]:
+    """One request's (mrope_rotary_cos_sin float32 [1, max_positions * head_size], mrope_position_deltas int32
+    [1, 1]) for TensorRT-LLM's MropeParams, from the decoder side's position ids [3, 1, S]."""
+    rows = positions[:, 0]
+    return mrope_table(rows, mrope)[None], torch.tensor([[mrope_delta(rows)]], dtype=torch.int32)
+
+
 def prompt_table_ids(before: torch.Tensor, visual_tokens: int, after: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """TensorRT-LLM's prompt-table convention: the visual positions carry ids vocab_size + i, i < visual_tokens,
     which the engine replaces by row i of the prompt table. -> int32 [P + visual_tokens + Q]."""
@@ -161,23 +216,38 @@ class TensorRTVision:  # pragma: no cover - needs TensorRT and a GPU
 
 
 class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
-    """The decoder engine in decoder_trtllm/, given the visual tokens as a prompt table."""
+    """The decoder engine in decoder_trtllm/, given the visual tokens as a prompt table; with `mrope` (a decoder
+    built through TensorRT-LLM's Qwen2-VL path) the family's decoder `side` gives the M-RoPE position ids."""
 
-    def __init__(self, engine_dir: Path, vocab_size: int, context_length: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, engine_dir: Path, vocab_size: int, context_length: int, dtype: torch.dtype, side, mrope: Mrope | None
+    ) -> None:
         from tensorrt_llm.runtime import ModelRunnerCpp
 
         self.runner = ModelRunnerCpp.from_dir(engine_dir=str(engine_dir))
         self.vocab_size, self.context_length, self.dtype = vocab_size, context_length, dtype
+        self.side, self.mrope = side, mrope
         self.inner_counts = None  # TensorRT-LLM runs no inner merge
 
-    def positions(self, before, visual, after) -> None:
-        """TensorRT-LLM numbers the prompt 0..S-1 itself."""
-        return None
+    def positions(self, before, visual, after) -> torch.Tensor | None:
+        """M-RoPE position ids [3, 1, S] from the decoder side; None without M-RoPE (TensorRT-LLM numbers the prompt
+        0..S-1 itself)."""
+        return None if self.mrope is None else self.side.positions(before, visual, after)
+
+    def mrope_request(self, positions: torch.Tensor | None) -> dict:
+        """generate's mrope_params for position ids [3, 1, S] (none without M-RoPE)."""
+        if self.mrope is None:
+            return {}
+        from tensorrt_llm.layers import MropeParams
+
+        table, deltas = mrope_params(positions, self.mrope)
+        return {"mrope_params": MropeParams(mrope_rotary_cos_sin=table.cuda(), mrope_position_deltas=deltas.cuda())}
 
     def greedy(
         self, before, visual, after, *, max_new_tokens: int, eos: int, timer, on_token=None, positions=None
     ) -> list[int]:
-        """As Decoder.greedy, with the visual embeddings as TensorRT-LLM's prompt table (positions: None only)."""
+        """As Decoder.greedy, with the visual embeddings as TensorRT-LLM's prompt table; `positions`: those of
+        self.positions (M-RoPE), passed as TensorRT-LLM's rotary table and position delta."""
         ids = prompt_table_ids(before, visual.shape[0], after, self.vocab_size)
         with timer.stage("prefill"):  # TensorRT-LLM prefills and samples the first token in one call
             stream = self.runner.generate(
@@ -190,6 +260,7 @@ class TensorRTLLMDecoder:  # pragma: no cover - needs TensorRT-LLM and a GPU
                 top_k=1,
                 streaming=True,
                 return_dict=False,
+                **self.mrope_request(positions),
             )
             output = next(stream)
         generated: list[int] = []
@@ -217,10 +288,13 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
         self.manifest, self.text = manifest, text
         check_device_memory(manifest, torch.device("cuda", torch.cuda.current_device()))
         self.vision = TensorRTVision(engine.path, manifest, engine.suffix)
-        lm = AutoConfig.from_pretrained(engine.decoder_path).get_text_config()
+        decoder_config = AutoConfig.from_pretrained(engine.decoder_path)
+        lm = decoder_config.get_text_config()
         engine_config = json.loads((engine.trtllm_path / "config.json").read_text())
         context = trtllm_context(engine_config, lm.max_position_embeddings)
-        self.llm = TensorRTLLMDecoder(engine.trtllm_path, lm.vocab_size, context, trtllm_dtype(engine_config))
+        side = engine.family.decoder_side(decoder_config, manifest.vision)
+        dtype = trtllm_dtype(engine_config)
+        self.llm = TensorRTLLMDecoder(engine.trtllm_path, lm.vocab_size, context, dtype, side, Mrope.of(lm))
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
 
     def decoder(self, config):

@@ -1,37 +1,96 @@
-"""Analytic FLOPs of each TTFT stage of a LLaVA-OneVision-shaped model (a ViT of full-attention layers, a 2-layer
-projector), from its config's shapes (a multiply-add counts 2).
+"""Analytic FLOPs of each TTFT stage of any registered model family, from its config's shapes and its VisionDims
+(a multiply-add counts 2).
 
-vision_<stretch>: each graph of the encoder chain over the frames it sees (the head adds the patch
-                  embedding, the tail the projector; pooling is negligible), plus the attention-score passes
-prefill:          the decoder over S = text + K + 1 tokens (causal attention), one logits row; with the inner
-                  merge, layers from k_in on see the S' tokens left
+vision_<stretch>: each graph of the encoder chain over the units it sees (frames; Qwen2.5-VL: temporal slices of 2
+                  frames), the head adding the patch embedding, the tail the projector (LLaVA-OneVision: the 2-layer
+                  projector on every patch, pooling negligible; Qwen2.5-VL: the 2x2 merger on the merged tokens),
+                  plus the attention-score passes. Encoder layers attend over the unit (full attention) or, in
+                  Qwen2.5-VL's window blocks, inside 112-px windows; a gated MLP (Qwen2.5-VL) has 3 matrices.
+prefill:          the decoder over S = text + K (+ suffix) + 1 tokens (causal attention), one logits row; with the
+                  inner merge, layers from k_in on see the S' tokens left
 """
 
+from dataclasses import dataclass
 
-def encoder_layer(tokens: int, hidden: int, mlp: int) -> int:
-    """One ViT layer over one frame of `tokens`: q, k, v, o projections, QK^T and AV, the MLP."""
-    return 2 * tokens * (4 * hidden * hidden + 2 * hidden * mlp) + 4 * tokens * tokens * hidden
+from earlytom.models.backbone import VisionDims
+from earlytom.models.registry import family_of
 
 
-def vision_flops(config, stretches: list[tuple[str, int, int]], *, score_frames: list[int]) -> dict[str, int]:
-    """stretches: (graph name, frames it sees, encoder layers it runs) in chain order; score_frames: the frames
-    of each attention-received pass (q, k and QK^T once more) -> FLOPs per graph name (scores to the tail)."""
-    v, text = config.vision_config, config.text_config
-    L = (v.image_size // v.patch_size) ** 2
-    per_layer = encoder_layer(L, v.hidden_size, v.intermediate_size)
-    patch = 2 * L * 3 * v.patch_size**2 * v.hidden_size
-    score = 2 * L * 2 * v.hidden_size**2 + 2 * L * L * v.hidden_size
-    projector = 2 * L * (v.hidden_size * text.hidden_size + text.hidden_size**2)
-    flops = {name: frames * layers * per_layer for name, frames, layers in stretches}
-    (head, first_frames, _), (tail, last_frames, _) = stretches[0], stretches[-1]
-    flops[head] += first_frames * patch
-    flops[tail] += last_frames * projector + sum(score_frames) * score
+def encoder_layer(tokens: int, hidden: int, mlp: int, *, mlp_matrices: int = 2, attended: int | None = None) -> int:
+    """One ViT layer over one unit of `tokens`: q, k, v, o projections, QK^T and AV, the MLP (`mlp_matrices` of
+    hidden x mlp: 2, or 3 gated). `attended`: the sum over queries of the keys each sees (None: tokens^2, full
+    attention)."""
+    attended = tokens * tokens if attended is None else attended
+    return 2 * tokens * (4 * hidden * hidden + mlp_matrices * hidden * mlp) + 4 * attended * hidden
+
+
+def default_dims(config) -> VisionDims:
+    """The vision dims of `config` at its family's default processor (LLaVA-OneVision: its one size; Qwen2.5-VL:
+    448 x 448)."""
+    family = family_of(config.model_type)
+    return family.dims(config, family.processor(config, None))
+
+
+def window_sides(patches: int, window: int) -> list[int]:
+    """The window extents, in patches, along one side of `patches` split into windows of `window` (the last
+    partial)."""
+    return [min(window, patches - start) for start in range(0, patches, window)]
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """Per-unit FLOPs of a vision encoder: `layers` (one per encoder layer), the patch embedding, the projector,
+    one attention-score pass."""
+
+    layers: tuple[int, ...]
+    patch: int
+    projector: int
+    score: int
+
+
+def vision_shape(config, dims: VisionDims) -> VisionShape:
+    """The per-unit FLOPs of `config`'s encoder at `dims` (its frame size, L patches per unit, D, D')."""
+    v, L, D, out = config.vision_config, dims.patch_tokens, dims.hidden, dims.llm_hidden
+    channels = getattr(v, "in_channels", None) or v.num_channels
+    pixels = channels * getattr(v, "temporal_patch_size", 1) * v.patch_size**2  # of one patch (Qwen: 2 frames)
+    patch = 2 * L * pixels * D  # the patch embedding: one linear map of each patch's pixels
+    score = 2 * L * 2 * D * D + 2 * L * L * D  # q and k once more, QK^T
+    merge = getattr(v, "spatial_merge_size", None)
+    if merge is None:  # full attention everywhere, a 2-matrix MLP, the projector on every patch
+        layer = encoder_layer(L, D, v.intermediate_size)
+        return VisionShape((layer,) * dims.encoder_layers, patch, 2 * L * (D * out + out * out), score)
+    side = v.window_size // v.patch_size  # window blocks attend inside side x side patches
+    h, w = (size // v.patch_size for size in dims.frame_size)
+    windowed = sum(r * r for r in window_sides(h, side)) * sum(c * c for c in window_sides(w, side))
+    full = set(v.fullatt_block_indexes)
+    layers = tuple(
+        encoder_layer(L, D, v.intermediate_size, mlp_matrices=3, attended=None if i in full else windowed)
+        for i in range(dims.encoder_layers)
+    )
+    width = D * merge * merge  # the merger: merge x merge patches concatenated, then an MLP to D'
+    return VisionShape(layers, patch, 2 * dims.tokens_per_frame * (width * width + width * out), score)
+
+
+def vision_flops(
+    config, stretches: list[tuple[str, int, int]], *, score_frames: list[int], dims: VisionDims | None = None
+) -> dict[str, int]:
+    """stretches: (graph name, units it sees, encoder layers it runs) in chain order, covering the encoder from
+    layer 0; score_frames: the units of each attention-received pass (q, k and QK^T once more); dims: the vision
+    dims (None: the family's default processor) -> FLOPs per graph name (scores to the tail)."""
+    shape = vision_shape(config, default_dims(config) if dims is None else dims)
+    flops, start = {}, 0
+    for name, units, count in stretches:
+        flops[name] = units * sum(shape.layers[start : start + count])
+        start += count
+    (head, first_units, _), (tail, last_units, _) = stretches[0], stretches[-1]
+    flops[head] += first_units * shape.patch
+    flops[tail] += last_units * shape.projector + sum(score_frames) * shape.score
     return flops
 
 
 def prefill_flops(config, sequence: int, *, inner_layer: int | None = None, kept: int | None = None) -> int:
     """The decoder over `sequence` tokens; with `inner_layer`, layers [inner_layer, n) see `kept` tokens."""
-    t = config.text_config
+    t = config.get_text_config()
     head_dim = t.hidden_size // t.num_attention_heads
     kv = t.num_key_value_heads * head_dim
     per_token_layer = 2 * (

@@ -1,9 +1,13 @@
 """Time-to-first-token breakdown on this CPU: EarlyTom's official variant (with and without the decoder's
 inner merge), the paper variant, full tokens and post-encoder global top-K at the same retain ratios, on the
-ONNX Runtime and eager backends. LLaVA-OneVision-0.5B architecture, random weights (honest for latency, never
-for accuracy), one synthetic clip with a scene cut.
+ONNX Runtime and eager backends. LLaVA-OneVision-0.5B architecture by default, random weights (honest for latency,
+never for accuracy), one synthetic clip with a scene cut.
 
     python -m benchmarks.ttft --frames 32 [--repeats 1] [--ratios 0.10 0.15 0.25] [--no-eager] [--model NAME]
+    python -m benchmarks.ttft --model qwen2.5-vl-3b     # 224 x 224 px, 16 frames, r = 0.15 (CPU_SETTINGS)
+
+A model whose family has a default retain ratio (Qwen2.5-VL: 0.15, Table 7) runs at that ratio unless --ratios is
+given; a Qwen2.5-VL model also prints the analytic prediction for Qwen2.5-VL-7B at 768 frames next to Table 7.
 
 Prints the machine's GEMM figure first (common.gemm_gflops: a 2048^3 float32 torch matmul), then per row the
 frames after each merge layer, the visual tokens, TTFT per stage group, the analytic FLOPs with the speedup they
@@ -25,11 +29,14 @@ from transformers.utils import logging as hf_logging
 
 from benchmarks.common import OUT, gemm_fraction, gemm_gflops, print_table
 from benchmarks.flops import prefill_flops, vision_flops
+from earlytom.command_line import parse_resolution
 from earlytom.compress import EarlyTomConfig
 from earlytom.engine.layout import vision_chain
 from earlytom.engine.manifest import read_manifest
 from earlytom.engine_builder.build import build
-from earlytom.models.registry import packaged_config
+from earlytom.engine_builder.tensorrt import EXPECTED_KEEP
+from earlytom.models.backbone import VisionDims
+from earlytom.models.registry import family_of, packaged_config
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
@@ -37,6 +44,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PROMPT = "Describe what happens in this video."
+# model_type -> (frame size, frames) a 2-core CPU runs in minutes per row, where the model's own would take hours.
+# Qwen2.5-VL: 224 x 224 px is the smallest engine size with full windows (2 x 2 windows of 112 px; 256 patches,
+# T = 64 tokens per slice) and 16 frames are 8 slices: 2,048 ViT patches and 512 visual tokens uncompressed, so a
+# 3B decoder's prefill stays in seconds. Other models: their own size and 32 frames.
+CPU_SETTINGS = {"qwen2_5_vl": ((224, 224), 16)}
+DEFAULT_FRAMES, DEFAULT_RATIOS = 32, [0.10, 0.15, 0.25]
+# Table 7 (Qwen2.5-VL-7B, up to 768 frames, r = 0.15, a 23k-token context, one A100): EarlyTom's TTFT and FLOPs.
+TABLE7 = {"model": "qwen2.5-vl-7b", "frames": 768, "ratio": 0.15, "ttft_ms": 3667.0, "flops_percent": 12.2}
+# 168 x 280 px: 12 x 20 patches, T = 60 per slice; 384 slices x 60 = 23,040 visual tokens, Table 7's 23k context.
+TABLE7_FRAME = (168, 280)
 GROUPS = {  # the paper's Figure 3 components
     "vision encoding": ("vision_",),
     "visual token processing": ("frame_merge", "token_select"),
@@ -57,15 +74,16 @@ def measure(pipe: Pipeline, clip: Path, repeats: int):
     return stages, runs[0].counts, len(before) + len(after) + runs[0].visual.embeds.shape[0]
 
 
-def flops(model_config, config: EarlyTomConfig, method: str, counts: dict[str, int], sequence: int) -> int:
-    """Vision (every stretch over the frames it saw) + prefill FLOPs of one request."""
-    n = model_config.vision_config.num_hidden_layers
-    chain = vision_chain(config.variant, config.merge_layers, n)
-    B = counts["frames_in"]
+def flops(
+    model_config, config: EarlyTomConfig, method: str, counts: dict[str, int], sequence: int, dims: VisionDims
+) -> int:
+    """Vision (every stretch over the encoder units it saw) + prefill FLOPs of one request."""
+    chain = vision_chain(config.variant, config.merge_layers, dims.encoder_layers)
+    B = dims.units(counts["frames_in"])
     seen = [B] + [counts.get(f"frames_after_layer_{g.stop - 1}", B) for g in chain[:-1]]
     stretches = [(g.name, frames, g.stop - g.start) for g, frames in zip(chain, seen, strict=True)]
     score = seen[-2:-1] if config.variant == "official" else seen[-1:]  # official: the last merge layer's only
-    vision = sum(vision_flops(model_config, stretches, score_frames=score).values())
+    vision = sum(vision_flops(model_config, stretches, score_frames=score, dims=dims).values())
     inner = counts.get("visual_embeds_before_inner")
     if inner is None or method != "earlytom":
         return vision + prefill_flops(model_config, sequence)
@@ -115,14 +133,62 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def table7_prediction(text_tokens: int) -> None:
+    """Print the analytic FLOPs of Qwen2.5-VL-7B at Table 7's setting (768 frames, r = 0.15, official variant with its
+    default merge layers and inner merge) next to Table 7's TTFT and FLOPs share: frames after each merge layer are
+    data-dependent, so two cases: none merged (the upper bound of EarlyTom's FLOPs) and EXPECTED_KEEP kept per layer."""
+    model = TABLE7["model"]
+    model_config, family = packaged_config(model), family_of(packaged_config(model).model_type)
+    dims = family.dims(model_config, family.processor(model_config, None).resized(TABLE7_FRAME, for_engine=False))
+    text = model_config.get_text_config()
+    config = EarlyTomConfig(retain_ratio=TABLE7["ratio"]).for_model(
+        dims.encoder_layers,
+        text.num_hidden_layers,
+        default_layers=family.default_merge_layers("official", model_config),
+    )
+    B = dims.units(TABLE7["frames"])
+    visual = B * dims.tokens_per_frame
+    kept = round(TABLE7["ratio"] * visual)
+    full = flops(model_config, config, "full", {"frames_in": TABLE7["frames"]}, text_tokens + visual + 1, dims)
+    print(
+        f"\nAnalytic prediction, {model} at {TABLE7['frames']} frames ({B} slices of {dims.frame_size[0]} x "
+        f"{dims.frame_size[1]} px, {visual} visual tokens uncompressed), r = {TABLE7['ratio']}, merge layers "
+        f"{config.merge_layers}, inner merge at layer {config.inner_layer} (ratio {config.inner_ratio}); full tokens: "
+        f"{full / 1e12:.1f} TFLOP"
+    )
+    for case, keep in (
+        ("no frame merged (upper bound)", 1.0),
+        (f"{EXPECTED_KEEP:.0%} of frames kept per merge", EXPECTED_KEEP),
+    ):
+        units = [max(1, round(B * keep**i)) for i in range(1, len(config.merge_layers) + 1)]
+        counts = {"frames_in": TABLE7["frames"], "visual_embeds_before_inner": kept}
+        counts |= {f"frames_after_layer_{layer}": n for layer, n in zip(config.merge_layers, units, strict=True)}
+        counts["visual_embeds_after_inner"] = kept - round(config.inner_ratio * kept)
+        ours = flops(model_config, config, "earlytom", counts, text_tokens + kept + 1, dims)
+        print(
+            f"  EarlyTom, {case}: {ours / 1e12:.1f} TFLOP = {ours / full:.1%} of full tokens (Table 7: "
+            f"{TABLE7['flops_percent']}%); at Table 7's TTFT of {TABLE7['ttft_ms']:,.0f} ms on an A100 that is "
+            f"{ours / 1e12 / (TABLE7['ttft_ms'] / 1e3):.0f} TFLOP/s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="llava-ov-0.5b")
-    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=None, help="default: CPU_SETTINGS, else 32")
+    parser.add_argument("--resolution", type=parse_resolution, default=None, help="HxW; default: CPU_SETTINGS")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.10, 0.15, 0.25])
+    parser.add_argument("--ratios", type=float, nargs="+", default=None, help="default: the family's r, else 3")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager backend (slowest)")
     args = parser.parse_args()
+    model_config = packaged_config(args.model)
+    family = family_of(model_config.model_type)
+    resolution, frames = CPU_SETTINGS.get(model_config.model_type, (None, DEFAULT_FRAMES))
+    args.frames = frames if args.frames is None else args.frames
+    args.resolution = resolution if args.resolution is None else args.resolution
+    if args.ratios is None:
+        default = family.default_params.get("retain_ratio")
+        args.ratios = DEFAULT_RATIOS if default is None else [default]
     hf_logging.disable_progress_bar()
     gemm = gemm_gflops()
     print(
@@ -135,7 +201,8 @@ def main() -> None:
     warmup = write_clip(OUT / "warmup_clip.mp4", moving_square_frames(2, size=192))  # 2 frames: cheap
     engines = {}
     for variant in ("official", "paper"):
-        engines[variant] = OUT / f"engine-{args.model}-{variant}-{args.frames}f"
+        size = "" if args.resolution is None else f"-{args.resolution[0]}x{args.resolution[1]}"
+        engines[variant] = OUT / f"engine-{args.model}-{variant}-{args.frames}f{size}"
         if not engines[variant].exists():
             print(f"building {engines[variant]} (export + verification) ...", flush=True)
             build(
@@ -144,13 +211,18 @@ def main() -> None:
                 frames=args.frames,
                 random_init=True,
                 config=EarlyTomConfig(variant=variant),
+                resolution=args.resolution,
             )
-    model_config = packaged_config(args.model)
+    dims = read_manifest(engines["official"]).vision
     backends = {"onnxruntime": lambda variant: Pipeline.from_engine_dir(engines[variant])}
     if not args.no_eager:  # the same seed, so the same weights as the engine directories
-        backends["eager"] = lambda variant: Pipeline.from_pretrained(
-            args.model, random_init=True, num_frames=args.frames, config=read_manifest(engines[variant]).config
-        )
+
+        def eager(variant: str) -> Pipeline:
+            pipe = Pipeline.from_pretrained(args.model, random_init=True)
+            loaded = pipe.backend.loaded.at_resolution(dims.frame_size, for_engine=False)
+            return Pipeline.from_model(loaded, num_frames=args.frames, config=read_manifest(engines[variant]).config)
+
+        backends["eager"] = eager
     middle = f"r={args.ratios[len(args.ratios) // 2]:.2f}"
     rows = []
     for backend, make in backends.items():  # one backend in memory at a time (32 frames need ~10 GB each)
@@ -164,7 +236,7 @@ def main() -> None:
                     continue
                 pipe = apply(base, changes)
                 ms, counts, sequence = measure(pipe, clip, args.repeats)
-                f = flops(model_config, pipe.config, pipe.options.method, counts, sequence)
+                f = flops(model_config, pipe.config, pipe.options.method, counts, sequence, dims)
                 rows.append({"label": label, "backend": backend, "ms": ms, "counts": counts, "flops": f})
                 print(f"  {backend:12s} {label:26s} ttft {ms['ttft'] / 1e3:7.2f} s  {counts}", flush=True)
             del base, pipe
@@ -219,9 +291,12 @@ def main() -> None:
         ],
         table,
     )
-    path = OUT / f"ttft_{args.frames}f.png"
+    path = OUT / f"ttft_{args.model}_{args.frames}f.png"
     plot(rows, path, title)
     print(f"\nplot: {path}")
+    if model_config.model_type == packaged_config(TABLE7["model"]).model_type:
+        before, after = Pipeline.from_engine_dir(engines["official"]).prompt_ids(PROMPT)
+        table7_prediction(len(before) + len(after))
 
 
 if __name__ == "__main__":

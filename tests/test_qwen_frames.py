@@ -52,6 +52,8 @@ def clip(tmp_path_factory):
 
 def test_file_timing_reads_the_header(clip):
     assert file_timing(clip) == (24, 8.0)
+    with pytest.raises(ValueError, match="is an image directory, without a frame rate: sample it with --frames N"):
+        file_timing(clip.parent)
 
 
 def test_run_samples_by_rate(clip, capsys):

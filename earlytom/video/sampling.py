@@ -4,6 +4,7 @@ samples group into."""
 
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -48,7 +49,9 @@ def file_timing(path) -> tuple[int, float]:
     from earlytom.video.frames import VideoError
     from earlytom.video.pyav import open_container  # imports this module
 
-    with open_container(path) as container:
+    if Path(path).is_dir():
+        raise VideoError(f"{path} is an image directory, without a frame rate: sample it with --frames N, not --fps")
+    with open_container(Path(path)) as container:
         stream = container.streams.video[0]
         grid = stream_grid(stream)
         if grid is not None:

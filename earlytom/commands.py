@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from earlytom.command_line import add_config_args, add_debug_arg, config_fields, config_from_args, parse_resolution
+from earlytom.command_line import add_config_args, add_debug_arg, config_fields, parse_resolution
 from earlytom.compress import EarlyTomConfig
 from earlytom.dtypes import DTYPES
 from earlytom.engine.memory_plan import (
@@ -125,11 +125,11 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         loading = {"device": args.device, "dtype": args.dtype, "aot_kernels": args.aot_kernels}
         given = options | {k: v for k, v in loading.items() if v is not None}
         name = "tiny" if args.model is None else args.model
-        pipe = Pipeline.from_pretrained(name, random_init=args.random_init, config=config_from_args(args), **given)
+        pipe = Pipeline.from_pretrained(name, random_init=args.random_init, config=config_fields(args), **given)
         if args.resolution is None:
             return pipe
         loaded = pipe.backend.loaded.at_resolution(args.resolution, for_engine=False)
-        return Pipeline.from_model(loaded, aot=pipe.backend.aot, config=config_from_args(args), **options)
+        return Pipeline.from_model(loaded, aot=pipe.backend.aot, config=config_fields(args), **options)
     if args.random_init:
         raise ValueError("--random-init is fixed when the engine is built; pass it to build_engine")
     if args.resolution is not None:

@@ -40,3 +40,19 @@ def test_llava_keeps_the_variant_defaults():
 def test_a_bad_given_value_is_still_refused(qwen):
     with pytest.raises(ValueError, match="retain_ratio"):
         qwen.resolve({"retain_ratio": 1.5})
+
+
+def test_the_command_line_and_the_api_apply_the_family_default_when_no_ratio_is_given():
+    from earlytom.commands import build_pipeline, parser
+    from earlytom.runtime.pipeline import Pipeline
+
+    def ratio(*extra):
+        args = parser().parse_args(["run", "--model", "qwen-tiny", "--video", "v", "--prompt", "p", *extra])
+        return build_pipeline(args).config.retain_ratio
+
+    assert ratio() == 0.15
+    assert ratio("--retain-ratio", "0.3") == 0.3
+    assert ratio("--variant", "paper") == 0.15
+    loaded = load_model("tiny")
+    assert Pipeline.from_model(loaded).config.retain_ratio == 0.20
+    assert Pipeline.from_model(load_model("qwen-tiny"), config={"retain_ratio": None}).config.retain_ratio == 0.15

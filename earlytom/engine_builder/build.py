@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from earlytom.command_line import add_config_args, add_debug_arg, config_from_args, parse_resolution, run_main
+from earlytom.command_line import add_config_args, add_debug_arg, config_fields, parse_resolution, run_main
 from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.dtypes import GRAPH_DTYPES, torch_dtype
 from earlytom.engine.layout import DECODER, PLUGINS, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX, GraphSpec, vision_chain
@@ -39,7 +39,7 @@ from earlytom.engine_builder.tensorrt import decoder_plan
 from earlytom.environment import missing_gpu_stack
 from earlytom.export.onnx_export import export_and_verify, vision_graphs
 from earlytom.models.backbone import VisionDims
-from earlytom.models.registry import LoadedModel, architecture_of, known_names, load_model
+from earlytom.models.registry import LoadedModel, architecture_of, family_config, family_of, known_names, load_model
 from earlytom.plugins import aot
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -187,7 +187,7 @@ def build(
     output: str | Path,
     *,
     backend: str = "auto",
-    config: EarlyTomConfig | None = None,
+    config: EarlyTomConfig | dict | None = None,
     frames: int = 32,
     resolution: tuple[int, int] | None = None,
     dtype: str | None = None,
@@ -201,7 +201,8 @@ def build(
     sign: str | Path | None = None,
 ) -> Manifest:
     """Build the engine directory `output` for `model` (a name for registry.load_model, or a model already loaded);
-    returns its manifest. `resolution` (height, width; None: the processor's default) is the one frame size the
+    returns its manifest. `config`: an EarlyTomConfig as it is, or a dict of its fields (None: default) over the model
+    family's defaults (Qwen2.5-VL: r = 0.15); None: the family's defaults. `resolution` (height, width; None: the processor's default) is the one frame size the
     engine takes, as the model family allows it for engines. `gpu_archs` (None: all four for the TensorRT backend,
     none for ONNX Runtime) selects the AOT-compiled plugin kernels stored. `target_gpu` (a memory_plan target;
     None: the build's GPU on the TensorRT backend, no plan on ONNX Runtime), `max_context` (tokens; None: see
@@ -218,7 +219,9 @@ def build(
         archs = tuple(aot.ARCHS) if backend == "tensorrt" else ()
     else:
         archs = tuple(gpu_archs)
-    config = EarlyTomConfig() if config is None else config
+    if not isinstance(config, EarlyTomConfig):  # fields over the model family's defaults
+        family = model.family if isinstance(model, LoadedModel) else family_of(model_architecture(model)[0].model_type)
+        config = family_config(family, {} if config is None else config)
     if target_gpu is None and backend == "tensorrt":
         target_gpu = device_target()
     name = getattr(model, "name", model)
@@ -380,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.output,
         backend=args.backend,
-        config=config_from_args(args),
+        config=config_fields(args),
         frames=args.frames,
         resolution=args.resolution,
         dtype=args.dtype,

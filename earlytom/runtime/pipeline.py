@@ -21,7 +21,7 @@ import torch
 
 from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.models.backbone import VisionDims
-from earlytom.models.registry import LoadedModel
+from earlytom.models.registry import LoadedModel, family_config
 from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
 from earlytom.runtime.backends.eager import EagerBackend, eager_device, load_eager
@@ -116,7 +116,7 @@ class Pipeline:
         cls,
         loaded: LoadedModel,
         *,
-        config: EarlyTomConfig | None = None,
+        config: EarlyTomConfig | dict | None = None,
         method: str = "earlytom",
         num_frames: int = 32,
         kernels: str | None = None,
@@ -124,8 +124,11 @@ class Pipeline:
         aot: "AotOps | None" = None,
     ) -> "Pipeline":
         """The eager (reference) backend over a loaded model; `aot`: AOT-compiled kernels for it
-        (earlytom.plugins.launcher.open_aot_kernels). `kernels` None: "aot" with them, "auto" without."""
-        config = EarlyTomConfig() if config is None else config
+        (earlytom.plugins.launcher.open_aot_kernels). `kernels` None: "aot" with them, "auto" without. `config`:
+        an EarlyTomConfig as it is, or a dict of its fields (None: default) over the model family's defaults
+        (Qwen2.5-VL: r = 0.15); None: the family's defaults."""
+        if not isinstance(config, EarlyTomConfig):
+            config = family_config(loaded.family, {} if config is None else config)
         kernels = ("auto" if aot is None else "aot") if kernels is None else kernels
         options = RunOptions(config=config, method=method, num_frames=num_frames, kernels=kernels, sampling=sampling)
         return cls(EagerBackend(loaded, options, aot))

@@ -4,6 +4,7 @@ ONNX Runtime and eager backends. LLaVA-OneVision-0.5B architecture, random weigh
 for accuracy), one synthetic clip with a scene cut.
 
     python -m benchmarks.ttft --frames 32 [--repeats 1] [--ratios 0.10 0.15 0.25] [--no-eager] [--model NAME]
+        [--methods full earlytom fastvid holitom visionzip global_topk]
 
 Prints the machine's GEMM figure first (common.gemm_gflops: a 2048^3 float32 torch matmul), then per row the
 frames after each merge layer, the visual tokens, TTFT per stage group, the analytic FLOPs with the speedup they
@@ -24,12 +25,14 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from benchmarks.common import OUT, gemm_fraction, gemm_gflops, print_table
-from benchmarks.flops import prefill_flops, vision_flops
-from earlytom.compress import EarlyTomConfig
+from benchmarks.flops import method_vision_flops, prefill_flops, vision_flops
+from earlytom.compress import EarlyTomConfig, default_inner_layer
 from earlytom.engine.layout import vision_chain
 from earlytom.engine.manifest import read_manifest
 from earlytom.engine_builder.build import build
 from earlytom.models.registry import packaged_config
+from earlytom.runtime.backends.base import METHODS, UnsupportedOption
+from earlytom.runtime.methods import BASELINES
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
@@ -59,6 +62,13 @@ def measure(pipe: Pipeline, clip: Path, repeats: int):
 
 def flops(model_config, config: EarlyTomConfig, method: str, counts: dict[str, int], sequence: int) -> int:
     """Vision (every stretch over the frames it saw) + prefill FLOPs of one request."""
+    if method in BASELINES:
+        vision = method_vision_flops(model_config, counts["frames_in"], head=method == "fastvid")
+        if "visual_embeds_before_inner" not in counts:
+            return vision + prefill_flops(model_config, sequence)
+        kept = sequence - counts["visual_embeds_before_inner"] + counts["visual_embeds_after_inner"]
+        layer = default_inner_layer(model_config.text_config.num_hidden_layers)  # HoliTom's in-LLM merge
+        return vision + prefill_flops(model_config, sequence, inner_layer=layer, kept=kept)
     n = model_config.vision_config.num_hidden_layers
     chain = vision_chain(config.variant, config.merge_layers, n)
     B = counts["frames_in"]
@@ -73,9 +83,10 @@ def flops(model_config, config: EarlyTomConfig, method: str, counts: dict[str, i
     return vision + prefill_flops(model_config, sequence, inner_layer=config.inner_layer, kept=kept)
 
 
-def settings(ratios: list[float], engines: dict[str, Path]) -> list[tuple[str, str, dict]]:
-    """(label, engine, with_options changes): full tokens, then per ratio official, paper and global top-K, and
-    the official variant without the decoder's inner merge at the middle ratio."""
+def settings(ratios: list[float], engines: dict[str, Path], methods: list[str]) -> list[tuple[str, str, dict]]:
+    """(label, engine, with_options changes) of `methods`: full tokens, then per ratio official and paper (earlytom),
+    global top-K and the compared methods (on the paper engine), and the official variant without the decoder's
+    inner merge at the middle ratio."""
     middle = ratios[len(ratios) // 2]
     rows = [("full", "official", {"method": "full"})]
     for r in ratios:
@@ -83,11 +94,12 @@ def settings(ratios: list[float], engines: dict[str, Path]) -> list[tuple[str, s
             (f"official r={r:.2f}", "official", {"method": "earlytom", "retain_ratio": r}),
             (f"paper r={r:.2f}", "paper", {"method": "earlytom", "retain_ratio": r}),
             (f"global top-K r={r:.2f}", "paper", {"method": "global_topk", "retain_ratio": r}),
+            *((f"{m} r={r:.2f}", "paper", {"method": m, "retain_ratio": r}) for m in BASELINES),
         ]
     rows.append(
         (f"official no-inner r={middle:.2f}", "official", {"method": "earlytom", "retain_ratio": middle, "inner": 0.0})
     )
-    return [row for row in rows if row[1] in engines]
+    return [row for row in rows if row[1] in engines and row[2]["method"] in methods]
 
 
 def apply(pipe: Pipeline, changes: dict) -> Pipeline:
@@ -122,6 +134,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.10, 0.15, 0.25])
     parser.add_argument("--no-eager", action="store_true", help="skip the eager backend (slowest)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=["full", "earlytom", "global_topk"],
+        help="the methods' rows (full always runs, as the reference); fastvid, holitom, visionzip: the compared "
+        "methods with their released parameters (a model without SigLIP's pooling head has no FastVID row)",
+    )
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     gemm = gemm_gflops()
@@ -157,12 +177,16 @@ def main() -> None:
         for variant in engines:
             base = make(variant)
             base.with_options(method="full").generate(warmup, PROMPT, max_new_tokens=1)  # sessions, allocator
-            for label, engine, changes in settings(args.ratios, engines):
+            for label, engine, changes in settings(args.ratios, engines, ["full", *args.methods]):
                 if engine != variant or (backend == "eager" and not (label == "full" or label.endswith(middle))):
                     continue
                 if backend == "eager" and label.startswith(("global", "official no-inner")):
                     continue
-                pipe = apply(base, changes)
+                try:
+                    pipe = apply(base, changes)
+                except UnsupportedOption as error:  # FastVID without the pooling head
+                    print(f"  {backend:12s} {label:26s} skipped: {error}", flush=True)
+                    continue
                 ms, counts, sequence = measure(pipe, clip, args.repeats)
                 f = flops(model_config, pipe.config, pipe.options.method, counts, sequence)
                 rows.append({"label": label, "backend": backend, "ms": ms, "counts": counts, "flops": f})

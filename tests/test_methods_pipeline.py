@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import LlavaOnevisionForConditionalGeneration
 
 from earlytom.cli import main as earlytom_main
-from earlytom.compress import EarlyTomConfig
+from earlytom.compress import EarlyTomConfig, holitom_llm_merge
 from earlytom.engine import manifest as manifest_module
 from earlytom.engine.layout import vision_chain
 from earlytom.engine_builder import build as build_module
@@ -222,3 +222,25 @@ def test_method_option_timer_stages(tiny):
         visual = pipe.backend.encode([pixels], pipe.options, timer)
     assert "token_select" in timer.breakdown()
     assert len(visual.frame) == FRAMES * 6  # round(25 * 0.25) = 6 per frame
+
+
+def test_holitom_keeps_what_transformers_own_attention_picks(tiny):
+    """The runner's kept visual tokens equal holitom_llm_merge on transformers' own layer-0 output and layer-0
+    attention probabilities of the last token (eager attention, output_attentions)."""
+    pipe = Pipeline.from_model(tiny, method="holitom", num_frames=FRAMES, config=PAPER)
+    result = pipe.generate(moving_square_frames(FRAMES, cut_at=4), "What moves?", 1)
+    decoder = pipe.decoder
+    before, after = pipe.prompt_ids("What moves?")
+    text = copy.deepcopy(tiny.model.model.language_model)
+    text.set_attn_implementation("eager")
+    n = len(result.visual.embeds)
+    with torch.inference_mode():
+        embeds = torch.cat([decoder.embed(before), result.visual.embeds, decoder.embed(after)])
+        _, _, kept = decoder.inner.prefill(embeds, slice(len(before), len(before) + n))
+        out = text(inputs_embeds=embeds[None], output_attentions=True, output_hidden_states=True)
+        expected = holitom_llm_merge(
+            out.hidden_states[1], out.attentions[0][:, :, -1], image_start=len(before), image_len=n, r=0.5
+        )
+    in_span = (expected.positions >= len(before)) & (expected.positions < len(before) + n)
+    assert torch.equal(kept.index, expected.positions[in_span] - len(before))
+    torch.testing.assert_close(kept.tokens, expected.hidden[0, in_span], rtol=1e-5, atol=1e-6)

@@ -68,7 +68,8 @@ class OnnxRuntimeBackend:
             method_chain(self.manifest.graphs, has_head=False)  # refuses a last graph that runs no encoder layer
             raise UnsupportedOption(
                 f"method = {options.method!r}: this engine directory's last graph does not give the last encoder "
-                "layer's attention and keys the compared methods read; rebuild it with this version's build_engine"
+                "layer's attention and keys the compared methods read (build_engine adds them for models whose "
+                "backbone gives them: LLaVA-OneVision); rebuild it"
             )
         if options.num_frames > self.manifest.max_frames:
             raise UnsupportedOption(

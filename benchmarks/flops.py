@@ -8,6 +8,9 @@ vision_<stretch>: each graph of the encoder chain over the units it sees (frames
                   Qwen2.5-VL's window blocks, inside 112-px windows; a gated MLP (Qwen2.5-VL) has 3 matrices.
 prefill:          the decoder over S = text + K (+ suffix) + 1 tokens (causal attention), one logits row; with the
                   inner merge, layers from k_in on see the S' tokens left
+compared methods: the whole encoder over every frame (nothing merged), the last layer's attention pass over every
+                  frame (its keys are VisionZip's), SigLIP's pooling head per frame for FastVID; their token
+                  selection is negligible; HoliTom's in-LLM merge is prefill_flops with inner_layer
 """
 
 from dataclasses import dataclass
@@ -105,3 +108,19 @@ def prefill_flops(config, sequence: int, *, inner_layer: int | None = None, kept
     if inner_layer is None:
         return layers(n, sequence) + 2 * t.hidden_size * t.vocab_size
     return layers(inner_layer, sequence) + layers(n - inner_layer, kept) + 2 * t.hidden_size * t.vocab_size
+
+
+def pooling_head_flops(config) -> int:
+    """SigLIP's attention-pooling head over one frame (FastVID's global vector): the probe's q projection, k and v
+    of the L patches, one query's scores and weighted sum, the output projection and the MLP of one vector."""
+    v = config.vision_config
+    L, D = (v.image_size // v.patch_size) ** 2, v.hidden_size
+    return 2 * D * D + 2 * L * 2 * D * D + 4 * L * D + 2 * D * D + 2 * 2 * D * v.intermediate_size
+
+
+def method_vision_flops(config, frames: int, *, head: bool) -> int:
+    """The compared methods' vision side over `frames` frames: every encoder layer, one attention-received pass
+    (vision_flops with a single stretch), and the pooling head on each frame when `head` (FastVID)."""
+    layers = config.vision_config.num_hidden_layers
+    vision = sum(vision_flops(config, [("vision", frames, layers)], score_frames=[frames]).values())
+    return vision + (frames * pooling_head_flops(config) if head else 0)

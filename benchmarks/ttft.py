@@ -5,6 +5,7 @@ never for accuracy), one synthetic clip with a scene cut.
 
     python -m benchmarks.ttft --frames 32 [--repeats 1] [--ratios 0.10 0.15 0.25] [--no-eager] [--model NAME]
     python -m benchmarks.ttft --model qwen2.5-vl-3b     # 224 x 224 px, 16 frames, r = 0.15 (CPU_SETTINGS)
+        [--methods full earlytom fastvid holitom visionzip global_topk]
 
 A model whose family has a default retain ratio (Qwen2.5-VL: 0.15, Table 7) runs at that ratio unless --ratios is
 given; a Qwen2.5-VL model also prints the analytic prediction for Qwen2.5-VL-7B at 768 frames next to Table 7.
@@ -28,15 +29,17 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from benchmarks.common import OUT, gemm_fraction, gemm_gflops, print_table
-from benchmarks.flops import prefill_flops, vision_flops
+from benchmarks.flops import method_vision_flops, prefill_flops, vision_flops
 from earlytom.command_line import parse_resolution
-from earlytom.compress import EarlyTomConfig
+from earlytom.compress import EarlyTomConfig, default_inner_layer
 from earlytom.engine.layout import vision_chain
 from earlytom.engine.manifest import read_manifest
 from earlytom.engine_builder.build import build
 from earlytom.engine_builder.tensorrt import EXPECTED_KEEP
 from earlytom.models.backbone import VisionDims
 from earlytom.models.registry import family_of, packaged_config
+from earlytom.runtime.backends.base import METHODS, UnsupportedOption
+from earlytom.runtime.methods import BASELINES
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 
@@ -78,6 +81,13 @@ def flops(
     model_config, config: EarlyTomConfig, method: str, counts: dict[str, int], sequence: int, dims: VisionDims
 ) -> int:
     """Vision (every stretch over the encoder units it saw) + prefill FLOPs of one request."""
+    if method in BASELINES:
+        vision = method_vision_flops(model_config, counts["frames_in"], head=method == "fastvid")
+        if "visual_embeds_before_inner" not in counts:
+            return vision + prefill_flops(model_config, sequence)
+        kept = sequence - counts["visual_embeds_before_inner"] + counts["visual_embeds_after_inner"]
+        layer = default_inner_layer(model_config.text_config.num_hidden_layers)  # HoliTom's in-LLM merge
+        return vision + prefill_flops(model_config, sequence, inner_layer=layer, kept=kept)
     chain = vision_chain(config.variant, config.merge_layers, dims.encoder_layers)
     B = dims.units(counts["frames_in"])
     seen = [B] + [counts.get(f"frames_after_layer_{g.stop - 1}", B) for g in chain[:-1]]
@@ -91,9 +101,10 @@ def flops(
     return vision + prefill_flops(model_config, sequence, inner_layer=config.inner_layer, kept=kept)
 
 
-def settings(ratios: list[float], engines: dict[str, Path]) -> list[tuple[str, str, dict]]:
-    """(label, engine, with_options changes): full tokens, then per ratio official, paper and global top-K, and
-    the official variant without the decoder's inner merge at the middle ratio."""
+def settings(ratios: list[float], engines: dict[str, Path], methods: list[str]) -> list[tuple[str, str, dict]]:
+    """(label, engine, with_options changes) of `methods`: full tokens, then per ratio official and paper (earlytom),
+    global top-K and the compared methods (on the paper engine), and the official variant without the decoder's
+    inner merge at the middle ratio."""
     middle = ratios[len(ratios) // 2]
     rows = [("full", "official", {"method": "full"})]
     for r in ratios:
@@ -101,11 +112,12 @@ def settings(ratios: list[float], engines: dict[str, Path]) -> list[tuple[str, s
             (f"official r={r:.2f}", "official", {"method": "earlytom", "retain_ratio": r}),
             (f"paper r={r:.2f}", "paper", {"method": "earlytom", "retain_ratio": r}),
             (f"global top-K r={r:.2f}", "paper", {"method": "global_topk", "retain_ratio": r}),
+            *((f"{m} r={r:.2f}", "paper", {"method": m, "retain_ratio": r}) for m in BASELINES),
         ]
     rows.append(
         (f"official no-inner r={middle:.2f}", "official", {"method": "earlytom", "retain_ratio": middle, "inner": 0.0})
     )
-    return [row for row in rows if row[1] in engines]
+    return [row for row in rows if row[1] in engines and row[2]["method"] in methods]
 
 
 def apply(pipe: Pipeline, changes: dict) -> Pipeline:
@@ -180,6 +192,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--ratios", type=float, nargs="+", default=None, help="default: the family's r, else 3")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager backend (slowest)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=["full", "earlytom", "global_topk"],
+        help="the methods' rows (full always runs, as the reference); fastvid, holitom, visionzip: the compared "
+        "methods with their released parameters (a model without SigLIP's pooling head has no FastVID row)",
+    )
     args = parser.parse_args()
     model_config = packaged_config(args.model)
     family = family_of(model_config.model_type)
@@ -229,12 +249,16 @@ def main() -> None:
         for variant in engines:
             base = make(variant)
             base.with_options(method="full").generate(warmup, PROMPT, max_new_tokens=1)  # sessions, allocator
-            for label, engine, changes in settings(args.ratios, engines):
+            for label, engine, changes in settings(args.ratios, engines, ["full", *args.methods]):
                 if engine != variant or (backend == "eager" and not (label == "full" or label.endswith(middle))):
                     continue
                 if backend == "eager" and label.startswith(("global", "official no-inner")):
                     continue
-                pipe = apply(base, changes)
+                try:
+                    pipe = apply(base, changes)
+                except UnsupportedOption as error:  # FastVID without the pooling head
+                    print(f"  {backend:12s} {label:26s} skipped: {error}", flush=True)
+                    continue
                 ms, counts, sequence = measure(pipe, clip, args.repeats)
                 f = flops(model_config, pipe.config, pipe.options.method, counts, sequence, dims)
                 rows.append({"label": label, "backend": backend, "ms": ms, "counts": counts, "flops": f})

@@ -44,7 +44,12 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         "--frames", type=int, default=None, help="frames sampled from the video, B (default 32; an engine: its maximum)"
     )
     add_config_args(parser)
-    parser.add_argument("--method", choices=METHODS, default=None, help="default earlytom")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="default earlytom; fastvid, holitom, visionzip: the compared methods with their released parameters",
+    )
     parser.add_argument("--no-compress", action="store_true", help="same as --method full")
     parser.add_argument(
         "--kernels",

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         type=comma_list(method_name, "--method"),
         default=["earlytom"],
-        help="compressed methods, comma-separated: earlytom, global_topk (default earlytom); full always runs",
+        help="compressed methods, comma-separated: earlytom, global_topk, fastvid, holitom, visionzip (default "
+        "earlytom; the compared methods with their released parameters at each ratio); full always runs",
     )
     parser.add_argument(
         "--retain-ratio", type=comma_list(float, "--retain-ratio"), default=None, help="e.g. 0.10,0.15,0.25"

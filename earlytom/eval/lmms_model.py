@@ -1,7 +1,8 @@
 """lmms-eval model `earlytom`: answers lmms-eval's generate_until requests with an EarlyTom pipeline and logs,
 per sample, the visual tokens sent, the frames left after merging and the time to first token.
 
-model_args: engine=DIR or model=NAME (eager), method=earlytom|full|global_topk, variant, preset, retain_ratio,
+model_args: engine=DIR or model=NAME (eager), method=earlytom|full|global_topk|fastvid|holitom|visionzip (the
+compared methods with their released parameters at the retain ratio), variant, preset, retain_ratio,
 frames (default: 32 eager, as lmms-eval's llava_onevision samples; an engine directory's build maximum),
 max_new_tokens (default: the task's, else 32), random_init (eager only). Answers are greedy, as in the
 released evaluation, whatever the task's sampling settings."""

@@ -21,8 +21,8 @@ from onnxconverter_common import float16
 from earlytom.dtypes import numpy_dtype
 from earlytom.engine.layout import GraphSpec
 from earlytom.engine.sessions import ort_session
-from earlytom.engine.stretch import Stretch
 from earlytom.export.lint import lint_for_tensorrt
+from earlytom.runtime.methods import stretch_module
 
 OPSET = 18
 FP32_OPS = ["LayerNormalization", "Softmax", "Resize"]
@@ -143,7 +143,7 @@ def verify(path: Path, spec: GraphSpec, reference, inputs: list[tuple[torch.Tens
 
 def vision_graphs(
     backbone: torch.nn.Module, chain: tuple[GraphSpec, ...], seed: int = 0
-) -> list[tuple[Stretch, GraphSpec, list[tuple[torch.Tensor, ...]]]]:
+) -> list[tuple[torch.nn.Module, GraphSpec, list[tuple[torch.Tensor, ...]]]]:
     """(module, spec, inputs) for every graph of `chain` over `backbone` (earlytom.models.backbone): inputs[0] is
     the export example (2 units), the rest (3 units, 1 unit) are the verification inputs, so the dynamic frame axis
     is exercised. Each graph's inputs are the eager outputs of the one before (a tail's attention input is the
@@ -154,7 +154,7 @@ def vision_graphs(
     values = [{"pixels": torch.rand(b, *unit_shape, generator=g) * 2 - 1} for b in (2, 3, 1)]
     graphs = []
     for spec in chain:
-        module = Stretch(backbone, spec).eval()
+        module = stretch_module(backbone, spec).eval()  # a last graph may give the compared methods' inputs too
         inputs = [tuple(v[name] for name in spec.inputs) for v in values]
         graphs.append((module, spec, inputs))
         with torch.inference_mode():

@@ -12,6 +12,10 @@ earlytom/models names a family.
                      received(i, hidden [N, L, D] entering layer i) -> attention [N, L] float32
                      project(hidden [N, L, D], scores [N, L]) -> tokens [N, T, D'], scores [N, T]
                      suffix() -> [s, D'] embeddings appended after the selected tokens (s = dims.suffix_tokens)
+                 and, for the compared methods (FastVID, HoliTom, VisionZip; a family without them refuses those):
+                     keys(i, hidden [N, L, D] entering layer i) -> key states, mean over heads [N, L, d]
+                     pool(x [N, L, C]) -> [N, T, C]       the positions project keeps, pooled as it pools them
+                     has_head; head(hidden [N, L, D] leaving the last layer) -> attention [N, L], global [N, G]
     DecoderSide  the position ids of a prompt with the kept visual tokens spliced in (1-D or the model's
                  multi-row layout, sequence on the last axis)
 

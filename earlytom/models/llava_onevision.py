@@ -8,6 +8,10 @@ transformers' own modules:
     hidden [N, L, D], scores [N, L] --project--> tokens [N, T, D'], scores [N, T]
                                                    projector, 2x2 bilinear pooling (scores pooled alike)
     suffix() = image_newline [1, D'], appended once after the selected tokens of a video
+    hidden [N, L, D]    --keys(i)--> keys [N, L, d]                         layer i's key states, mean over heads
+    x [N, L, C]         --pool--> [N, T, C]                                 the projector's pooling alone
+    hidden [N, L, D]    --head--> attention [N, L], global [N, D]           SigLIP's attention-pooling head (when
+                                                                             the checkpoint has one: has_head)
 
 n is the number of encoder layers the checkpoint's `vision_feature_layer` uses (-1: all of them); layers after it
 are never run. The decoder is the Qwen2 language model, positions 0..S-1 (kept tokens keep theirs through the
@@ -151,6 +155,26 @@ def attention_received(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return probs.mean(dim=(1, 2))
 
 
+def key_states(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Key states of `layer` (a SigLIP encoder layer) averaged over heads, VisionZip's `metric`: hidden [N, L, D]
+    entering the layer -> [N, L, d] (d the head size)."""
+    attn = layer.self_attn
+    N, L, _ = hidden.shape
+    keys = attn.k_proj(layer.layer_norm1(hidden)).view(N, L, attn.num_heads, attn.head_dim)
+    return keys.mean(dim=2)
+
+
+def pooling_head(vision: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SigLIP's attention-pooling head (the MAP probe) on post_layernorm(hidden [N, L, D]) -> (the probe's attention
+    over the L patches, head-averaged [N, L] float32; the head's output [N, D], one global vector per unit)."""
+    head = vision.head
+    x = vision.post_layernorm(hidden)
+    probe = head.probe.expand(x.shape[0], 1, -1)
+    pooled, weights = head.attention(probe, x, x, need_weights=True)  # [N, 1, D], [N, 1, L]
+    pooled = pooled + head.mlp(head.layernorm(pooled))
+    return weights[:, 0].float(), pooled[:, 0]
+
+
 class LlavaOnevisionBackbone(nn.Module):
     """The encoder stages of one `LlavaOnevisionForConditionalGeneration`."""
 
@@ -162,6 +186,9 @@ class LlavaOnevisionBackbone(nn.Module):
         self.embeddings = vision.embeddings
         self.layers = vision.encoder.layers[: self.dims.encoder_layers]
         self.drop_first_token = model.config.vision_feature_select_strategy == "default"
+        # SigLIP's attention-pooling head: llava-hf checkpoints set vision_use_head False and carry no weights for it
+        self.has_head = hasattr(vision, "head")
+        self.vision = vision
         self.eval()
 
     def suffix(self) -> torch.Tensor:
@@ -182,6 +209,25 @@ class LlavaOnevisionBackbone(nn.Module):
     def received(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, L, D] entering layer `index` -> the attention each token receives there [N, L] (fp32)."""
         return attention_received(self.layers[index], hidden)
+
+    def keys(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, D] entering layer `index` -> its key states, mean over heads [N, L, d]."""
+        return key_states(self.layers[index], hidden)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, L, C] per patch -> [N, T, C]: the patches `project` keeps, pooled as it pools them."""
+        return self.model.model.apply_pooling(x[:, 1:] if self.drop_first_token else x)
+
+    def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [N, L, D] leaving the last layer -> (the pooling head's attention [N, L], its output [N, D]);
+        ValueError when the checkpoint has no head (has_head False)."""
+        if not self.has_head:
+            raise ValueError(
+                "this checkpoint has no SigLIP attention-pooling head (vision_use_head is False: llava-hf LLaVA-OV "
+                "checkpoints carry no weights for it), so FastVID's per-frame global vector and probe attention "
+                "do not exist; use --method holitom, visionzip, global_topk or earlytom"
+            )
+        return pooling_head(self.vision, hidden)
 
     def project(self, hidden: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [N, L, D] leaving the last layer, scores [N, L] -> tokens [N, T, D'], scores [N, T]."""

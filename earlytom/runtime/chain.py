@@ -39,6 +39,7 @@ from earlytom.compress.official import band_width
 from earlytom.compress.ops import REFERENCE, CompressOps
 from earlytom.engine.layout import GraphSpec
 from earlytom.runtime.backends.base import RunOptions, Visual
+from earlytom.runtime.methods import BASELINES, method_select
 
 # Frames a later stretch gathers before it runs in an offline request (all that wait, when the video ends): the
 # merges emit a segment's frames at a time, 1 to max_window - 1; an open stream runs them as they come.
@@ -141,7 +142,7 @@ def encode_chain(
         raise ValueError("no frames to encode: the video gave none")
     ops = kernel_ops(options.kernels, first.device, aot_ops)  # refused before any work if the kernels cannot run here
     chunks = itertools.chain([first], chunks)
-    if ops is not REFERENCE or trace is not None:
+    if ops is not REFERENCE or trace is not None or options.method in BASELINES:  # the compared methods: all frames
         return encode_whole(stretches, specs, chunks, options, timer, suffix, ops, trace)
     cascade = Cascade(stretches, specs, options, timer, suffix)
     for chunk in chunks:
@@ -190,7 +191,10 @@ def encode_whole(stretches, specs, chunks, options: RunOptions, timer, suffix, o
             trace("merge", layer=spec.stop - 1, frames=int(inputs[0].shape[0]), plan=plan)
     tokens, scores = values["tokens"], values["scores"]
     with timer.stage("token_select"):
-        picked = select_step(ops, options, tokens, scores, labels, num_frames=B)
+        if options.method in BASELINES:
+            picked = method_select(options.method, options.config.retain_ratio, values)
+        else:
+            picked = select_step(ops, options, tokens, scores, labels, num_frames=B)
         embeds = torch.cat([picked.tokens, suffix.to(picked.tokens)])
     if trace is not None:
         trace("select", selection=picked, scores=scores, labels=labels)
@@ -311,6 +315,8 @@ class Cascade:
 
     def __init__(self, stretches, specs, options: RunOptions, timer, suffix, *, batch: int = BATCH_FRAMES) -> None:
         self.stretches, self.specs, self.options, self.timer = stretches, specs, options, timer
+        if options.method in BASELINES:
+            raise ValueError(f"method = {options.method!r} segments the whole video at once: it does not stream")
         self.suffix, self.batch = suffix, batch
         self.merges = streaming_merges(options, len(specs) - 1)
         self.spans = [Spans() for _ in self.merges]  # per merge: its input frames not yet decided on

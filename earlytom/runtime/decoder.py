@@ -8,16 +8,22 @@ from collections.abc import Callable
 
 import torch
 
+from earlytom.compress import default_inner_layer
 from earlytom.models.backbone import VisualLayout
-from earlytom.runtime.inner_merge import InnerMergeRunner, cache_argument
+from earlytom.runtime.inner_merge import HoliTomMergeRunner, InnerMergeRunner, cache_argument
+from earlytom.runtime.methods import HOLITOM_LLM_RATIO
 
 
-def decoder_for(lm, side, config) -> "Decoder":
+def decoder_for(lm, side, config, method: str = "earlytom") -> "Decoder":
     """The decoder over `lm` with the positions of the family's decoder `side` and the inner merge an
-    EarlyTomConfig (resolved for the model) asks for."""
+    EarlyTomConfig (resolved for the model) asks for; for method "holitom", HoliTom's in-LLM merge at layer 18 of
+    28 scaled to the decoder (default_inner_layer) merging away half the visual tokens, as its scripts run it."""
+    if method == "holitom":
+        layer = default_inner_layer(lm.config.get_text_config().num_hidden_layers)
+        return Decoder(lm, side, inner=HoliTomMergeRunner(lm, layer, HOLITOM_LLM_RATIO))
     if not config.inner_ratio:
         return Decoder(lm, side)
-    return Decoder(lm, side, inner_layer=config.inner_layer, inner_ratio=config.inner_ratio)
+    return Decoder(lm, side, inner=InnerMergeRunner(lm, config.inner_layer, config.inner_ratio))
 
 
 def next_position(positions: torch.Tensor) -> torch.Tensor:
@@ -29,15 +35,25 @@ def next_position(positions: torch.Tensor) -> torch.Tensor:
 class Decoder:
     """`side`: the family's decoder side (None: the model's own positions 0..S-1). `inner_layer` None (the
     default): no inner merge. Otherwise the inner merge at that decoder layer, merging away `inner_ratio` (None: the
-    released 0.5) of the visual tokens; after each `greedy`, `inner_counts` gives the visual embeddings (the
-    backbone's suffix included) before and after it."""
+    released 0.5) of the visual tokens; or `inner`, a runner over `lm` (InnerMergeRunner, HoliTomMergeRunner). After
+    each `greedy`, `inner_counts` gives the visual embeddings (the backbone's suffix included) before and after it."""
 
-    def __init__(self, lm, side=None, *, inner_layer: int | None = None, inner_ratio: float | None = None) -> None:
+    def __init__(
+        self,
+        lm,
+        side=None,
+        *,
+        inner_layer: int | None = None,
+        inner_ratio: float | None = None,
+        inner: InnerMergeRunner | None = None,
+    ) -> None:
         self.lm, self.side = lm, side
         self.cache_arg = cache_argument(lm)
         if inner_layer is None and inner_ratio is not None:
             raise ValueError(f"inner_ratio = {inner_ratio} needs inner_layer (the decoder layer to merge at)")
-        self.inner = None if inner_layer is None else InnerMergeRunner(lm, inner_layer, inner_ratio)
+        if inner is None and inner_layer is not None:
+            inner = InnerMergeRunner(lm, inner_layer, inner_ratio)
+        self.inner = inner
         self.inner_counts: dict[str, int] | None = None
 
     @property

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from earlytom.compress.config import DEFAULT_INNER_RATIO
+from earlytom.compress.holitom import holitom_llm_merge
 from earlytom.compress.inner import InnerMerged, check_inner_ratio, inner_merge
 
 
@@ -77,8 +78,8 @@ class InnerMergeRunner:
         return hidden
 
     def last_query_attention(self, hidden_in: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
-        """Attention of the last token in layer k - 1, mean over heads [S]: hidden_in [1, S, D] is that layer's
-        input; its query comes from the layer's own norm, q projection and RoPE, its keys from the cache."""
+        """Attention of the last token in layer k - 1 per head [H, S]: hidden_in [1, S, D] is that layer's input;
+        its query comes from the layer's own norm, q projection and RoPE, its keys from the cache."""
         layer = self.text.layers[self.layer - 1]
         attn = layer.self_attn
         query = attn.q_proj(layer.input_layernorm(hidden_in[:, -1:]))  # [1, 1, H * hd]
@@ -87,7 +88,14 @@ class InnerMergeRunner:
         query, _ = self.rotate(query, query, cos, sin)
         keys = self.repeat_kv(cache.layers[self.layer - 1].keys, attn.num_key_value_groups)  # [1, H, S, hd]
         scores = (query.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [1, H, 1, S]
-        return scores.softmax(dim=-1)[0, :, 0].mean(dim=0)
+        return scores.softmax(dim=-1)[0, :, 0]
+
+    def merge(self, hidden: torch.Tensor, attention: torch.Tensor, visual: slice) -> tuple[torch.Tensor, InnerMerged]:
+        """hidden [1, S, D] leaving layer k - 1, the last token's attention there [H, S], the visual span -> (the
+        kept rows [1, S', D] in position order, merged states in place; the kept visual tokens: index into the span,
+        their states)."""
+        kept = inner_merge(hidden[0, visual], attention.mean(dim=0)[visual], self.ratio)
+        return torch.cat([hidden[:, : visual.start], kept.tokens[None], hidden[:, visual.stop :]], dim=1), kept
 
     def prefill(
         self, embeds: torch.Tensor, visual: slice, positions: torch.Tensor | None = None
@@ -101,8 +109,7 @@ class InnerMergeRunner:
         hidden_in = self.run_layers(embeds[None], positions, range(self.layer - 1), cache)
         hidden = self.run_layers(hidden_in, positions, range(self.layer - 1, self.layer), cache)
         attention = self.last_query_attention(hidden_in, positions[..., -1:], cache)
-        kept = inner_merge(hidden[0, visual], attention[visual], self.ratio)
-        hidden = torch.cat([hidden[:, : visual.start], kept.tokens[None], hidden[:, visual.stop :]], dim=1)
+        hidden, kept = self.merge(hidden, attention, visual)
         kept_positions = positions[..., visual][..., kept.index]
         positions = torch.cat([positions[..., : visual.start], kept_positions, positions[..., visual.stop :]], -1)
         hidden = self.run_layers(hidden, positions, range(self.layer, len(self.text.layers)), cache)
@@ -119,3 +126,17 @@ class InnerMergeRunner:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [1, S, D] after the last layer -> logits of the last position [V]."""
         return self.lm.get_output_embeddings()(self.text.norm(hidden[:, -1:]))[0, -1]
+
+
+class HoliTomMergeRunner(InnerMergeRunner):
+    """HoliTom's in-LLM merge (shared/BASELINES.md section 2) in place of EarlyTom's, on the same layer-by-layer
+    prefill: at decoder layer `layer` (HOLITOM_k, 18 of 28), round(n * (1 - ratio)) of the n visual embeddings
+    (newline included) are kept by the last token's head-mean attention in layer k - 1; every other one is folded
+    into its most similar kept one (earlytom.compress.holitom_llm_merge); kept tokens keep their positions."""
+
+    def merge(self, hidden: torch.Tensor, attention: torch.Tensor, visual: slice) -> tuple[torch.Tensor, InnerMerged]:
+        length = visual.stop - visual.start
+        merged = holitom_llm_merge(hidden, attention[None], image_start=visual.start, image_len=length, r=self.ratio)
+        rows = merged.positions  # ascending: the text before, the kept span, the text after
+        span = (rows >= visual.start) & (rows < visual.stop)
+        return merged.hidden, InnerMerged(index=rows[span] - visual.start, tokens=merged.hidden[0, span])

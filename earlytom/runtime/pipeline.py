@@ -25,6 +25,7 @@ from earlytom.models.registry import LoadedModel, family_config
 from earlytom.runtime.backends import open_engine_dir
 from earlytom.runtime.backends.base import RunOptions, Visual, with_changes
 from earlytom.runtime.backends.eager import EagerBackend, eager_device, load_eager
+from earlytom.runtime.methods import BASELINES, most_method_tokens, original_positions
 from earlytom.runtime.timing import StageTimer
 from earlytom.video import VideoError, read_ahead, stack, stream_video
 
@@ -63,6 +64,8 @@ def most_visual_tokens(options: RunOptions, dims: VisionDims) -> int:
     B, T, r = dims.units(options.num_frames), dims.tokens_per_frame, options.config.retain_ratio
     if options.method == "full":
         return B * T
+    if options.method in BASELINES:
+        return min(B * T, most_method_tokens(options.method, r, B, T))
     if options.method == "earlytom" and options.config.variant == "official":
         return min(B * T, math.ceil(r * B * T) + B)
     return visual_budget(retain_ratio=r, num_frames=B, tokens_per_frame=T, available=B * T)
@@ -104,8 +107,9 @@ def pixel_chunks(frames: Iterable[torch.Tensor], processor, timer) -> Iterator[t
 
 
 class Pipeline:
-    """A Video-LLM with EarlyTom compression (`method="earlytom"`), full tokens (`"full"`), or the post-encoder
-    global top-K baseline (`"global_topk"`, VisionZip-like) at the same retain ratio."""
+    """A Video-LLM with EarlyTom compression (`method="earlytom"`), full tokens (`"full"`), the post-encoder
+    global top-K baseline (`"global_topk"`), or a compared method (`"fastvid"`, `"holitom"`, `"visionzip"`) at the
+    same retain ratio."""
 
     def __init__(self, backend, options: RunOptions | None = None) -> None:
         self.backend = backend
@@ -200,11 +204,13 @@ class Pipeline:
 
     @property
     def decoder(self):
-        """The decoder for this pipeline's EarlyTom parameters: with its inner merge for method "earlytom", without
-        for full tokens and top-K (they compress nothing inside the model)."""
+        """The decoder for this pipeline's EarlyTom parameters: with its inner merge for method "earlytom", with
+        HoliTom's for "holitom", without for the others (they compress nothing inside the model)."""
         config = self.options.config
         if self.options.method != "earlytom":
             config = replace(config, inner_layer=None, inner_ratio=0.0)
+        if self.options.method == "holitom":  # HoliTom's own in-LLM merge
+            return self.backend.decoder(config, "holitom")
         return self.backend.decoder(config)
 
     @property
@@ -255,7 +261,12 @@ class Pipeline:
         """The decoder's greedy answer to the prompt ids `before` [P] + `visual` + `after` [Q] -> Result (the tail
         of a request; an open stream's ask). seconds_per_unit: between two encoder units (None: the default)."""
         eos = self.tokenizer.eos_token_id
-        positions = decoder.positions(len(before), visual.layout(seconds_per_unit), len(after))
+        layout = visual.layout(seconds_per_unit)
+        if self.options.method == "fastvid":  # kept tokens keep their places in the full prompt (RoPE gaps)
+            T = self.backend.text.dims.tokens_per_frame
+            positions = original_positions(len(before), layout, len(after), T).to(decoder.lm.device)
+        else:
+            positions = decoder.positions(len(before), layout, len(after))
         generated = decoder.greedy(
             before,
             visual.embeds,

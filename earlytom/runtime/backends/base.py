@@ -5,7 +5,8 @@ A backend is opened from a model (eager) or a verified engine directory (onnxrun
     name                    "eager" | "onnxruntime" | "tensorrt"
     text                    Text: tokenizer, chat template and its video placeholder, the model's processor and
                             vision dims, notes
-    decoder(config)         the decoder for these EarlyTom parameters (the inner merge's): greedy(before [P],
+    decoder(config, method) the decoder for these EarlyTom parameters (the inner merge's) or, for method "holitom",
+                            with HoliTom's in-LLM merge: greedy(before [P],
                             visual: Visual, after [Q], *, max_new_tokens, eos, timer, on_token) -> ids;
                             context_length; inner_counts (None without an inner merge)
     defaults                RunOptions the backend was built or loaded with
@@ -29,7 +30,7 @@ from earlytom.compress import EarlyTomConfig
 from earlytom.models.backbone import VisionDims, VisualLayout
 from earlytom.video import SAMPLINGS
 
-METHODS = ("earlytom", "full", "global_topk")
+METHODS = ("earlytom", "full", "global_topk", "fastvid", "holitom", "visionzip")
 KERNELS = ("auto", "triton", "aot", "reference")
 
 
@@ -39,10 +40,11 @@ class UnsupportedOption(ValueError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How requests run: the method (EarlyTom, full tokens, or post-encoder global top-K at the same retain
-    ratio), the EarlyTom parameters, frames sampled per video, and the FrameMerge/TokenSelect implementation
-    (auto: Triton kernels on CUDA, the PyTorch reference otherwise; aot: the AOT-compiled kernels the eager
-    backend was loaded with)."""
+    """How requests run: the method (EarlyTom, full tokens, post-encoder global top-K at the same retain ratio, or
+    one of the compared methods FastVID, HoliTom, VisionZip at that ratio with their released parameters:
+    earlytom.runtime.methods), the EarlyTom parameters, frames sampled per video, and the FrameMerge/TokenSelect
+    implementation (auto: Triton kernels on CUDA, the PyTorch reference otherwise; aot: the AOT-compiled kernels the
+    eager backend was loaded with)."""
 
     config: EarlyTomConfig = field(default_factory=EarlyTomConfig)
     method: str = "earlytom"

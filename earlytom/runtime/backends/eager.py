@@ -20,6 +20,7 @@ from earlytom.models.registry import LoadedModel, load_model
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
+from earlytom.runtime.methods import BASELINES, NO_HEAD, method_chain, stretch_module
 
 DEVICES = ("cpu", "cuda")
 
@@ -79,8 +80,8 @@ class EagerBackend:
     def dtype(self) -> torch.dtype:
         return self.lm.dtype
 
-    def decoder(self, config):
-        return decoder_for(self.lm, self.side, config)
+    def decoder(self, config, method: str = "earlytom"):
+        return decoder_for(self.lm, self.side, config, method)
 
     def check(self, options: RunOptions) -> RunOptions:
         """`options` with the model-dependent EarlyTom defaults filled in (merge layers), checked against the
@@ -90,7 +91,22 @@ class EagerBackend:
         self.text.dims.units(options.num_frames)
         checked = replace(options, config=config)
         self.check_aot(checked)
+        if checked.method in BASELINES:
+            self.method_chain(checked)
         return checked
+
+    def method_chain(self, options: RunOptions) -> tuple:
+        """The graph specs of a compared method's run, which merges nothing: the encoder split after layer 0, the last
+        graph giving the method's inputs (UnsupportedOption when this model cannot give them)."""
+        specs = vision_chain("paper", (0,), self.text.dims.encoder_layers)
+        if not hasattr(self.backbone, "keys"):
+            raise UnsupportedOption(
+                f"method = {options.method!r}: the compared methods are defined on LLaVA-OneVision's encoder; this "
+                f"model's backbone ({self.text.dims.family}) gives none of their inputs"
+            )
+        if options.method == "fastvid" and not self.backbone.has_head:
+            raise UnsupportedOption(NO_HEAD)
+        return method_chain(specs, self.backbone.has_head)
 
     def check_aot(self, options: RunOptions) -> None:
         """UnsupportedOption for kernels="aot" without AOT kernels, or (EarlyTom runs) with kernels compiled for
@@ -113,7 +129,9 @@ class EagerBackend:
         """The vision chain for `options`: (one Stretch module per graph, the graph specs, the suffix [s, D'])."""
         c = options.config
         specs = vision_chain(c.variant, c.merge_layers, self.text.dims.encoder_layers)
-        return [Stretch(self.backbone, spec) for spec in specs], specs, self.backbone.suffix()
+        if options.method in BASELINES:
+            specs = self.method_chain(options)
+        return [stretch_module(self.backbone, spec) for spec in specs], specs, self.backbone.suffix()
 
     def encode(self, pixels: Iterable[torch.Tensor], options: RunOptions, timer, trace=None) -> Visual:
         """pixels: chunks [b, *unit_shape] (float32, any device; each copied to the model's device in the timed stage

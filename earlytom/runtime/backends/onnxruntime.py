@@ -14,6 +14,7 @@ from earlytom.engine.sessions import Providers, graph_sessions
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
+from earlytom.runtime.methods import BASELINES, NO_HEAD, READS, has_method_outputs, method_chain
 
 # The graphs are split at the merge layers: the rest of the EarlyTom parameters may change per run.
 FIXED = ("variant", "merge_layers")
@@ -49,8 +50,8 @@ class OnnxRuntimeBackend:
         self.text.notes.extend([note] if note else [])
         self.defaults = RunOptions(config=manifest.config, num_frames=manifest.max_frames)
 
-    def decoder(self, config):
-        return decoder_for(self.lm, self.side, config)
+    def decoder(self, config, method: str = "earlytom"):
+        return decoder_for(self.lm, self.side, config, method)
 
     def check(self, options: RunOptions) -> RunOptions:
         refuse_changes(self.name, self.defaults, options, FIXED, "rebuild the engine directory with build_engine")
@@ -61,6 +62,15 @@ class OnnxRuntimeBackend:
                 "--kernels auto, reference or triton"
             )
         self.text.dims.units(options.num_frames)
+        if options.method in BASELINES and not has_method_outputs(self.manifest.graphs, options.method):
+            if set(READS) <= set(self.manifest.graphs[-1].outputs):
+                raise UnsupportedOption(NO_HEAD)
+            method_chain(self.manifest.graphs, has_head=False)  # refuses a last graph that runs no encoder layer
+            raise UnsupportedOption(
+                f"method = {options.method!r}: this engine directory's last graph does not give the last encoder "
+                "layer's attention and keys the compared methods read (build_engine adds them for models whose "
+                "backbone gives them: LLaVA-OneVision); rebuild it"
+            )
         if options.num_frames > self.manifest.max_frames:
             raise UnsupportedOption(
                 f"frames = {options.num_frames} exceeds the {self.manifest.max_frames} frames the engines were built "

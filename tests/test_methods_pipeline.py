@@ -12,14 +12,13 @@ from transformers import LlavaOnevisionForConditionalGeneration
 
 from earlytom.cli import main as earlytom_main
 from earlytom.compress import EarlyTomConfig, holitom_llm_merge
-from earlytom.engine import manifest as manifest_module
-from earlytom.engine.layout import vision_chain
-from earlytom.engine_builder import build as build_module
-from earlytom.engine_builder.build import build
+from earlytom.engine.layout import method_chain, vision_chain
+from earlytom.engine.stretch import MethodTail
+from earlytom.engine_builder.build import BuildError, build
 from earlytom.models.backbone import VisualLayout
 from earlytom.models.registry import load_model, packaged_config
 from earlytom.runtime.backends.base import UnsupportedOption
-from earlytom.runtime.methods import MethodTail, method_chain, original_positions
+from earlytom.runtime.methods import original_positions
 from earlytom.runtime.pipeline import Pipeline
 from earlytom.runtime.synthetic import moving_square_frames
 from earlytom.runtime.timing import StageTimer
@@ -40,40 +39,9 @@ def head_model(tmp_path_factory):
     return load_model(str(path))
 
 
-class ChainOrMethodChain(tuple):
-    """A vision chain that the manifest check finds equal to itself or to itself with the methods' outputs on its
-    last graph: stands in for the proposed change to earlytom/engine/manifest.py (accept method_chain(chain))."""
-
-    def __eq__(self, other) -> bool:
-        try:
-            extended = {method_chain(tuple(self), True), method_chain(tuple(self), False)}
-        except UnsupportedOption:
-            extended = set()
-        return tuple(other) == tuple(self) or tuple(other) in extended
-
-    def __ne__(self, other) -> bool:
-        return not self == other
-
-    __hash__ = tuple.__hash__
-
-
-@pytest.fixture(scope="module", autouse=True)
-def manifests_with_method_outputs():
-    patch = pytest.MonkeyPatch()
-    patch.setattr(manifest_module, "vision_chain", lambda *a: ChainOrMethodChain(vision_chain(*a)))
-    yield
-    patch.undo()
-
-
-def engine_with_method_outputs(model, out, has_head: bool):
-    """An onnxruntime engine directory whose last graph gives the methods' inputs: the build's chain through
-    method_chain, as the proposed one-line change to build_engine does (engine_chain)."""
-    patch = pytest.MonkeyPatch()
-    patch.setattr(build_module, "vision_chain", lambda *a: method_chain(vision_chain(*a), has_head))
-    try:
-        build(model, out, config=PAPER, frames=FRAMES, progress=False)
-    finally:
-        patch.undo()
+def engine_with_method_outputs(model, out):
+    """An onnxruntime engine directory whose last graph gives the methods' inputs (build_engine --compared-methods)."""
+    build(model, out, config=PAPER, frames=FRAMES, progress=False, compared_methods=True)
     return out
 
 
@@ -81,8 +49,8 @@ def engine_with_method_outputs(model, out, has_head: bool):
 def engines(tiny, head_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("method_engines")
     return {
-        "tiny": engine_with_method_outputs(tiny, root / "tiny", False),
-        "head": engine_with_method_outputs(head_model, root / "head", True),
+        "tiny": engine_with_method_outputs(tiny, root / "tiny"),
+        "head": engine_with_method_outputs(head_model, root / "head"),
     }
 
 
@@ -162,11 +130,15 @@ def test_fastvid_refused_without_the_pooling_head(tiny, engines, capsys):
 
 
 def test_compared_methods_refused_on_an_engine_without_their_outputs(tiny, tmp_path):
-    """The official tiny chain merges after the encoder's last layer: its last graph runs no layer to read."""
-    engine = tmp_path / "official"
-    build(tiny, engine, frames=FRAMES, progress=False)
-    with pytest.raises(UnsupportedOption, match="runs no encoder layer"):
+    """An engine built without --compared-methods names the rebuild; the official tiny chain merges after the
+    encoder's last layer, so its last graph runs no layer to read and the build itself is refused."""
+    engine = tmp_path / "paper"
+    build(tiny, engine, config=PAPER, frames=FRAMES, progress=False)
+    with pytest.raises(UnsupportedOption, match="--compared-methods"):
         Pipeline.from_engine_dir(engine, method="holitom")
+    with pytest.raises(BuildError, match="runs no encoder layer"):
+        build(tiny, tmp_path / "official", frames=FRAMES, progress=False, compared_methods=True)
+    assert not (tmp_path / "official").exists()
 
 
 def test_fastvid_positions_keep_the_gaps():

@@ -16,7 +16,7 @@ ends at the last merge layer also outputs the attention received in that layer (
 and the tail pools the merged attention it is given as the scores.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FORMAT = "earlytom-engine/4"
 MANIFEST = "manifest.json"
@@ -81,3 +81,25 @@ def vision_chain(variant: str, merge_layers: tuple[int, ...], num_layers: int) -
         outputs = ("tokens", "scores") if final else tensors(bounds[i + 1] - 1, official and i == count - 2)
         chain.append(GraphSpec(stretch_name(i, count), inputs, outputs, bounds[i], bounds[i + 1]))
     return tuple(chain)
+
+
+METHOD_READS = ("received", "keys")  # what HoliTom and VisionZip read, beside tokens
+HEAD_READS = ("head_scores", "global")  # what FastVID reads, when the checkpoint has SigLIP's pooling head
+
+
+def method_outputs(has_head: bool) -> tuple[str, ...]:
+    """The extra outputs of the last graph for the compared methods (FastVID, HoliTom, VisionZip)."""
+    return METHOD_READS + (HEAD_READS if has_head else ())
+
+
+def method_chain(chain: tuple[GraphSpec, ...], has_head: bool) -> tuple[GraphSpec, ...]:
+    """`chain` with its last graph also giving method_outputs (ValueError when it runs no encoder layer: the last
+    layer's attention and keys need that layer's input)."""
+    tail = chain[-1]
+    if tail.stop <= tail.start:
+        raise ValueError(
+            f"the last graph {tail.name} runs no encoder layer (the last merge layer is the encoder's last), so the "
+            "last layer's attention and keys the compared methods read are not computed there: put the last merge "
+            "layer before the encoder's last layer"
+        )
+    return (*chain[:-1], replace(tail, outputs=tail.outputs + method_outputs(has_head)))

@@ -30,6 +30,7 @@ from earlytom.engine.layout import (
     TOKENIZER,
     VISUAL_SUFFIX,
     GraphSpec,
+    method_chain,
     vision_chain,
 )
 from earlytom.environment import tool_versions
@@ -179,11 +180,20 @@ def check_values(manifest: Manifest) -> None:
         chain = vision_chain(config.variant, config.merge_layers, manifest.vision.encoder_layers)
     except (TypeError, ValueError) as error:
         raise EngineDirError(f"{MANIFEST}.earlytom.merge_layers: {error}") from error
-    if manifest.graphs != chain:
+    if manifest.graphs not in (chain, *method_chains(chain)):
         raise EngineDirError(f"{MANIFEST}.graphs are not the vision chain its EarlyTom configuration implies")
     missing = [name for name in REQUIRED if name not in manifest.artifacts]
     if missing:
         raise EngineDirError(f"{MANIFEST}.artifacts lacks {', '.join(missing)}")
+
+
+def method_chains(chain: tuple[GraphSpec, ...]) -> tuple[tuple[GraphSpec, ...], ...]:
+    """The chains an engine built with the compared methods' outputs may hold (with and without the pooling head's);
+    none when its last graph runs no encoder layer."""
+    try:
+        return tuple(method_chain(chain, has_head) for has_head in (False, True))
+    except ValueError:
+        return ()
 
 
 def sha256(path: Path) -> str:

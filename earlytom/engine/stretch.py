@@ -4,7 +4,7 @@
 import torch
 from torch import nn
 
-from earlytom.engine.layout import GraphSpec
+from earlytom.engine.layout import HEAD_READS, METHOD_READS, GraphSpec
 
 
 class Stretch(nn.Module):
@@ -30,3 +30,27 @@ class Stretch(nn.Module):
         if spec.gives_attention:
             return self.with_received(hidden)
         return (b.run_layers(hidden, spec.start, spec.stop),)
+
+
+class MethodTail(Stretch):
+    """The last graph with the compared methods' inputs (method_chain's spec): tokens, scores as Stretch gives them,
+    then received, keys (and head_scores, global) of the last encoder layer."""
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, spec = self.backbone, self.spec
+        hidden = b.embed(inputs[0]) if spec.inputs[0] == "pixels" else inputs[0]
+        last = spec.stop - 1
+        hidden = b.run_layers(hidden, spec.start, last)  # entering the last layer
+        received, keys = b.received(last, hidden), b.keys(last, hidden)
+        hidden = b.run_layers(hidden, last, spec.stop)
+        tokens, scores = b.project(hidden, inputs[1] if spec.takes_attention else received)
+        outputs = (tokens, scores, b.pool(received[..., None])[..., 0], b.pool(keys))
+        if HEAD_READS[0] not in spec.outputs:
+            return outputs
+        attention, pooled = b.head(hidden)
+        return (*outputs, b.pool(attention[..., None])[..., 0], pooled)
+
+
+def stretch_module(backbone, spec: GraphSpec) -> Stretch:
+    """The module computing graph `spec` over `backbone`: MethodTail for a last graph with the methods' outputs."""
+    return (MethodTail if METHOD_READS[0] in spec.outputs else Stretch)(backbone, spec)

@@ -30,7 +30,16 @@ from tqdm import tqdm
 from earlytom.command_line import add_config_args, add_debug_arg, config_fields, parse_resolution, run_main
 from earlytom.compress import EarlyTomConfig, visual_budget
 from earlytom.dtypes import GRAPH_DTYPES, torch_dtype
-from earlytom.engine.layout import DECODER, PLUGINS, PREPROCESSOR, TOKENIZER, VISUAL_SUFFIX, GraphSpec, vision_chain
+from earlytom.engine.layout import (
+    DECODER,
+    PLUGINS,
+    PREPROCESSOR,
+    TOKENIZER,
+    VISUAL_SUFFIX,
+    GraphSpec,
+    method_chain,
+    vision_chain,
+)
 from earlytom.engine.manifest import Manifest, ModelInfo, TensorRTInfo, write_manifest
 from earlytom.engine.memory_plan import GIB, GPUS_GIB, MemoryPlan, check_fits, model_sizes, plan_memory
 from earlytom.engine.signing import private_key, sign_dir
@@ -93,6 +102,22 @@ def model_architecture(model: str | LoadedModel):
     if isinstance(model, LoadedModel):
         return model.model.config, model.dims
     return architecture_of(model)
+
+
+def chain_for_methods(chain: tuple[GraphSpec, ...], backbone, backend: str) -> tuple[GraphSpec, ...]:
+    """`chain` with the compared methods' outputs on its last graph (BuildError where they cannot be: the TensorRT
+    backend, a backbone without them, a last graph that runs no encoder layer)."""
+    if backend != "onnxruntime":
+        raise BuildError("--compared-methods builds ONNX Runtime engines (--backend onnxruntime)")
+    if not hasattr(backbone, "keys"):
+        raise BuildError(
+            f"--compared-methods: the compared methods read the last encoder layer's keys, which this model's backbone "
+            f"({backbone.dims.family}) does not give"
+        )
+    try:
+        return method_chain(chain, backbone.has_head)
+    except ValueError as error:
+        raise BuildError(f"--compared-methods: {error}") from None
 
 
 def device_target() -> str:  # pragma: no cover - needs a GPU
@@ -199,11 +224,15 @@ def build(
     max_context: int | None = None,
     decoder_precision: str | None = None,
     sign: str | Path | None = None,
+    compared_methods: bool = False,
 ) -> Manifest:
     """Build the engine directory `output` for `model` (a name for registry.load_model, or a model already loaded);
     returns its manifest. `config`: an EarlyTomConfig as it is, or a dict of its fields (None: default) over the model
-    family's defaults (Qwen2.5-VL: r = 0.15); None: the family's defaults. `resolution` (height, width; None: the processor's default) is the one frame size the
-    engine takes, as the model family allows it for engines. `gpu_archs` (None: all four for the TensorRT backend,
+    family's defaults (Qwen2.5-VL: r = 0.15); None: the family's defaults. `resolution` (height, width; None: the
+    processor's default) is the one frame size the engine takes, as the model family allows it for engines.
+    `compared_methods`: the last graph also gives what FastVID, HoliTom and VisionZip read (the last encoder layer's
+    attention and keys, SigLIP's pooling head where the checkpoint has it; one more attention pass per request), so
+    the directory runs --method fastvid|holitom|visionzip too. `gpu_archs` (None: all four for the TensorRT backend,
     none for ONNX Runtime) selects the AOT-compiled plugin kernels stored. `target_gpu` (a memory_plan target;
     None: the build's GPU on the TensorRT backend, no plan on ONNX Runtime), `max_context` (tokens; None: see
     engine_plan) and `decoder_precision` (None: the graphs' dtype) are planned before any work: DoesNotFit when the
@@ -263,6 +292,8 @@ def build(
             notes.append("inner merge off: the TensorRT-LLM decoder runs every visual token through every layer")
             print(f"note: {notes[-1]}", file=sys.stderr)
         chain = vision_chain(config.variant, config.merge_layers, dims.encoder_layers)
+        if compared_methods:
+            chain = chain_for_methods(chain, backbone, backend)
         steps.total = len(chain) + 3 + len(archs) + 2 * (backend == "tensorrt")
         steps.update()
         verification = export_graphs(backbone, chain, staging, dtype, units, steps)
@@ -367,6 +398,12 @@ def parser() -> argparse.ArgumentParser:
         "quantization; fp8 needs Ada or Hopper); default: --dtype",
     )
     p.add_argument(
+        "--compared-methods",
+        action="store_true",
+        help="the last graph also gives what --method fastvid|holitom|visionzip read (the last encoder layer's "
+        "attention and keys; one more attention pass per request): the directory runs those methods too",
+    )
+    p.add_argument(
         "--sign",
         type=Path,
         default=None,
@@ -384,6 +421,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         backend=args.backend,
         config=config_fields(args),
+        compared_methods=args.compared_methods,
         frames=args.frames,
         resolution=args.resolution,
         dtype=args.dtype,

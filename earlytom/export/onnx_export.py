@@ -21,8 +21,8 @@ from onnxconverter_common import float16
 from earlytom.dtypes import numpy_dtype
 from earlytom.engine.layout import GraphSpec
 from earlytom.engine.sessions import ort_session
+from earlytom.engine.stretch import stretch_module
 from earlytom.export.lint import lint_for_tensorrt
-from earlytom.runtime.methods import stretch_module
 
 OPSET = 18
 FP32_OPS = ["LayerNormalization", "Softmax", "Resize"]

@@ -428,7 +428,7 @@ class Cascade:
         self.run(i, tuple(torch.cat(parts) for parts in zip(*inputs, strict=True)), torch.cat(spans))
 
     def collect(self, outputs: tuple[torch.Tensor, ...], spans: torch.Tensor) -> None:
-        tokens, scores = outputs
+        tokens, scores = outputs[:2]  # then the compared methods' inputs, on an engine built with them (unread here)
         first = self.dropped + len(self.candidates)
         rows = zip(tokens, scores, spans.tolist(), strict=True)
         self.candidates += [Candidate(t, s, tuple(span)) for t, s, span in rows]

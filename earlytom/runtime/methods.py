@@ -13,28 +13,23 @@ request gives the same answer.
 """
 
 import math
-from dataclasses import replace
 
 import torch
 
 from earlytom import compress
-from earlytom.engine.layout import GraphSpec
-from earlytom.engine.stretch import Stretch
+from earlytom.engine.layout import HEAD_READS, METHOD_READS, GraphSpec
 from earlytom.models.backbone import VisualLayout
-from earlytom.runtime.backends.base import UnsupportedOption
 
 BASELINES = ("fastvid", "holitom", "visionzip")
 SEED = 0  # the generator every request of a compared method draws its jitter from
-READS = ("received", "keys")  # what HoliTom and VisionZip read, beside tokens
-HEAD_READS = ("head_scores", "global")  # what FastVID reads, when the checkpoint has the pooling head
 # scripts/ov/eval_ov-7b_holitom.sh: tau 0.65 at r = 0.10, 0.80 at 0.15 / 0.20 / 0.25; in-LLM merge at k = 18, r = 0.5
 HOLITOM_TAU = {0.10: 0.65}
 HOLITOM_TAU_DEFAULT = 0.80
 HOLITOM_LLM_RATIO = 0.5
 NO_HEAD = (
-    "method = 'fastvid' reads SigLIP's attention-pooling head (its per-frame global vector and probe attention), "
-    "which this model does not have: llava-hf LLaVA-OneVision checkpoints set vision_use_head False and carry no "
-    "weights for it; use --method holitom, visionzip, global_topk or earlytom"
+    "method = 'fastvid' reads the vision encoder's attention-pooling head (its per-frame global vector and probe "
+    "attention), which this model does not have (vision_use_head False: its checkpoint carries no weights for it); "
+    "use --method holitom, visionzip, global_topk or earlytom"
 )
 
 
@@ -43,60 +38,10 @@ def holitom_tau(retain_ratio: float) -> float:
     return HOLITOM_TAU[0.10] if retain_ratio <= 0.10 else HOLITOM_TAU_DEFAULT
 
 
-def method_outputs(has_head: bool) -> tuple[str, ...]:
-    """The extra outputs of the last graph for the compared methods."""
-    return READS + (HEAD_READS if has_head else ())
-
-
-def method_chain(chain: tuple[GraphSpec, ...], has_head: bool) -> tuple[GraphSpec, ...]:
-    """`chain` with its last graph also giving method_outputs (UnsupportedOption when it runs no encoder layer: the
-    last layer's attention and keys need that layer's input)."""
-    tail = chain[-1]
-    if tail.stop <= tail.start:
-        raise UnsupportedOption(
-            f"the last graph {tail.name} runs no encoder layer (the last merge layer is the encoder's last), so the "
-            "last layer's attention and keys the compared methods read are not computed there: put the last merge "
-            "layer before the encoder's last layer"
-        )
-    return (*chain[:-1], replace(tail, outputs=tail.outputs + method_outputs(has_head)))
-
-
-def engine_chain(chain: tuple[GraphSpec, ...], backbone) -> tuple[GraphSpec, ...]:
-    """The graphs an ONNX Runtime engine directory holds: `chain` with the compared methods' outputs on its last
-    graph where the backbone gives them (keys) and that graph runs an encoder layer; else `chain` unchanged."""
-    if not hasattr(backbone, "keys") or chain[-1].stop <= chain[-1].start:
-        return chain
-    return method_chain(chain, backbone.has_head)
-
-
 def has_method_outputs(chain: tuple[GraphSpec, ...], method: str) -> bool:
     """Whether the last graph of `chain` gives what `method` reads."""
-    needed = READS + (HEAD_READS if method == "fastvid" else ())
+    needed = METHOD_READS + (HEAD_READS if method == "fastvid" else ())
     return set(needed) <= set(chain[-1].outputs)
-
-
-class MethodTail(Stretch):
-    """The last graph with the compared methods' inputs (method_chain's spec): tokens, scores as Stretch gives them,
-    then received, keys (and head_scores, global) of the last encoder layer."""
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        b, spec = self.backbone, self.spec
-        hidden = b.embed(inputs[0]) if spec.inputs[0] == "pixels" else inputs[0]
-        last = spec.stop - 1
-        hidden = b.run_layers(hidden, spec.start, last)  # entering the last layer
-        received, keys = b.received(last, hidden), b.keys(last, hidden)
-        hidden = b.run_layers(hidden, last, spec.stop)
-        tokens, scores = b.project(hidden, inputs[1] if spec.takes_attention else received)
-        outputs = (tokens, scores, b.pool(received[..., None])[..., 0], b.pool(keys))
-        if HEAD_READS[0] not in spec.outputs:
-            return outputs
-        attention, pooled = b.head(hidden)
-        return (*outputs, b.pool(attention[..., None])[..., 0], pooled)
-
-
-def stretch_module(backbone, spec: GraphSpec) -> Stretch:
-    """The module computing graph `spec` over `backbone`: MethodTail for a last graph with the methods' outputs."""
-    return (MethodTail if READS[0] in spec.outputs else Stretch)(backbone, spec)
 
 
 def method_select(method: str, retain_ratio: float, values: dict[str, torch.Tensor]) -> compress.SelectResult:

@@ -14,13 +14,13 @@ from dataclasses import replace
 import torch
 
 from earlytom.dtypes import torch_dtype
-from earlytom.engine.layout import vision_chain
-from earlytom.engine.stretch import Stretch
+from earlytom.engine.layout import method_chain, vision_chain
+from earlytom.engine.stretch import Stretch, stretch_module
 from earlytom.models.registry import LoadedModel, load_model
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
-from earlytom.runtime.methods import BASELINES, NO_HEAD, method_chain, stretch_module
+from earlytom.runtime.methods import BASELINES, NO_HEAD
 
 DEVICES = ("cpu", "cuda")
 
@@ -101,12 +101,15 @@ class EagerBackend:
         specs = vision_chain("paper", (0,), self.text.dims.encoder_layers)
         if not hasattr(self.backbone, "keys"):
             raise UnsupportedOption(
-                f"method = {options.method!r}: the compared methods are defined on LLaVA-OneVision's encoder; this "
-                f"model's backbone ({self.text.dims.family}) gives none of their inputs"
+                f"method = {options.method!r}: the compared methods read the last encoder layer's keys, which this "
+                f"model's backbone ({self.text.dims.family}) does not give"
             )
         if options.method == "fastvid" and not self.backbone.has_head:
             raise UnsupportedOption(NO_HEAD)
-        return method_chain(specs, self.backbone.has_head)
+        try:
+            return method_chain(specs, self.backbone.has_head)
+        except ValueError as error:
+            raise UnsupportedOption(str(error)) from None
 
     def check_aot(self, options: RunOptions) -> None:
         """UnsupportedOption for kernels="aot" without AOT kernels, or (EarlyTom runs) with kernels compiled for

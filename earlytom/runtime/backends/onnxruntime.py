@@ -10,11 +10,12 @@ import torch
 
 from earlytom.dtypes import numpy_dtype, torch_dtype
 from earlytom.engine.directory import EngineDir
+from earlytom.engine.layout import METHOD_READS
 from earlytom.engine.sessions import Providers, graph_sessions
 from earlytom.runtime.backends.base import RunOptions, Text, UnsupportedOption, Visual, refuse_changes
 from earlytom.runtime.chain import encode_chain
 from earlytom.runtime.decoder import decoder_for
-from earlytom.runtime.methods import BASELINES, NO_HEAD, READS, has_method_outputs, method_chain
+from earlytom.runtime.methods import BASELINES, NO_HEAD, has_method_outputs
 
 # The graphs are split at the merge layers: the rest of the EarlyTom parameters may change per run.
 FIXED = ("variant", "merge_layers")
@@ -63,13 +64,12 @@ class OnnxRuntimeBackend:
             )
         self.text.dims.units(options.num_frames)
         if options.method in BASELINES and not has_method_outputs(self.manifest.graphs, options.method):
-            if set(READS) <= set(self.manifest.graphs[-1].outputs):
+            if set(METHOD_READS) <= set(self.manifest.graphs[-1].outputs):
                 raise UnsupportedOption(NO_HEAD)
-            method_chain(self.manifest.graphs, has_head=False)  # refuses a last graph that runs no encoder layer
             raise UnsupportedOption(
                 f"method = {options.method!r}: this engine directory's last graph does not give the last encoder "
-                "layer's attention and keys the compared methods read (build_engine adds them for models whose "
-                "backbone gives them: LLaVA-OneVision); rebuild it"
+                "layer's attention and keys the compared methods read; rebuild it with build_engine "
+                "--compared-methods"
             )
         if options.num_frames > self.manifest.max_frames:
             raise UnsupportedOption(

@@ -580,6 +580,7 @@ def ttft_pipeline(model: str, args) -> Pipeline:
 
 
 def ttft_columns() -> list[str]:
+    """Path 4's columns (ttft_rows)."""
     from benchmarks.ttft import GROUPS  # the paper's Figure 3 groups of the stages
 
     medians = ["min ms", "median ms", "p90 ms", "wall median ms", *(f"{group} ms" for group in GROUPS)]

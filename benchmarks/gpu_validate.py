@@ -4,6 +4,8 @@ and timed, inside a time budget; the ones it lacks are skipped with the reason. 
     python -m benchmarks.gpu_validate --budget-s 420 --out DIR    # DIR/gpu_proof.json and DIR/gpu_proof.md
     python -m benchmarks.gpu_validate --plan                      # which paths would run here, and why not the others
     python -m benchmarks.gpu_validate --device cpu --paths 1 3a   # the parts a CPU runs (a rehearsal)
+    python -m benchmarks.gpu_validate --device cpu --paths 1 3a --agreement-models tiny   # the same on a small CPU
+                                                                  # (LLaVA-OV-0.5B in fp16 / bf16 takes many minutes)
 
 Paths (the report's sections, in this order):
 1.  eager on the GPU (kernels="auto": the Triton JIT) in fp32, fp16, bf16 vs eager PyTorch on the CPU in fp32

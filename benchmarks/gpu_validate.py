@@ -4,6 +4,8 @@ and timed, inside a time budget; the ones it lacks are skipped with the reason. 
     python -m benchmarks.gpu_validate --budget-s 420 --out DIR    # DIR/gpu_proof.json and DIR/gpu_proof.md
     python -m benchmarks.gpu_validate --plan                      # which paths would run here, and why not the others
     python -m benchmarks.gpu_validate --device cpu --paths 1 3a   # the parts a CPU runs (a rehearsal)
+    python -m benchmarks.gpu_validate --device cpu --paths 1 3a --agreement-models tiny   # the same on a small CPU
+                                                                  # (LLaVA-OV-0.5B in fp16 / bf16 takes many minutes)
 
 Paths (the report's sections, in this order):
 1.  eager on the GPU (kernels="auto": the Triton JIT) in fp32, fp16, bf16 vs eager PyTorch on the CPU in fp32
@@ -16,16 +18,22 @@ Paths (the report's sections, in this order):
 3a. the AOT kernels compiled for the GPU's arch (sm_90 without one) with the installed Triton: the PTX launch
     contract (each `.entry`'s parameters) parsed from what that Triton emits, against the one kernels.json records.
 3b. eager on the GPU with those cubins launched through cuda-bindings (cuLaunchKernel), tiny model, vs the oracle.
-4.  time to first token (min / median / p90 of --repeats requests after a warm-up; per stage: the StageTimer
-    synchronises CUDA around each stage) on LLaVA-OV-7B with random weights, bf16, --frames frames, eager SDPA:
-    full tokens, EarlyTom and global top-K at each --ratios.
+4.  time to first token (min / median / p90 of --repeats requests after a warm-up, --secondary-repeats for the
+    rows outside the paper's tables; stages timed with CUDA events recorded at each stage boundary, one synchronize
+    per request, the wall-clock TTFT beside; grouped as the paper's Figure 3) with random weights made on the GPU,
+    bf16, --frames frames, eager SDPA: LLaVA-OV-7B (384 x 384) with full tokens, EarlyTom at each --ratios and
+    global top-K at each --topk-ratios, beside the paper's Table 1 (A100: full 889.9 ms, EarlyTom r = 0.10 336.2
+    ms); then Qwen2.5-VL-7B (448 x 448, 2 frames per unit) with full tokens and EarlyTom at Table 7's r = 0.15.
 5.  NVDEC vs PyAV decoding, and the ONNX Runtime CUDA / TensorRT providers and the TensorRT engines against the
     oracle (tiny, fp32), each when installed, else skipped with the reason.
 
 The budget: a path starts only with at least START_S seconds left, and stops between two of its units (a model
 load, a request, a kernel) when the next one's estimate no longer fits; the report then says "stopped" (what it
-has is kept) or "not run". The report is rewritten after every path, so a run killed from outside leaves the paths
-done. Exit status 0 when nothing failed, 1 when a check failed or a path raised, 2 when no path could run.
+has is kept) or "not run". Path 4 starts a model only when its load and its paper-table rows fit, and skips a
+model (Qwen2.5-VL-7B, last) or the rest of its rows with the reason instead. `--plan` prints each path's estimate
+(from LOAD_S and REQUEST_S for path 4, row by row). The report is rewritten after every path, so a run killed
+from outside leaves the paths done. Exit status 0 when nothing failed, 1 when a check failed or a path raised, 2
+when no path could run.
 """
 
 import argparse
@@ -51,22 +59,33 @@ from earlytom.compress import EarlyTomConfig
 from earlytom.compress.config import VARIANTS
 from earlytom.dtypes import DTYPES
 from earlytom.environment import missing_gpu_stack
+from earlytom.models.registry import architecture_of
 from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
+from earlytom.runtime.timing import cuda_event_timing
 from earlytom.video import nvdec_available, resize_rgb, stream_video
 
 PROMPT = "Describe what happens in this video."
 FORMAT = "earlytom-gpu-proof/1"
 AGREEMENT_MODELS = ("tiny", "llava-ov-0.5b")
-TTFT_MODELS = ("llava-ov-7b",)
+TTFT_MODELS = ("llava-ov-7b", "qwen2.5-vl-7b")
 RATIOS = (0.10, 0.15, 0.25)
+TOPK_RATIOS = (0.10,)  # path 4's global top-K: at Table 1's ratio only
+SECONDARY_REPEATS = 3
+# Path 4's models timed at a fixed paper setting, (EarlyTom ratios, global top-K ratios); the others at --ratios and
+# --topk-ratios. Qwen2.5-VL-7B: Table 7's r = 0.15, beside full tokens.
+TABLE_SETTINGS = {"qwen2.5-vl-7b": ((0.15,), ())}
+PAPER_A100_MS = {("llava-ov-7b", "full"): 889.9, ("llava-ov-7b", "earlytom r=0.10"): 336.2}  # Table 1, 32 frames
 NVDEC_SIZE = 384  # LLaVA-OneVision's input size
 DEFAULT_BUDGET_S = 420
 START_S = 20  # a path starts only with this much of the budget left
 STATUSES = ("passed", "failed", "error", "stopped", "not run", "skipped", "planned")
-# Rough seconds per unit on an H200 (random init of a model runs on the CPU), for the budget.
-LOAD_S = {"tiny": 3, "llava-ov-0.5b": 20, "llava-ov-7b": 120}
-REQUEST_S = {"tiny": 1, "llava-ov-0.5b": 8, "llava-ov-7b": 4}  # one oracle + one GPU request (7B: GPU only)
+# Rough seconds per unit on an H200, for the budget. Loads: random init on the CPU (paths 1, 3b: the oracle's
+# weights); path 4's 7B models are made on the GPU (ttft_pipeline), their figure includes the first request's Triton
+# compiles at their sizes. Requests: one oracle + one GPU request (7B: one GPU request of 32 frames; the paper's
+# A100 takes 0.9 s with full tokens).
+LOAD_S = {"tiny": 3, "llava-ov-0.5b": 20, "llava-ov-7b": 45, "qwen2.5-vl-7b": 55}
+REQUEST_S = {"tiny": 1, "llava-ov-0.5b": 8, "llava-ov-7b": 1.5, "qwen2.5-vl-7b": 1.5}
 PROOF_REPORT = ("gpu_proof.json", "gpu_proof.md")
 TOLERANCE = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 3e-2}  # path 2: relative error of merged rows / attention
 
@@ -184,11 +203,13 @@ def plan(have: Installed, variant: str) -> list[GpuPath]:
     return [GpuPath(name, not why, why) for name, why in reasons.items()]
 
 
-def settings(ratios: tuple[float, ...]) -> list[tuple[str, str, float]]:
-    """(label, method, retain ratio) of every setting timed: full tokens, then EarlyTom and global top-K per r."""
+def settings(ratios: tuple[float, ...], topk_ratios: tuple[float, ...] | None = None) -> list[tuple[str, str, float]]:
+    """(label, method, retain ratio) of every setting timed: full tokens, then EarlyTom per r of `ratios` and global
+    top-K per r of `topk_ratios` (None: `ratios`)."""
+    topk_ratios = ratios if topk_ratios is None else topk_ratios
     rows = [("full", "full", 0.15)]
     rows += [(f"earlytom r={r:.2f}", "earlytom", r) for r in ratios]
-    return rows + [(f"global top-K r={r:.2f}", "global_topk", r) for r in ratios]
+    return rows + [(f"global top-K r={r:.2f}", "global_topk", r) for r in topk_ratios]
 
 
 def selected_pairs(result: Result) -> set[tuple[int, int]]:
@@ -211,10 +232,17 @@ def agreement(result: Result, oracle: Result) -> list:
 AGREEMENT_COLUMNS = ["counts", "merged frames", "selected", "max rel err", "greedy tokens", "selected overlap"]
 
 
+def timed_runs(pipe: Pipeline, clip: Path, repeats: int) -> tuple[Result, list[dict[str, float]]]:
+    """The warm-up request's Result, then the timings_ms of `repeats` one-token requests. On CUDA their stages are
+    timed with CUDA events (earlytom.runtime.timing.cuda_event_timing: `ttft` on the GPU's clock, `ttft_wall`)."""
+    with cuda_event_timing():
+        warm = pipe.generate(clip, PROMPT, max_new_tokens=1)
+        return warm, [pipe.generate(clip, PROMPT, max_new_tokens=1).timings_ms for _ in range(repeats)]
+
+
 def time_stages(pipe: Pipeline, clip: Path, repeats: int) -> dict[str, dict[str, float]]:
     """Stage (and ttft) -> min/median/p90 ms over `repeats` one-token requests after one warm-up."""
-    pipe.generate(clip, PROMPT, max_new_tokens=1)
-    runs = [pipe.generate(clip, PROMPT, max_new_tokens=1).timings_ms for _ in range(repeats)]
+    _, runs = timed_runs(pipe, clip, repeats)
     return {stage: summary([run[stage] for run in runs]) for stage in runs[0]}
 
 
@@ -480,31 +508,129 @@ def contract_rows(arch: str, shapes, dtypes: tuple[str, ...], budget: Budget) ->
             ]
 
 
-def ttft_rows(paths: list[GpuPath], work: Path, clip: Path, args, budget: Budget | None = None) -> Iterator[list]:
-    """Path 4: TTFT per model, path and setting, with every stage's median; yields [model, path, setting, frames
-    after merges, visual tokens, min, median, p90, stage medians]."""
+@dataclass(frozen=True)
+class TtftRow:
+    """One setting path 4 times on `model`: `repeats` one-token requests after a warm-up. Primary: a row of the
+    paper's tables (full tokens, EarlyTom at the model's first ratio)."""
+
+    model: str
+    label: str
+    method: str
+    ratio: float
+    repeats: int
+    primary: bool
+
+    @property
+    def estimate_s(self) -> float:
+        return REQUEST_S.get(self.model, 30) * (self.repeats + 1)
+
+
+def ttft_plan(args) -> dict[str, list[TtftRow]]:
+    """Path 4's rows per model of args.models, in the order they run: full tokens, EarlyTom per ratio, global top-K
+    per top-K ratio (TABLE_SETTINGS, else args.ratios and args.topk_ratios); primary rows are timed args.repeats
+    times, the others args.secondary_repeats times."""
+    plan = {}
     for model in args.models:
-        for path in paths:
-            if budget is not None:
-                budget.check(LOAD_S.get(model, 60), f"loading {model}")
-            for label, pipe in path_runs(path, work, model, args.frames, args.ttft_dtype, args.variant, args.ratios):
-                if budget is not None:
-                    budget.check(REQUEST_S.get(model, 30) * (args.repeats + 2), f"{model} {label}")
-                counts = pipe.generate(clip, PROMPT, max_new_tokens=1).counts
-                stages = time_stages(pipe, clip, args.repeats)
-                ttft = stages.pop("ttft")
-                detail = ", ".join(f"{s} {t['median']:.1f}" for s, t in stages.items())
-                yield [
-                    model,
-                    path.name,
-                    label,
-                    counts["frames_after_merge"],
-                    counts["visual_tokens"],
-                    ttft["min"],
-                    ttft["median"],
-                    ttft["p90"],
-                    detail,
-                ]
+        ratios, topk = TABLE_SETTINGS.get(model, (tuple(args.ratios), tuple(args.topk_ratios)))
+        primary = ("full", f"earlytom r={ratios[0]:.2f}")
+        plan[model] = [
+            TtftRow(
+                model, label, method, r, args.repeats if label in primary else args.secondary_repeats, label in primary
+            )
+            for label, method, r in settings(ratios, topk)
+        ]
+    return plan
+
+
+def model_estimate_s(model: str, rows: list[TtftRow], *, primary_only: bool = False) -> float:
+    """Seconds to load `model` and time `rows` (only the primary ones if `primary_only`)."""
+    return LOAD_S.get(model, 60) + sum(row.estimate_s for row in rows if row.primary or not primary_only)
+
+
+def ttft_estimate(args) -> tuple[float, list[str]]:
+    """Path 4's estimate in seconds and one plan line per model: its frame size and visual tokens (from its config,
+    no weights), its load and each row with its repeats."""
+    total, lines = 0.0, []
+    for model, rows in ttft_plan(args).items():
+        dims = architecture_of(model, download=False)[1]
+        units = dims.units(args.frames)
+        seconds = model_estimate_s(model, rows)
+        total += seconds
+        timed = ", ".join(f"{row.label} x{row.repeats}" for row in rows)
+        lines.append(
+            f"plan: {model} at {dims.frame_size[0]}x{dims.frame_size[1]} px, {args.frames} frames = {units} units, "
+            f"{units * dims.tokens_per_frame} visual tokens in full: load ~{LOAD_S.get(model, 60):.0f} s; {timed}; "
+            f"~{seconds:.0f} s"
+        )
+    return total, lines
+
+
+def ttft_pipeline(model: str, args) -> Pipeline:
+    """`model` with random weights made where it runs: args.device is the default device while it is built, so a 7B
+    model initialises on the GPU (seconds; minutes on the CPU). Only timing reads these weights; paths 1 and 3b make
+    theirs on the CPU, as their oracle does."""
+    with torch.device(args.device):
+        return Pipeline.from_pretrained(
+            model,
+            random_init=True,
+            device=args.device,
+            dtype=args.ttft_dtype,
+            config=EarlyTomConfig(variant=args.variant),
+            num_frames=args.frames,
+            kernels="auto",
+        )
+
+
+def ttft_columns() -> list[str]:
+    """Path 4's columns (ttft_rows)."""
+    from benchmarks.ttft import GROUPS  # the paper's Figure 3 groups of the stages
+
+    medians = ["min ms", "median ms", "p90 ms", "wall median ms", *(f"{group} ms" for group in GROUPS)]
+    return [
+        "model",
+        "frame size",
+        "setting",
+        "frames after merges",
+        "visual tokens",
+        *medians,
+        "paper A100 ms",
+        "stage medians (ms)",
+    ]
+
+
+def ttft_rows(model: str, rows: list[TtftRow], clip: Path, args, budget: Budget | None = None) -> Iterator[list]:
+    """Path 4 on `model` (loaded once, ttft_pipeline): each of `rows` timed (timed_runs) -> a row of ttft_columns:
+    TTFT min / median / p90 (CUDA events on a GPU), the wall-clock median (None without events), each Figure 3
+    group's median, the paper's A100 figure where Table 1 has the row, every stage's median."""
+    from benchmarks.ttft import group_ms
+
+    pipe = ttft_pipeline(model, args)
+    size = "x".join(map(str, pipe.backend.text.processor.frame_size))
+    for row in rows:
+        if budget is not None:
+            budget.check(row.estimate_s, f"{model} {row.label}")
+        setting = pipe.with_options(method=row.method, retain_ratio=row.ratio, num_frames=args.frames)
+        warm, runs = timed_runs(setting, clip, row.repeats)
+        ttft = summary([run["ttft"] for run in runs])
+        wall = summary([run["ttft_wall"] for run in runs])["median"] if "ttft_wall" in runs[0] else None
+        groups = [summary(ms)["median"] for ms in zip(*(group_ms(run).values() for run in runs), strict=True)]
+        stages = [stage for stage in runs[0] if stage not in ("ttft", "ttft_wall")]
+        detail = ", ".join(f"{stage} {summary([run[stage] for run in runs])['median']:.1f}" for stage in stages)
+        counts = warm.counts
+        yield [
+            model,
+            size,
+            row.label,
+            counts["frames_after_merge"],
+            counts["visual_tokens"],
+            ttft["min"],
+            ttft["median"],
+            ttft["p90"],
+            wall,
+            *groups,
+            PAPER_A100_MS.get((model, row.label)),
+            detail,
+        ]
 
 
 def decode_once(clip: Path, frames: int, **options) -> tuple[list[int], list[torch.Tensor], float]:
@@ -539,9 +665,14 @@ class Check:
 
     key: str
     title: str
-    estimate_s: float
+    estimate: Callable[[argparse.Namespace], tuple[float, list[str]]]  # options -> (seconds, plan lines)
     needs: Callable[[Installed, str], str]
     run: Callable[[Section, "Context"], str]
+
+
+def about(seconds: float) -> Callable[[argparse.Namespace], tuple[float, list[str]]]:
+    """The estimate of a check that does not depend on the options: `seconds`, no plan lines."""
+    return lambda args: (seconds, [])
 
 
 @dataclass
@@ -633,23 +764,28 @@ def run_contract(section: Section, ctx: Context) -> str:
 
 
 def run_ttft(section: Section, ctx: Context) -> str:
-    section.columns = [
-        "model",
-        "path",
-        "setting",
-        "frames after merges",
-        "visual tokens",
-        "min ms",
-        "median ms",
-        "p90 ms",
-        "stage medians (ms)",
-    ]
+    """Path 4, model after model (ttft_plan): a model starts only when its load and primary rows fit the budget;
+    a model, or the rest of its rows, that does not fit is skipped with the reason (status "stopped")."""
+    args = ctx.args
+    section.columns = ttft_columns()
     section.notes.append(
-        f"{ctx.args.frames} frames, {ctx.args.ttft_dtype}, random weights, {ctx.args.repeats} requests after one "
-        "warm-up; each stage synchronises CUDA before and after (earlytom.runtime.timing)"
+        f"{args.frames} frames, {args.ttft_dtype}, random weights made on the GPU, eager SDPA, Triton JIT kernels; "
+        f"{args.repeats} requests (other than the paper's table rows: {args.secondary_repeats}) after one warm-up; "
+        "TTFT and stages from CUDA events recorded at each stage boundary, one synchronize per request "
+        "(earlytom.runtime.timing.cuda_event_timing); wall median: the same requests on the CPU's clock; groups as "
+        "the paper's Figure 3 (benchmarks.ttft.GROUPS: decoding overlaps encoding, so they can sum to more than TTFT)"
     )
-    section.rows.extend(ttft_rows([GpuPath("eager cuda + triton", True, "")], ctx.work, ctx.clip, ctx.args, ctx.budget))
-    return "passed"
+    skipped = []
+    for model, rows in ttft_plan(args).items():
+        try:
+            ctx.budget.check(model_estimate_s(model, rows, primary_only=True), f"{model}'s load and primary rows")
+            for row in ttft_rows(model, rows, ctx.clip, args, ctx.budget):
+                section.rows.append(row)
+        except OutOfBudget as stop:
+            skipped.append(f"not timed: {stop}")
+    section.notes.extend(skipped)
+    section.reason = "; ".join(skipped)
+    return "stopped" if skipped else "passed"
 
 
 def run_nvdec(section: Section, ctx: Context) -> str:
@@ -672,39 +808,53 @@ def run_backend(name: str) -> Callable[[Section, Context], str]:
 
 
 CHECKS = (
-    Check("1", "eager on the device vs the CPU fp32 oracle", 90, eager_needs, run_agreement),
-    Check("2", "Triton JIT kernels vs the PyTorch reference", 60, triton_needs, run_kernels),
-    Check("3a", "AOT kernels: the PTX launch contract of the installed Triton", 45, compiler_needs, run_contract),
-    Check("3b", "AOT kernels launched through cuLaunchKernel vs the oracle", 30, backend("eager cuda + aot"), run_aot),
-    Check("4", "time to first token", 180, backend("eager cuda + triton"), run_ttft),
-    Check("5a", "NVDEC vs PyAV decoding", 30, backend(NVDEC), run_nvdec),
+    Check("1", "eager on the device vs the CPU fp32 oracle", about(80), eager_needs, run_agreement),
+    Check("2", "Triton JIT kernels vs the PyTorch reference", about(60), triton_needs, run_kernels),
+    Check(
+        "3a", "AOT kernels: the PTX launch contract of the installed Triton", about(45), compiler_needs, run_contract
+    ),
+    Check(
+        "3b",
+        "AOT kernels launched through cuLaunchKernel vs the oracle",
+        about(30),
+        backend("eager cuda + aot"),
+        run_aot,
+    ),
+    Check("4", "time to first token", ttft_estimate, backend("eager cuda + triton"), run_ttft),
+    Check("5a", "NVDEC vs PyAV decoding", about(30), backend(NVDEC), run_nvdec),
     Check(
         "5b",
         "ONNX Runtime CUDA provider vs the oracle",
-        60,
+        about(60),
         backend("onnxruntime cuda"),
         run_backend("onnxruntime cuda"),
     ),
     Check(
         "5c",
         "ONNX Runtime TensorRT provider vs the oracle",
-        120,
+        about(120),
         backend("onnxruntime tensorrt"),
         run_backend("onnxruntime tensorrt"),
     ),
-    Check("5d", "TensorRT engines vs the oracle", 300, backend("tensorrt engines"), run_backend("tensorrt engines")),
+    Check(
+        "5d", "TensorRT engines vs the oracle", about(300), backend("tensorrt engines"), run_backend("tensorrt engines")
+    ),
 )
 
 
-def planned(checks, have: Installed, device: str, keys: list[str] | None = None) -> list[Section]:
-    """A section per check (of `keys`, None: all): "planned" with its estimate, or "skipped" with the reason."""
+def planned(checks, have: Installed, args: argparse.Namespace) -> list[Section]:
+    """A section per check (of args.paths, None: all) on args.device: "planned" with its estimate and plan lines
+    (its notes), or "skipped" with the reason."""
     sections = []
     for check in checks:
-        if keys is not None and check.key not in keys:
+        if args.paths is not None and check.key not in args.paths:
             continue
-        why = check.needs(have, device)
-        status = "skipped" if why else "planned"
-        sections.append(Section(check.key, check.title, status, why, estimate_s=check.estimate_s))
+        why = check.needs(have, args.device)
+        if why:
+            sections.append(Section(check.key, check.title, "skipped", why))
+            continue
+        seconds, lines = check.estimate(args)
+        sections.append(Section(check.key, check.title, "planned", estimate_s=seconds, notes=list(lines)))
     return sections
 
 
@@ -820,14 +970,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", nargs="+", choices=[c.key for c in CHECKS], help="run only these paths (default: all)")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: rehearse paths 1 and 3a on a CPU")
     p.add_argument("--agreement-models", nargs="+", default=list(AGREEMENT_MODELS), help="paths 1 and 3b's models")
-    p.add_argument("--agreement-frames", type=int, default=8, help="frames of paths 1, 3 and 5's requests")
+    p.add_argument("--agreement-frames", type=int, default=6, help="frames of paths 1, 3 and 5's requests")
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="paths 1 to 3")
     p.add_argument("--kernel-model", default="llava-ov-7b", help="path 2: whose vision sizes the kernels run at")
-    p.add_argument("--models", nargs="+", default=list(TTFT_MODELS), help="path 4: architectures timed")
+    p.add_argument("--models", nargs="+", default=list(TTFT_MODELS), help="path 4: architectures timed, in order")
     p.add_argument("--ttft-dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--frames", type=int, default=32, help="paths 2, 4, 5a: frames per request")
-    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="path 4: EarlyTom's retain ratios")
+    p.add_argument("--topk-ratios", type=float, nargs="+", default=list(TOPK_RATIOS), help="path 4: global top-K's")
+    p.add_argument("--repeats", type=int, default=5, help="path 4: timed requests of the paper's table rows")
+    p.add_argument("--secondary-repeats", type=int, default=SECONDARY_REPEATS, help="path 4: of the other rows")
     p.add_argument("--variant", choices=VARIANTS, default=EarlyTomConfig().variant, help="EarlyTom variant")
     return p
 
@@ -837,6 +989,8 @@ def print_summary(sections: list[Section]) -> None:
     for s in sections:
         detail = {"planned": f"~{s.estimate_s:.0f} s", "skipped": ""}.get(s.status, f"{s.seconds:.1f} s")
         print(f"{s.key:>3}  {s.title:<{width}}  {s.status:<8} {detail:>8}  {s.reason}")
+        if s.status == "planned":
+            print("".join(f"       {note}\n" for note in s.notes), end="")
 
 
 def run_all(sections: list[Section], ctx: Context, write: Callable[[list[Section]], None]) -> None:
@@ -853,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     budget = Budget(args.budget_s)
     have = probe()
-    sections = planned(CHECKS, have, args.device, args.paths)
+    sections = planned(CHECKS, have, args)
     info = machine()
 
     def write(current: list[Section]) -> tuple[Path, Path]:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import gpu_validate as gv
 from earlytom.plugins import aot
+from earlytom.runtime import timing
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_ONLY = gv.Installed(
@@ -40,9 +42,13 @@ def statuses(sections) -> dict[str, str]:
     return {s.key: s.status for s in sections}
 
 
+def options(*argv: str) -> argparse.Namespace:
+    return gv.parser().parse_args(list(argv))
+
+
 def test_the_h200_runs_paths_1_to_4_and_skips_5_with_the_reasons(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the proof runs the compiler, not the interpreter
-    sections = gv.planned(gv.CHECKS, H200, "cuda")
+    sections = gv.planned(gv.CHECKS, H200, options())
     assert statuses(sections) == {
         "1": "planned",
         "2": "planned",
@@ -64,14 +70,15 @@ def test_the_h200_runs_paths_1_to_4_and_skips_5_with_the_reasons(monkeypatch):
 
 def test_a_cpu_plans_only_the_aot_compile_or_with_device_cpu_path_1_too(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    on_cuda = gv.planned(gv.CHECKS, CPU_ONLY, "cuda")
+    on_cuda = gv.planned(gv.CHECKS, CPU_ONLY, options())
     assert [s.key for s in on_cuda if s.status == "planned"] == ["3a"]
     assert all(gv.NO_GPU in s.reason for s in on_cuda if s.key in ("1", "2", "3b", "4", "5a"))
-    on_cpu = gv.planned(gv.CHECKS, CPU_ONLY, "cpu", keys=["1", "2", "3a"])
+    on_cpu = gv.planned(gv.CHECKS, CPU_ONLY, options("--device", "cpu", "--paths", "1", "2", "3a"))
     assert statuses(on_cpu) == {"1": "planned", "2": "skipped", "3a": "planned"}
     assert "interpreter" in on_cpu[1].reason
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert "TRITON_INTERPRET=1 is set" in gv.planned(gv.CHECKS, CPU_ONLY, "cpu", keys=["3a"])[0].reason
+    (contract,) = gv.planned(gv.CHECKS, CPU_ONLY, options("--device", "cpu", "--paths", "3a"))
+    assert "TRITON_INTERPRET=1 is set" in contract.reason
 
 
 class Clock:
@@ -101,7 +108,7 @@ def context(budget: gv.Budget) -> gv.Context:
 
 
 def check(run) -> gv.Check:
-    return gv.Check("9", "a check", 5, lambda have, device: "", run)
+    return gv.Check("9", "a check", gv.about(5), lambda have, device: "", run)
 
 
 def test_a_path_stopped_by_the_budget_keeps_its_rows():
@@ -257,3 +264,155 @@ def test_path_3a_compiles_for_sm_90_and_reads_the_contract_back(tmp_path):
         assert dtype == "fp32" and recorded is True
         assert hidden == "global_scratch, profile_scratch"
         assert params == len(aot.declared_params(kernel)) + 2
+
+
+# --- path 4: the plan of its rows, the budget that skips a model, the CUDA-event stage bookkeeping ---------------
+
+
+def test_path_4_times_llavas_table_1_rows_then_qwens_table_7_rows():
+    plan = gv.ttft_plan(options())
+    assert list(plan) == ["llava-ov-7b", "qwen2.5-vl-7b"]
+    llava = [(row.label, row.method, row.ratio, row.repeats, row.primary) for row in plan["llava-ov-7b"]]
+    assert llava == [
+        ("full", "full", 0.15, 5, True),
+        ("earlytom r=0.10", "earlytom", 0.10, 5, True),
+        ("earlytom r=0.15", "earlytom", 0.15, 3, False),
+        ("earlytom r=0.25", "earlytom", 0.25, 3, False),
+        ("global top-K r=0.10", "global_topk", 0.10, 3, False),
+    ]
+    qwen = [(row.label, row.method, row.ratio, row.repeats, row.primary) for row in plan["qwen2.5-vl-7b"]]
+    assert qwen == [("full", "full", 0.15, 5, True), ("earlytom r=0.15", "earlytom", 0.15, 5, True)]
+    # --ratios / --topk-ratios / --secondary-repeats move LLaVA's rows only: Qwen keeps Table 7's setting
+    plan = gv.ttft_plan(options("--ratios", "0.25", "--topk-ratios", "0.25", "0.5", "--secondary-repeats", "1"))
+    assert [(row.label, row.repeats) for row in plan["llava-ov-7b"]] == [
+        ("full", 5),
+        ("earlytom r=0.25", 5),
+        ("global top-K r=0.25", 1),
+        ("global top-K r=0.50", 1),
+    ]
+    assert [row.label for row in plan["qwen2.5-vl-7b"]] == ["full", "earlytom r=0.15"]
+
+
+def test_path_4s_estimate_counts_each_load_and_request_with_its_warm_up():
+    seconds, lines = gv.ttft_estimate(options())
+    requests = {"llava-ov-7b": 6 + 6 + 4 + 4 + 4, "qwen2.5-vl-7b": 6 + 6}  # repeats + 1 warm-up, row by row
+    assert seconds == pytest.approx(sum(gv.LOAD_S[m] + n * gv.REQUEST_S[m] for m, n in requests.items()))
+    assert lines[0].startswith("plan: llava-ov-7b at 384x384 px, 32 frames = 32 units, 6272 visual tokens in full")
+    assert lines[1].startswith("plan: qwen2.5-vl-7b at 448x448 px, 32 frames = 16 units, 4096 visual tokens in full")
+    assert "full x5, earlytom r=0.15 x5;" in lines[1]
+
+
+def test_plan_on_the_h200_prints_path_4s_rows_and_fits_the_budget_with_margin(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(gv, "probe", lambda: H200)  # the machine's inventory, as the H200 reports it
+    assert gv.main(["--plan", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "       plan: qwen2.5-vl-7b at 448x448 px, 32 frames = 16 units" in out
+    paths = {p["key"]: p for p in json.loads((tmp_path / "gpu_proof.json").read_text())["paths"]}
+    assert [note.split(" px")[0] for note in paths["4"]["notes"]] == [
+        "plan: llava-ov-7b at 384x384",
+        "plan: qwen2.5-vl-7b at 448x448",
+    ]
+    total = sum(p["estimate_s"] for p in paths.values() if p["status"] == "planned")
+    assert paths["4"]["estimate_s"] == gv.ttft_estimate(options())[0]
+    assert total <= 0.9 * gv.DEFAULT_BUDGET_S
+    assert f"estimated {total:.0f} s of the 420 s budget;" in out
+
+
+def ttft_context(tmp_path, budget: gv.Budget, *argv: str) -> gv.Context:
+    args = options("--device", "cpu", "--frames", "4", "--repeats", "2", "--secondary-repeats", "1", *argv)
+    frames = gv.moving_square_frames(16, size=96, cut_at=8)
+    return gv.Context(args, CPU_ONLY, budget, tmp_path, frames, gv.write_clip(tmp_path / "clip.mp4", frames))
+
+
+def test_path_4_on_the_cpu_times_a_llava_and_a_qwen_architecture(tmp_path):
+    """Path 4's code on the tiny architectures of both families (the CPU's wall clock: no CUDA events)."""
+    ctx = ttft_context(tmp_path, gv.Budget(3600), "--models", "tiny", "qwen-tiny", "--ratios", "0.25")
+    section = gv.Section("4", "time to first token")
+    assert gv.run_ttft(section, ctx) == "passed" and section.reason == ""
+    columns = section.columns
+    assert columns[:9] == [
+        "model",
+        "frame size",
+        "setting",
+        "frames after merges",
+        "visual tokens",
+        "min ms",
+        "median ms",
+        "p90 ms",
+        "wall median ms",
+    ]
+    assert columns[9:] == [
+        "vision encoding ms",
+        "visual token processing ms",
+        "LLM prefill ms",
+        "system overhead ms",
+        "paper A100 ms",
+        "stage medians (ms)",
+    ]
+    assert [row[:3] for row in section.rows] == [
+        ["tiny", "72x72", "full"],
+        ["tiny", "72x72", "earlytom r=0.25"],
+        ["tiny", "72x72", "global top-K r=0.10"],
+        ["qwen-tiny", "448x448", "full"],  # not in TABLE_SETTINGS (the paper's Qwen2.5-VL-7B is): --ratios
+        ["qwen-tiny", "448x448", "earlytom r=0.25"],
+        ["qwen-tiny", "448x448", "global top-K r=0.10"],
+    ]
+    by_setting = {(row[0], row[2]): dict(zip(columns, row, strict=True)) for row in section.rows}
+    assert by_setting["tiny", "full"]["visual tokens"] == 4 * 25  # 4 frames of 5 x 5 tokens
+    assert by_setting["qwen-tiny", "full"]["visual tokens"] == 2 * 256  # 4 frames = 2 slices of 16 x 16 tokens
+    assert by_setting["qwen-tiny", "full"]["frames after merges"] == 2
+    for row in by_setting.values():
+        assert 0 < row["min ms"] <= row["median ms"] <= row["p90 ms"]
+        assert row["wall median ms"] is None and row["paper A100 ms"] is None  # no CUDA; not a Table 1 model
+        assert row["vision encoding ms"] > 0 and row["LLM prefill ms"] > 0
+        assert "vision_head" in row["stage medians (ms)"] and "first_token" in row["stage medians (ms)"]
+
+
+def test_path_4_skips_a_model_whose_load_and_table_rows_do_not_fit(tmp_path):
+    """tiny fits; qwen-tiny (no estimate: 60 s to load, 30 s a request) needs 60 + 2 rows x 3 requests x 30 s."""
+    clock = Clock()
+    ctx = ttft_context(tmp_path, gv.Budget(100, clock), "--models", "tiny", "qwen-tiny", "--topk-ratios", "0.25")
+    section = gv.Section("4", "time to first token")
+    assert gv.run_ttft(section, ctx) == "stopped"
+    assert [row[0] for row in section.rows] == ["tiny"] * 5
+    assert section.reason == "not timed: qwen-tiny's load and primary rows needs about 240 s, 100 s of the budget left"
+    assert section.notes[-1] == section.reason
+
+
+def test_event_breakdown_sums_each_stage_and_ends_at_the_last_mark():
+    """Hand-made marks (ms since the origin event): two chunks through preprocess and vision_head, a gap before the
+    prefill (the GPU idle), decoding on the wall clock."""
+    marks = [
+        ("video_decode", 0.0, 0.5),
+        ("preprocess", 1.0, 1.5),
+        ("vision_head", 1.5, 4.0),
+        ("preprocess", 4.0, 4.25),
+        ("vision_head", 4.25, 6.0),
+        ("token_select", 6.0, 6.5),
+        ("prefill", 7.0, 10.0),
+        ("first_token", 10.0, 10.125),
+    ]
+    assert timing.event_breakdown(marks, {"video_decode": 3.0}) == {
+        "video_decode": 3.5,
+        "preprocess": 0.75,
+        "vision_head": 4.25,
+        "token_select": 0.5,
+        "prefill": 3.0,
+        "first_token": 0.125,
+        "ttft": 10.125,
+    }
+    assert timing.event_breakdown([], {"video_decode": 1.0}) == {"video_decode": 1.0, "ttft": 0.0}
+    same_stage = [("vision_mid0", 2.0, 3.0), ("vision_mid0", 1.0, 1.5)]  # order of recording, not of time
+    assert timing.event_breakdown(same_stage, {}) == {"vision_mid0": 1.5, "ttft": 3.0}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU's behaviour")
+def test_without_cuda_the_timer_stays_on_the_wall_clock_inside_cuda_event_timing():
+    with timing.cuda_event_timing():
+        timer = timing.StageTimer()
+        with timer.stage("prefill"):
+            pass
+    assert timer.events is False and timer.marks == []
+    assert set(timer.breakdown()) == {"prefill", "ttft"}
+    assert timing.StageTimer().events is False

@@ -61,7 +61,7 @@ GROUPS = {  # the paper's Figure 3 components
     "vision encoding": ("vision_",),
     "visual token processing": ("frame_merge", "token_select"),
     "LLM prefill": ("prefill", "first_token"),
-    "system overhead": ("video_decode", "preprocess"),
+    "system overhead": ("video_decode", "preprocess", "to_device"),
 }
 
 

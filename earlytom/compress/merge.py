@@ -2,7 +2,7 @@
 
 The batch path is three small steps, each usable alone:
 
-    similarity = adjacent_similarity(hidden)          # [B, L, D] -> [B-1], one vectorised pass
+    similarity = adjacent_similarity(hidden)          # [B, L, D] -> [B-1], per token, one pass
     plan = plan_merge(similarity, alpha, tau_seg, tau_merge)   # decisions over B scalars
     merged = apply_merge(hidden, plan)                # [B, L, D] -> [N, L, D], one weighted gather
 
@@ -70,17 +70,16 @@ def pair_weights(s_first: float, s_second: float) -> tuple[float, float]:
 def adjacent_similarity(hidden: torch.Tensor) -> torch.Tensor:
     """s_t = mean over tokens l of cos(H_t[l], H_{t+1}[l]).
 
-    hidden: [B, L, D] -> similarity [B-1] (float32; accumulated in float32 for half inputs). One pass of
-    per-token dot products and norms; nothing of size [B, L, D] is materialised besides a float32 copy of
-    half inputs.
+    hidden: [B, L, D] (any float dtype; computed in float32) -> similarity [B-1] float32; refuses NaN/Inf.
+
+    Per token, as the official variant computes it: the distance-1 band of window_similarity (each token's cosine,
+    then the mean over the L tokens), on the frames in token-major order (a reduction's rounding depends on the
+    memory layout, and SigLIP's hidden states are channels-first in memory), so s_t has the same bits whether
+    computed over the whole video or frame by frame (StreamingFrameMerge).
     """
-    h = hidden.float()
-    norm = torch.linalg.vector_norm(h, dim=-1)  # [B, L]
-    if not bool(torch.isfinite(norm).all()):  # a NaN/Inf anywhere in a token makes its norm non-finite
-        bad = int((~torch.isfinite(norm)).sum())
-        raise ValueError(f"hidden contains NaN/Inf in {bad} of {norm.numel()} tokens; all values must be finite")
-    dot = torch.einsum("tld,tld->tl", h[:-1], h[1:])  # [B-1, L]
-    return (dot / (norm[:-1] * norm[1:]).clamp_min(NORM_EPS)).mean(-1)
+    from earlytom.compress.official import window_similarity  # official builds on this module: imported on use
+
+    return window_similarity(hidden.contiguous(), min(1, hidden.shape[0] - 1))[1:].flatten()
 
 
 def ema_boundaries(similarity: list[float], alpha: float, tau_seg: float) -> list[bool]:
@@ -205,6 +204,7 @@ class StreamingFrameMerge:
         self._sims: list[float] = []  # s_t, known once frame t+1 arrived
         self._cuts: list[bool] = []  # boundary after frame t, known with s_t
         self._ema: float | None = None
+        self._previous = None  # the last frame pushed, as a BufferedFrame (its float32 copy and token norms)
         self._count = 0  # frames pushed
         self._next = 0  # first frame not yet decided
         self._segment = -1
@@ -213,15 +213,17 @@ class StreamingFrameMerge:
     def push(self, frame: torch.Tensor) -> list[MergedFrame]:
         if self._finished:
             raise RuntimeError("push() after finish(); start a new StreamingFrameMerge for a new video")
+        from earlytom.compress.official import BufferedFrame  # official builds on this module: imported on use
+
         check_hidden(frame[None])
-        pair = torch.stack([self._frames[self._count - 1], frame]) if self._count else frame[None]
-        similarity = adjacent_similarity(pair)  # [1] or [0] for the first frame; also rejects NaN/Inf
+        current = BufferedFrame.of(frame.contiguous(), None)  # token-major float32 and token norms; rejects NaN/Inf
         if self._count:
-            s = float(similarity)
+            s = self._previous.cosine(current)  # adjacent_similarity's s_t: the same per-token cosines, same mean
             self._ema = s if self._ema is None else self.alpha * s + (1 - self.alpha) * self._ema
             self._sims.append(s)
             self._cuts.append(self._ema < self.tau_seg)
         self._frames[self._count] = frame
+        self._previous = current
         self._count += 1
         return self._drain(final=False)
 
@@ -236,8 +238,7 @@ class StreamingFrameMerge:
             w0, w1 = pair_weights(self._sims[first], self._sims[last])
             merged = w0 * self._frames[first].float() + w1 * self._frames[last].float()
             hidden = merged.to(self._frames[first].dtype)
-        keep_from = last if last + 1 == self._count else last + 1  # the newest frame is needed for s_t
-        for index in [i for i in self._frames if i < keep_from]:
+        for index in [i for i in self._frames if i <= last]:
             del self._frames[index]
         self._next = last + 1
         return MergedFrame(hidden, first, last, self._segment, is_static)

@@ -125,7 +125,7 @@ def window_similarity(hidden: torch.Tensor, width: int) -> torch.Tensor:
     cos = torch.full((width, num_frames, num_tokens), float("nan"), dtype=torch.float32, device=hidden.device)
     norm = torch.empty(num_frames, num_tokens, dtype=torch.float32, device=hidden.device)  # [F, L]
     for tokens in token_blocks(num_frames, num_tokens, dim):
-        h = hidden[:, tokens].float()  # [F, l, D]
+        h = hidden[:, tokens].float().contiguous()  # [F, l, D] token-major, as each streamed frame is read
         n = norm[:, tokens] = torch.linalg.vector_norm(h, dim=-1)
         for d in range(1, width + 1):
             cos[d - 1, d:, tokens] = token_cosine(h[:-d], h[d:], n[:-d], n[d:])
@@ -281,7 +281,7 @@ class BufferedFrame:
 
     @classmethod
     def of(cls, hidden: torch.Tensor, attention: torch.Tensor | None) -> "BufferedFrame":
-        h32 = hidden.float()
+        h32 = hidden.float().contiguous()  # token-major whatever the layout: the whole-video form reads it so
         return cls(hidden, attention, h32, token_norms(h32))
 
     def cosine(self, other: "BufferedFrame") -> float:

@@ -31,7 +31,7 @@ from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.stream import SourceEnded, live_frames
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.serve.cli import add_parser as add_serve_parser
-from earlytom.video import SAMPLINGS
+from earlytom.video import SAMPLINGS, VideoFile
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +173,8 @@ def report(result: Result, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report(build_pipeline(args).generate(args.video, args.prompt, args.max_new_tokens), args.json)
+    video = args.video if args.stream is None else VideoFile(args.video, args.stream)
+    report(build_pipeline(args).generate(video, args.prompt, args.max_new_tokens), args.json)
     return 0
 
 
@@ -355,6 +356,14 @@ def parser() -> argparse.ArgumentParser:
     add_pipeline_args(run_parser)
     run_parser.add_argument("--video", required=True, help="a video file, a directory of images")
     run_parser.add_argument("--prompt", required=True)
+    run_parser.add_argument(
+        "--stream",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the video file's stream N, numbered as ffprobe lists its streams (default: the video stream with the "
+        "most frames)",
+    )
     run_parser.set_defaults(func=run)
     demo_parser = sub.add_parser("demo", help="run the tiny model end to end on a synthetic clip")
     add_pipeline_args(demo_parser)

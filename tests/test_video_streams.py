@@ -1,8 +1,9 @@
 """Which video stream of a file is read (the one with the most frames, or the one named), frames turned upright by a
 file's display matrix and an image's EXIF orientation, and frame arrays 0 pixels high or wide refused. The files are
 made here with PyAV and Pillow; expected frames come from the unrotated file's own frames turned by NumPy, or from
-the EXIF specification's eight orientations written out with NumPy."""
+the EXIF specification's eight orientations written out with NumPy. `earlytom run --stream N` reads stream N."""
 
+import json
 import struct
 
 import av
@@ -11,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from earlytom.runtime.synthetic import frame_index, indexed_frames, write_clip
+from earlytom.cli import main
+from earlytom.runtime.synthetic import frame_index, indexed_frames, moving_square_frames, write_clip
 from earlytom.video import VideoError, VideoFile, load_video, pyav, stream_video
 
 HEIGHT, WIDTH = 32, 48
@@ -266,3 +268,32 @@ def test_frames_zero_pixels_high_or_wide_are_refused(shape, size):
     for array in (np.zeros(shape, np.uint8), torch.zeros(shape, dtype=torch.uint8)):
         with pytest.raises(VideoError, match=rf"has frames {shape[1]} pixels high and {shape[2]} wide: give frames"):
             stream_video(array, 2, size=size)
+
+
+@pytest.fixture(scope="module")
+def two_streams(tmp_path_factory):
+    """Stream 0: 1 frame; stream 1: 12 frames."""
+    frames = moving_square_frames(12, size=32)
+    return write_streams(tmp_path_factory.mktemp("cli") / "two.mp4", [frames[:1], frames])
+
+
+def frames_in(capsys, clip, *extra) -> int:
+    argv = ["run", "--video", str(clip), "--prompt", "x", "--frames", "4", "--max-new-tokens", "1", "--json", *extra]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)["counts"]["frames_in"]
+
+
+def test_run_reads_the_longest_stream_or_the_one_named(capsys, two_streams):
+    assert frames_in(capsys, two_streams) == 4
+    assert frames_in(capsys, two_streams, "--stream", "1") == 4
+    assert frames_in(capsys, two_streams, "--stream", "0") == 1
+
+
+@pytest.mark.parametrize(
+    "stream, message",
+    [("2", "no video stream 2; its video streams are 0, 1"), ("-1", "stream = -1: must be an integer >= 0")],
+)
+def test_run_refuses_a_stream_the_file_lacks_on_one_error_line(capsys, two_streams, stream, message):
+    assert main(["run", "--video", str(two_streams), "--prompt", "x", "--frames", "4", "--stream", stream]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and "Traceback" not in err

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from earlytom.compress.checks import check_rank
+from earlytom.compress.checks import check_rank, check_values
 from earlytom.compress.config import DEFAULT_ALPHA, DEFAULT_TAU_MERGE, DEFAULT_TAU_SEG, check_value
 
 # A merged pair is weighted by its similarities; clamping them at this floor keeps a negative
@@ -74,6 +74,8 @@ def adjacent_similarity(hidden: torch.Tensor) -> torch.Tensor:
     per-token dot products and norms; nothing of size [B, L, D] is materialised besides a float32 copy of
     half inputs.
     """
+    check_rank("hidden", hidden, "[B, L, D]")
+    check_values("hidden", hidden, "[B, L, D]")
     h = hidden.float()
     norm = torch.linalg.vector_norm(h, dim=-1)  # [B, L]
     if not bool(torch.isfinite(norm).all()):  # a NaN/Inf anywhere in a token makes its norm non-finite
@@ -156,6 +158,7 @@ def check_hidden(hidden: torch.Tensor) -> None:
     check_rank("hidden", hidden, "[B, L, D]")
     if hidden.shape[0] == 0:
         raise ValueError("hidden has B = 0 frames; FrameMerge needs at least 1 frame")
+    check_values("hidden", hidden, "[B, L, D]")
 
 
 def frame_merge(

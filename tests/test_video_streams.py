@@ -4,6 +4,7 @@ made here with PyAV and Pillow; expected frames come from the unrotated file's o
 the EXIF specification's eight orientations written out with NumPy. `earlytom run --stream N` reads stream N."""
 
 import json
+import re
 import struct
 
 import av
@@ -297,3 +298,11 @@ def test_run_refuses_a_stream_the_file_lacks_on_one_error_line(capsys, two_strea
     assert main(["run", "--video", str(two_streams), "--prompt", "x", "--frames", "4", "--stream", stream]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("source", [None, [1, 2], 3, b"clip.mp4"])
+def test_a_source_that_is_no_path_or_array_is_a_type_error_naming_it(source):
+    with pytest.raises(
+        TypeError, match=rf"^video = {re.escape(repr(source))} \({type(source).__name__}\): pass a path"
+    ):
+        stream_video(source, 2)

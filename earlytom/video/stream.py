@@ -1,6 +1,7 @@
 """The entry points: a source (file, image directory, array) to a planned FrameStream or a stacked Video, and
 read_ahead, which decodes a stream ahead of its consumer."""
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -107,6 +108,11 @@ def stream_video(
     size = None if size is None else frame_size(size)
     if isinstance(source, np.ndarray | torch.Tensor):
         return stream_array(source, num_frames, size, fps)
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"video = {source!r} ({type(source).__name__}): pass a path (str or Path) to a video file or an image "
+            "directory, a VideoFile, or a uint8 array [B, H, W, 3]"
+        )
     file = source if isinstance(source, VideoFile) else VideoFile(Path(source))
     path = file.path
     if not path.exists():

@@ -31,7 +31,7 @@ from earlytom.runtime.pipeline import Pipeline, Result
 from earlytom.runtime.stream import SourceEnded, live_frames
 from earlytom.runtime.synthetic import moving_square_frames, write_clip
 from earlytom.serve.cli import add_parser as add_serve_parser
-from earlytom.video import SAMPLINGS
+from earlytom.video import SAMPLINGS, VideoFile
 from earlytom.video.sampling import RATE_MAX_FRAMES, file_timing, rate_frame_count
 
 
@@ -187,12 +187,13 @@ def frames_by_rate(args: argparse.Namespace) -> int | None:
     if args.frames is not None:
         raise ValueError(f"--frames {args.frames} and --fps {args.fps} contradict each other; give one of them")
     limit = RATE_MAX_FRAMES if args.max_frames is None else args.max_frames
-    return rate_frame_count(*file_timing(Path(args.video)), fps=args.fps, max_frames=limit)
+    return rate_frame_count(*file_timing(VideoFile(args.video, args.stream)), fps=args.fps, max_frames=limit)
 
 
 def run(args: argparse.Namespace) -> int:
     args.frames = frames_by_rate(args)
-    report(build_pipeline(args).generate(args.video, args.prompt, args.max_new_tokens), args.json)
+    video = args.video if args.stream is None else VideoFile(args.video, args.stream)
+    report(build_pipeline(args).generate(video, args.prompt, args.max_new_tokens), args.json)
     return 0
 
 
@@ -382,6 +383,14 @@ def parser() -> argparse.ArgumentParser:
         "even count, at most --max-frames",
     )
     run_parser.add_argument("--max-frames", type=int, default=None, help="with --fps: at most this many frames (768)")
+    run_parser.add_argument(
+        "--stream",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the video file's stream N, numbered as ffprobe lists its streams (default: the video stream with the "
+        "most frames)",
+    )
     run_parser.set_defaults(func=run)
     demo_parser = sub.add_parser("demo", help="run the tiny model end to end on a synthetic clip")
     add_pipeline_args(demo_parser)

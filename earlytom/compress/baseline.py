@@ -10,14 +10,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from earlytom.compress.checks import check_finite, check_rank
+from earlytom.compress.checks import check_finite, check_rank, check_values
 
 
 def check_float(name: str, tensor: torch.Tensor, shape: str) -> None:
-    """Raise unless `tensor` is a floating-point tensor of the rank `shape` names (e.g. "[T, L, D]"), all finite."""
+    """Raise unless `tensor` is a floating-point tensor of the rank `shape` names (e.g. "[T, L, D]"), no dimension
+    0, all finite."""
     check_rank(name, tensor, shape)
-    if not tensor.is_floating_point():
-        raise ValueError(f"{name} {shape} has dtype {tensor.dtype}; pass a floating-point tensor (e.g. .float())")
+    check_values(name, tensor, shape)
     check_finite(name, tensor)
 
 

@@ -6,10 +6,40 @@ import torch
 
 
 def check_rank(name: str, tensor: torch.Tensor, shape: str) -> None:
-    """Raise unless `tensor` has as many dimensions as `shape` (e.g. "[B, L, D]") names."""
+    """Raise unless `tensor` is a torch.Tensor (TypeError: a NumPy array, a list, None, ...) with as many dimensions
+    as `shape` (e.g. "[B, L, D]") names."""
+    if not isinstance(tensor, torch.Tensor):
+        fix = "pass one" if tensor is None else "convert it with torch.as_tensor(...)"
+        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(tensor).__name__}; {fix}")
     rank = shape.count(",") + 1
     if tensor.dim() != rank:
         raise ValueError(f"{name} must be {rank}-D {shape}, got shape {list(tensor.shape)}")
+
+
+def check_values(name: str, tensor: torch.Tensor, shape: str) -> None:
+    """Raise unless `tensor` (of the rank `shape` names) has real floating-point values (not integer, bool or
+    complex) and no dimension of size 0, naming the empty dimension by its letter in `shape`."""
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} {shape} has dtype {tensor.dtype}; pass a floating-point tensor (e.g. .float())")
+    letters = shape.strip("[]").split(", ")
+    empty = [letter for letter, size in zip(letters, tensor.shape, strict=True) if size == 0]
+    if empty:
+        raise ValueError(
+            f"{name} {shape} = {list(tensor.shape)} has {' and '.join(f'{e} = 0' for e in empty)}; "
+            "every dimension must be >= 1"
+        )
+
+
+def check_mask(name: str, mask: torch.Tensor) -> None:
+    """Raise unless `mask` is a tensor [N] of bool labels, or of integer 0/1 labels (a float or complex tensor is
+    refused: its values are no labels)."""
+    check_rank(name, mask, "[N]")
+    if mask.dtype == torch.bool:
+        return
+    if mask.is_floating_point() or mask.is_complex():
+        raise ValueError(f"{name} [N] has dtype {mask.dtype}; pass bool labels (e.g. {name} > 0.5)")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} [N] holds integers other than 0 and 1; pass bool labels (True: static)")
 
 
 def check_pair(name: str, tensor: torch.Tensor, shape: str, other_name: str, other: torch.Tensor, other_shape: str):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from earlytom.compress.checks import check_rank
+from earlytom.compress.checks import check_rank, check_values
 from earlytom.compress.config import DEFAULT_ALPHA, DEFAULT_TAU_MERGE, DEFAULT_TAU_SEG, check_value
 
 # A merged pair is weighted by its similarities; clamping them at this floor keeps a negative
@@ -77,6 +77,8 @@ def adjacent_similarity(hidden: torch.Tensor) -> torch.Tensor:
     memory layout, and SigLIP's hidden states are channels-first in memory), so s_t has the same bits whether
     computed over the whole video or frame by frame (StreamingFrameMerge).
     """
+    check_rank("hidden", hidden, "[B, L, D]")
+    check_values("hidden", hidden, "[B, L, D]")
     from earlytom.compress.official import window_similarity  # official builds on this module: imported on use
 
     return window_similarity(hidden.contiguous(), min(1, hidden.shape[0] - 1))[1:].flatten()
@@ -155,6 +157,7 @@ def check_hidden(hidden: torch.Tensor) -> None:
     check_rank("hidden", hidden, "[B, L, D]")
     if hidden.shape[0] == 0:
         raise ValueError("hidden has B = 0 frames; FrameMerge needs at least 1 frame")
+    check_values("hidden", hidden, "[B, L, D]")
 
 
 def frame_merge(

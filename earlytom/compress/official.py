@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from earlytom.compress.checks import check_finite, check_pair, check_rank
+from earlytom.compress.checks import check_finite, check_pair, check_rank, check_values
 from earlytom.compress.config import check_int, check_value
 from earlytom.compress.merge import NORM_EPS, apply_merge
 
@@ -237,9 +237,12 @@ def check_inputs(hidden: torch.Tensor, attention: torch.Tensor | None) -> None:
         check_rank("hidden", hidden, "[F, L, D]")
     else:
         check_pair("hidden", hidden, "[F, L, D]", "attention", attention, "[F, L]")
-        check_finite("attention", attention)
     if hidden.shape[0] == 0:
         raise ValueError("hidden has F = 0 frames; compression needs at least 1 frame")
+    check_values("hidden", hidden, "[F, L, D]")
+    if attention is not None:
+        check_values("attention", attention, "[F, L]")
+        check_finite("attention", attention)
 
 
 def official_compress(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from earlytom.compress.checks import check_finite, check_pair, check_range, check_rank
+from earlytom.compress.checks import check_finite, check_mask, check_pair, check_range, check_rank, check_values
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ def selection_budget(is_static: torch.Tensor, *, tokens_per_frame: int, retain_r
     static frames would exceed K); the dynamic frames share the rest; what they cannot hold (more than
     n_d * T) is spread over the static frames in temporal order.
     """
+    check_mask("is_static", is_static)
     T, N = tokens_per_frame, int(is_static.numel())
     n_s = int(is_static.sum())
     n_d = N - n_s
@@ -139,6 +140,8 @@ def check_tokens_scores(tokens: torch.Tensor, scores: torch.Tensor) -> None:
     check_pair("tokens", tokens, "[N, T, D]", "scores", scores, "[N, T]")
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise ValueError(f"tokens has shape {list(tokens.shape)}; need N >= 1 frames and T >= 1 tokens per frame")
+    check_values("tokens", tokens, "[N, T, D]")
+    check_values("scores", scores, "[N, T]")
     check_finite("scores", scores)
     check_finite("tokens", tokens)
 
@@ -156,6 +159,7 @@ def token_select(
     tokens: [N, T, D], scores: [N, T], is_static: [N] bool, num_frames: B before merging -> K tokens.
     """
     check_tokens_scores(tokens, scores)
+    check_mask("is_static", is_static)
     if is_static.shape != scores.shape[:1]:
         raise ValueError(f"is_static has shape {list(is_static.shape)}; need [N] = [{scores.shape[0]}]")
     N, T = scores.shape
@@ -193,6 +197,7 @@ def uniform(tokens: torch.Tensor, *, retain_ratio: float, num_frames: int) -> Se
     tokens: [N, T, D] -> K = min(round(r * B * T), N * T) tokens.
     """
     check_rank("tokens", tokens, "[N, T, D]")
+    check_values("tokens", tokens, "[N, T, D]")
     N, T = tokens.shape[:2]
     k = visual_budget(retain_ratio=retain_ratio, num_frames=num_frames, tokens_per_frame=T, available=N * T)
     flat = torch.arange(k, device=tokens.device) * (N * T) // k

@@ -3,6 +3,7 @@
 
     earlytom serve --model tiny --port 8000
     earlytom serve --engine engines/llava-ov-0.5b --allowed-local-media-path ~/videos --api-key KEY
+    earlytom serve --engine engines/llava-ov-0.5b --require-signature builder.pub
     earlytom serve --model tiny --ray --replicas 2
 """
 
@@ -33,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the eager backend of this model (with --engine: the model the directory must hold)",
     )
     model.add_argument("--random-init", action="store_true", help="random weights (eager backend; latency work)")
+    model.add_argument(
+        "--require-signature",
+        type=Path,
+        default=None,
+        metavar="PUB",
+        help="--engine: refuse to start on a directory not signed (build_engine --sign) by this ed25519 public key",
+    )
     model.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the pipeline's)")
     model.add_argument("--method", choices=METHODS, default="earlytom")
     model.add_argument("--retain-ratio", type=float, default=None, help="r in (0, 1] (default: the pipeline's)")
@@ -103,11 +111,23 @@ def listen(host: str, port: int) -> socket.socket:
         raise ValueError(f"cannot listen on --host {host} --port {port}: {reason}; {fix}") from error
 
 
+def check_signature(engine: Path | None, key: Path) -> None:
+    """EngineDirError (a ValueError) unless the engine directory is signed by the ed25519 public key in `key`."""
+    if engine is None:
+        raise ValueError("--require-signature applies to an --engine directory; the eager model has nothing signed")
+    from earlytom.engine.signing import public_key, verify_signature
+
+    verify_signature(engine, public_key(key))
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Listen, load the model, then serve until interrupted (user errors are ValueErrors, as for every command).
-    The port is taken first: one in use fails at once, not after the model has loaded."""
+    """Check the engine's signature (--require-signature), listen, load the model, then serve until interrupted
+    (user errors are ValueErrors, as for every command). The port is taken first: one in use fails at once, not
+    after the model has loaded."""
     if not args.ray and (args.replicas is not None or args.cpus_per_replica is not None):
         raise ValueError("--replicas and --cpus-per-replica need --ray")
+    if args.require_signature is not None:
+        check_signature(args.engine, args.require_signature)
     uvicorn = require("serve", "uvicorn")
     app_module = require("serve", "earlytom.serve.app")
     model_module = require("serve", "earlytom.serve.model")

@@ -3,6 +3,7 @@ frame tensor helpers (stacking, resizing to a model's input)."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +11,30 @@ import torch
 
 class VideoError(ValueError):
     """A video that cannot be used: missing, unreadable, corrupt, truncated or empty."""
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    """A video file and which of its video streams to read: `stream`, its index among all the file's streams as
+    ffprobe numbers them (stream #0:N); None: the video stream with the most frames. A path-like object (the
+    path), so it goes wherever a video file's path goes."""
+
+    path: Path
+    stream: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stream is not None and not is_index(self.stream):
+            raise VideoError(
+                f"stream = {self.stream!r}: must be an integer >= 0 (a stream index as ffprobe lists it) or None"
+            )
+        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "stream", None if self.stream is None else int(self.stream))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
 
 
 @dataclass
@@ -62,6 +87,11 @@ def resize_rgb(frame: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor
 def is_count(value) -> bool:
     """An integer >= 1 (Python's or NumPy's; not a bool)."""
     return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= 1
+
+
+def is_index(value) -> bool:
+    """An integer >= 0 (Python's or NumPy's; not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= 0
 
 
 def frame_size(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from earlytom.video.frames import FrameStream, VideoError
 from earlytom.video.sampling import shortfall_note, uniform_indices
@@ -34,13 +34,14 @@ def rgb_image(image: Image.Image, path: Path) -> Image.Image:
 
 
 def read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 [height, width, 3] at size = (height, width) (or [H, W, 3]); images above Pillow's pixel limit are
-    refused as decompression bombs, before their pixels are decoded."""
+    """uint8 [height, width, 3] at size = (height, width) (or [H, W, 3]), upright by its EXIF orientation (size
+    meaning the upright image's); images above Pillow's pixel limit are refused as decompression bombs, before their
+    pixels are decoded."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as image:
-                rgb = rgb_image(image, path)
+                rgb = rgb_image(ImageOps.exif_transpose(image), path)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise VideoError(
                 f"image {path} is too large to decode safely ({error}); resize it, or raise "
@@ -78,6 +79,11 @@ def stream_array(source, num_frames: int, size: tuple[int, int] | None, fps: flo
     array = torch.as_tensor(source)
     if array.dim() != 4 or array.shape[-1] != 3 or array.dtype != torch.uint8 or array.shape[0] == 0:
         raise VideoError(f"a frame array must be uint8 [B, H, W, 3] with B >= 1, got {array.dtype} {list(array.shape)}")
+    if 0 in array.shape[1:3]:
+        raise VideoError(
+            f"the frame array {list(array.shape)} has frames {array.shape[1]} pixels high and {array.shape[2]} wide: "
+            "give frames of at least 1 x 1 pixel"
+        )
     indices = uniform_indices(array.shape[0], num_frames)
     frames = (resize_frame(array[i].cpu(), size) for i in indices)
     notes = shortfall_note(array.shape[0], num_frames, "the frame array")

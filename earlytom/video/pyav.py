@@ -17,9 +17,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import torch
 
-from earlytom.video.frames import FrameStream, VideoError
+from earlytom.video.frames import FrameStream, VideoError, VideoFile
 from earlytom.video.sampling import Grid, forward_runs, run_starts, shortfall_note, stream_grid, uniform_indices
 
 NONREF_CODECS = {"h264", "mpeg4"}  # dropping their non-reference frames changes no other frame (skips_nonref)
@@ -50,13 +51,43 @@ def set_threads(stream, threads: bool) -> None:
         stream.thread_count = 1
 
 
+def video_stream(container, source: VideoFile):
+    """The video stream `source.stream` names (its index among all the file's streams), or by default the one with
+    the most frames (ties: the first), so a 1-frame stream (a cover picture) beside the real video is passed over.
+    Frames a header does not state are counted from the packets."""
+    streams = container.streams.video
+    if source.stream is not None:
+        chosen = [stream for stream in streams if stream.index == source.stream]
+        if not chosen:
+            valid = ", ".join(str(stream.index) for stream in streams)
+            raise VideoError(
+                f"stream = {source.stream}: {source.path} has no video stream {source.stream}; its video streams are "
+                f"{valid} (numbered among all its streams, as ffprobe lists them)"
+            )
+        return chosen[0]
+    if len(streams) == 1:
+        return streams[0]
+    counts = [frame_count(container, stream) for stream in streams]
+    return streams[counts.index(max(counts))]
+
+
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Counterclockwise quarter turns (0..3) that show `frame` upright: the rotation of its display matrix
+    (PyAV's frame.rotation, degrees counterclockwise; a phone's portrait video has -90) to the nearest quarter."""
+    return round(frame.rotation / 90) % 4
+
+
 def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> torch.Tensor:
     """A decoded frame -> uint8 [height, width, 3] at size = (height, width) (swscale's bicubic, antialiased when
-    shrinking), converted and resized in one step; [H, W, 3] at its own size when size is None."""
+    shrinking), converted and resized in one step, then turned upright (its display matrix's quarter turns, the
+    size meaning the upright frame's); [H, W, 3] at its own upright size when size is None."""
+    turns = quarter_turns(frame)
     if size is None:
-        return torch.from_numpy(frame.to_ndarray(format="rgb24"))
-    height, width = size
-    return torch.from_numpy(frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BICUBIC"))
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        height, width = size[::-1] if turns % 2 else size  # resized sideways, then turned
+        rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BICUBIC")
+    return torch.from_numpy(np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb)
 
 
 def damaged_error(path: Path, grid: Grid, reached: int, error: Exception | None = None) -> VideoError:
@@ -68,9 +99,15 @@ def damaged_error(path: Path, grid: Grid, reached: int, error: Exception | None 
     )
 
 
-def count_packets(container, stream) -> int:
-    """Frames in a stream whose header does not state them: its packets, read without decoding."""
-    return sum(1 for packet in container.demux(stream) if packet.size)
+def frame_count(container, stream) -> int:
+    """The frames a stream's header states, or else its packets, read without decoding from the start of the file
+    (which is rewound after)."""
+    if stream.frames:
+        return stream.frames
+    container.seek(0)
+    count = sum(1 for packet in container.demux(stream) if packet.size)
+    container.seek(0)
+    return count
 
 
 def decode_full(container, stream, path: Path, grid: Grid, indices: list[int], size: tuple[int, int] | None):
@@ -193,10 +230,11 @@ def usable_cores() -> int:
 
 
 def decode_parallel(
-    container, path: Path, grid: Grid, runs: list[list[int]], size: tuple[int, int] | None, workers: int
+    container, source: VideoFile, grid: Grid, runs: list[list[int]], size: tuple[int, int] | None, workers: int
 ):
-    """Decode the forward runs on `workers` threads, each with its own container and a single-threaded decoder
-    (FFmpeg and swscale release the GIL), the first reusing `container` (set to one thread, not yet decoding). Each
+    """Decode the forward runs of the video stream `source.stream` on `workers` threads, each with its own container
+    and a single-threaded decoder (FFmpeg and swscale release the GIL), the first reusing `container` (set to one
+    thread, not yet decoding). Each
     worker takes the next run not yet taken, so runs start in order and the workers stay busy until the last. Yields
     (frame, seconds) in sample order, as decode_seeking does: at most the sampled frames are held. A worker's
     failure is raised where decode_seeking would raise it (after the frames before it); closing the iterator
@@ -220,10 +258,10 @@ def decode_parallel(
                 position = starts[r]
                 try:
                     if opened is None:
-                        opened = open_container(path)
-                        set_threads(opened.streams.video[0], False)
-                    previous = runs[r - 1][-1] if r else -1
-                    items = decode_run(opened, opened.streams.video[0], path, grid, runs[r], size, previous)
+                        opened = open_container(source.path)
+                        set_threads(opened.streams[source.stream], False)
+                    stream, previous = opened.streams[source.stream], runs[r - 1][-1] if r else -1
+                    items = decode_run(opened, stream, source.path, grid, runs[r], size, previous)
                     with contextlib.closing(items):  # before its container closes
                         for item in items:
                             deliver(position, item, None)
@@ -315,18 +353,19 @@ def keyframe_plan(container, stream, grid: Grid, indices: list[int], path: Path)
 
 
 def stream_file(
-    path: Path, num_frames: int, size: tuple[int, int] | None, sampling: str, decode: str, threads: bool
+    source: VideoFile, num_frames: int, size: tuple[int, int] | None, sampling: str, decode: str, threads: bool
 ) -> FrameStream:
-    """Plan the sampling of a video file (frame count, indices, keyframes) and return its decoding iterator."""
+    """Plan the sampling of a video file's stream (`video_stream`: frame count, indices, keyframes) and return its
+    decoding iterator."""
+    path = source.path
     container = open_container(path)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container, source)
         set_threads(stream, threads)
         grid, notes = stream_grid(stream), []
         timed = grid is not None
         if not timed:  # a variable frame rate, or a container (mkv, webm) whose header does not count frames
-            grid = Grid(0, Fraction(1), stream.frames or count_packets(container, stream), Fraction(1))
-            container.seek(0)
+            grid = Grid(0, Fraction(1), frame_count(container, stream), Fraction(1))
             decode = "full"
             notes.append(f"{path} states no constant frame rate and frame count: decoded every frame to sample")
         if grid.total == 0:
@@ -352,7 +391,7 @@ def stream_file(
     elif decode == "full":
         frames = decode_full(container, stream, path, grid, indices, size)
     elif workers > 1:
-        frames = decode_parallel(container, path, grid, runs, size, workers)
+        frames = decode_parallel(container, VideoFile(path, stream.index), grid, runs, size, workers)
     else:
         frames = decode_seeking(container, stream, path, grid, runs, size)
     times = [grid.seconds(i) if timed else math.nan for i in indices]

@@ -43,16 +43,19 @@ def rate_frame_count(total: int, video_fps: float, *, fps: float = RATE_FPS, max
     return round(count / RATE_FACTOR) * RATE_FACTOR
 
 
-def file_timing(path) -> tuple[int, float]:
-    """(frames, frames per second) of a video file from its stream header: the frame grid where it states one, else
-    the header's frame count and average rate (VideoError for a file that states neither)."""
-    from earlytom.video.frames import VideoError
-    from earlytom.video.pyav import open_container  # imports this module
+def file_timing(source) -> tuple[int, float]:
+    """(frames, frames per second) of a video file (a path, or a VideoFile naming its stream; by default the video
+    stream pyav.video_stream decodes) from its stream header: the frame grid where it states one, else the header's
+    frame count and average rate (VideoError for a file that states neither)."""
+    from earlytom.video.frames import VideoError, VideoFile
+    from earlytom.video.pyav import open_container, video_stream  # imports this module
 
-    if Path(path).is_dir():
+    source = source if isinstance(source, VideoFile) else VideoFile(Path(source))
+    path = Path(source.path)
+    if path.is_dir():
         raise VideoError(f"{path} is an image directory, without a frame rate: sample it with --frames N, not --fps")
-    with open_container(Path(path)) as container:
-        stream = container.streams.video[0]
+    with open_container(path) as container:
+        stream = video_stream(container, source)
         grid = stream_grid(stream)
         if grid is not None:
             return grid.total, float(1 / (grid.step * grid.time_base))

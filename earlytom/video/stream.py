@@ -1,6 +1,7 @@
 """The entry points: a source (file, image directory, array) to a planned FrameStream or a stacked Video, and
 read_ahead, which decodes a stream ahead of its consumer."""
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from earlytom.video.frames import FrameStream, Video, VideoError, frame_size, is_count, stack
+from earlytom.video.frames import FrameStream, Video, VideoError, VideoFile, frame_size, is_count, stack
 from earlytom.video.images import stream_array, stream_image_dir
 from earlytom.video.nvdec import nvdec_available, stream_nvdec
 from earlytom.video.pyav import stream_file
@@ -76,8 +77,15 @@ def check_arguments(num_frames, sampling: str, decode: str, fps: float) -> None:
         raise VideoError(f"fps = {fps!r}: must be a finite number > 0 (the frame rate of images and arrays)")
 
 
+def not_nvdec(sampling: str, file: VideoFile) -> str:
+    """Why a video for a CUDA device decodes with PyAV."""
+    if not nvdec_available():
+        return "PyNvVideoCodec is not installed (earlytom[nvdec])"
+    return "sampling is keyframe" if sampling != "uniform" else f"stream {file.stream} was chosen"
+
+
 def stream_video(
-    source: str | Path | np.ndarray | torch.Tensor,
+    source: str | Path | VideoFile | np.ndarray | torch.Tensor,
     num_frames: int,
     *,
     size: int | tuple[int, int] | None = None,
@@ -93,27 +101,35 @@ def stream_video(
     model's input size), resized per frame as they decode; None keeps each source's own size. sampling: "uniform"
     (LLaVA-OneVision's linspace) or "keyframe" (the keyframe nearest each uniform sample). decode: "seek" or "full"
     (every frame, the reference). threads: FFmpeg's threading. device: a CUDA device selects NVDEC when
-    PyNvVideoCodec is installed (uniform sampling; frames stay on the GPU at their own size). fps: the frame rate of
-    image directories and arrays."""
+    PyNvVideoCodec is installed (uniform sampling, no stream chosen; frames stay on the GPU at their own size). fps:
+    the frame rate of image directories and arrays. A file's video stream is the one with the most frames, or the one
+    a VideoFile names; its frames (and images, by their EXIF orientation) come out upright."""
     check_arguments(num_frames, sampling, decode, fps)
     size = None if size is None else frame_size(size)
     if isinstance(source, np.ndarray | torch.Tensor):
         return stream_array(source, num_frames, size, fps)
-    path = Path(source)
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"video = {source!r} ({type(source).__name__}): pass a path (str or Path) to a video file or an image "
+            "directory, a VideoFile, or a uint8 array [B, H, W, 3]"
+        )
+    file = source if isinstance(source, VideoFile) else VideoFile(Path(source))
+    path = file.path
     if not path.exists():
         raise VideoError(f"video {path} does not exist; pass a video file, an image directory or a frame array")
     if path.is_dir():
+        if file.stream is not None:
+            raise VideoError(f"stream = {file.stream}: {path} is an image directory; a stream applies to video files")
         return stream_image_dir(path, num_frames, size, fps)
     if path.stat().st_size == 0:
         raise VideoError(f"video {path} is empty (0 bytes); pass a complete video file")
     if device is not None and torch.device(device).type == "cuda":
-        if nvdec_available() and sampling == "uniform":
+        if nvdec_available() and sampling == "uniform" and file.stream is None:
             return stream_nvdec(path, num_frames, torch.device(device))
-        stream = stream_file(path, num_frames, size, sampling, decode, threads)
-        why = "sampling is keyframe" if nvdec_available() else "PyNvVideoCodec is not installed (earlytom[nvdec])"
-        stream.notes.append(f"decoded on the CPU with PyAV, not NVDEC: {why}")
+        stream = stream_file(file, num_frames, size, sampling, decode, threads)
+        stream.notes.append(f"decoded on the CPU with PyAV, not NVDEC: {not_nvdec(sampling, file)}")
         return stream
-    return stream_file(path, num_frames, size, sampling, decode, threads)
+    return stream_file(file, num_frames, size, sampling, decode, threads)
 
 
 def load_video(source: str | Path | np.ndarray | torch.Tensor, num_frames: int, **options) -> Video:

@@ -107,6 +107,16 @@ def config_from_args(args: argparse.Namespace) -> "EarlyTomConfig":
     return EarlyTomConfig(**config_fields(args))
 
 
+def add_stream_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--stream",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"the video's stream N, numbered as ffprobe lists its streams (default: {default})",
+    )
+
+
 def add_debug_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
 

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from earlytom.command_line import add_config_args, add_debug_arg, config_fields, parse_resolution
+from earlytom.command_line import add_config_args, add_debug_arg, add_stream_arg, config_fields, parse_resolution
 from earlytom.compress import EarlyTomConfig
 from earlytom.dtypes import DTYPES
 from earlytom.engine.memory_plan import (
@@ -324,6 +324,7 @@ def add_watch_parser(sub) -> None:
     p.add_argument(
         "--timeout", type=float, default=10.0, help="seconds without data before the source counts as stalled (10)"
     )
+    add_stream_arg(p, "the first video stream: a live source's frames cannot be counted ahead")
     p.set_defaults(func=watch)
 
 
@@ -344,7 +345,7 @@ def watch(args: argparse.Namespace) -> int:
         raise ValueError(f"--every {args.every}: answer every so many seconds, a number > 0")
     pipe = build_pipeline(args)
     size = pipe.backend.text.processor.frame_size
-    frames = live_frames(args.video, fps=args.fps, size=size, timeout=args.timeout)
+    frames = live_frames(args.video, fps=args.fps, size=size, timeout=args.timeout, stream=args.stream)
     with contextlib.closing(frames), pipe.open_stream(fps=args.fps) as stream:
         for note in pipe.backend.text.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -383,14 +384,7 @@ def parser() -> argparse.ArgumentParser:
         "even count, at most --max-frames",
     )
     run_parser.add_argument("--max-frames", type=int, default=None, help="with --fps: at most this many frames (768)")
-    run_parser.add_argument(
-        "--stream",
-        type=int,
-        default=None,
-        metavar="N",
-        help="the video file's stream N, numbered as ffprobe lists its streams (default: the video stream with the "
-        "most frames)",
-    )
+    add_stream_arg(run_parser, "the video stream with the most frames")
     run_parser.set_defaults(func=run)
     demo_parser = sub.add_parser("demo", help="run the tiny model end to end on a synthetic clip")
     add_pipeline_args(demo_parser)

@@ -18,6 +18,7 @@ import html
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,7 +209,7 @@ def explain_video(pipes: list[Pipeline], video) -> tuple[Video, list[Explanation
     options = first.options
     stream = stream_video(video, options.num_frames, size=processor.frame_size, sampling=options.sampling)
     frames = [torch.as_tensor(f).cpu() for f in stream]
-    name = Path(video).name if isinstance(video, str | Path) else "frames"
+    name = Path(video).name if isinstance(video, str | os.PathLike) else "frames"
     decoded = Video([f.numpy() for f in frames], processor.frames_per_unit, name)
     explanations = []
     with torch.inference_mode():

@@ -315,3 +315,25 @@ def test_rate_sampling_reads_the_chosen_streams_header(cover_first):
     assert file_timing(cover_first) == (24, 8.0)
     assert file_timing(VideoFile(cover_first, stream=1)) == (24, 8.0)
     assert file_timing(VideoFile(cover_first, stream=0))[0] == 1
+
+
+def test_watch_reads_the_named_stream_and_names_the_valid_ones(cover_first):
+    """A live source's default is its first video stream (frames cannot be counted ahead); --stream N picks another."""
+    from earlytom.runtime.stream import live_frames
+
+    frames = list(live_frames(str(cover_first), fps=8, size=(HEIGHT, WIDTH), timeout=5, stream=1))
+    assert [f.index for f in frames] == list(range(24))
+    assert [f.index for f in live_frames(str(cover_first), fps=8, size=(HEIGHT, WIDTH), timeout=5)] == [0]
+    with pytest.raises(VideoError, match="has no video stream 5; its video streams are 0, 1"):
+        list(live_frames(str(cover_first), fps=8, size=(HEIGHT, WIDTH), timeout=5, stream=5))
+
+
+def test_compare_asks_about_the_named_stream(cover_first):
+    from earlytom.eval.compare import ask
+    from earlytom.eval.questions import Question
+    from earlytom.runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained("tiny", random_init=True, num_frames=4, method="full")
+    question = Question(line=1, video=cover_first, question="What is shown?")
+    assert ask(pipe, question, 1).frames_after_merge == 4
+    assert ask(pipe, question, 1, stream=0).frames_after_merge == 1  # the 1-frame cover stream

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+from earlytom.command_line import add_stream_arg
 from earlytom.eval import compare
 from earlytom.eval.questions import read_questions
 from earlytom.runtime.backends.base import METHODS
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="write agreement vs TTFT (one point per setting)")
     parser.add_argument("--skip-bad", action="store_true", help="leave out bad lines (reported) instead of refusing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_stream_arg(parser, "each file's video stream with the most frames")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         random_init=args.random_init,
     )
     pipelines = {setting: compare.pipeline_for(setting, bases) for setting in grid}
-    answers = compare.run(questions, pipelines, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    answers = compare.run(
+        questions, pipelines, max_new_tokens=args.max_new_tokens, progress=not args.no_progress, stream=args.stream
+    )
     rows = compare.summarize(questions, answers)
     compare.report(rows, skipped=skipped, notes=compare.notes_of(answers), as_json=args.json)
     if args.plot is not None:

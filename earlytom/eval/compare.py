@@ -13,6 +13,7 @@ from earlytom.eval.answers import answer_key, expected_key, multiple_choice_prom
 from earlytom.eval.backend import open_pipeline
 from earlytom.eval.questions import Question
 from earlytom.runtime.pipeline import Pipeline
+from earlytom.video import VideoFile
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,11 @@ def prompt_for(question: Question) -> str:
     return multiple_choice_prompt(question.question, question.options)
 
 
-def ask(pipeline: Pipeline, question: Question, max_new_tokens: int) -> Answer:
+def ask(pipeline: Pipeline, question: Question, max_new_tokens: int, stream: int | None = None) -> Answer:
+    """`stream`: each video file's stream at that index (None: its video stream with the most frames)."""
+    video = question.video if stream is None else VideoFile(question.video, stream)
     try:
-        result = pipeline.generate(question.video, prompt_for(question), max_new_tokens)
+        result = pipeline.generate(video, prompt_for(question), max_new_tokens)
     except ValueError as error:
         raise ValueError(f"line {question.line} ({question.video}): {error}") from error
     return Answer(
@@ -106,15 +109,20 @@ def ask(pipeline: Pipeline, question: Question, max_new_tokens: int) -> Answer:
 
 
 def run(
-    questions: list[Question], pipelines: dict[Setting, Pipeline], *, max_new_tokens: int, progress: bool = True
+    questions: list[Question],
+    pipelines: dict[Setting, Pipeline],
+    *,
+    max_new_tokens: int,
+    progress: bool = True,
+    stream: int | None = None,
 ) -> dict[Setting, list[Answer]]:
-    """Every setting on every question, after one untimed request (the last, most compressed setting on the first
-    question) that keeps the process's one-time start-up costs out of the TTFT."""
-    ask(list(pipelines.values())[-1], questions[0], max_new_tokens)
+    """Every setting on every question (`stream`: see ask), after one untimed request (the last, most compressed
+    setting on the first question) that keeps the process's one-time start-up costs out of the TTFT."""
+    ask(list(pipelines.values())[-1], questions[0], max_new_tokens, stream)
     answers = {setting: [] for setting in pipelines}
     for question in tqdm(questions, desc="videos", unit="video", disable=not progress):
         for setting, pipeline in pipelines.items():
-            answers[setting].append(ask(pipeline, question, max_new_tokens))
+            answers[setting].append(ask(pipeline, question, max_new_tokens, stream))
     return answers
 
 

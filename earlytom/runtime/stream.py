@@ -31,7 +31,7 @@ from earlytom.runtime.chain import Cascade
 from earlytom.runtime.pipeline import CHUNK_FRAMES, Pipeline, Result
 from earlytom.runtime.timing import StageTimer
 from earlytom.video import VideoError, stack, stream_video
-from earlytom.video.pyav import to_rgb
+from earlytom.video.pyav import named_stream, to_rgb
 
 # A later stretch runs on a merge's frames as soon as it emits them (an offline request gathers BATCH_FRAMES): an
 # answer then waits only for the open segments, not for batches half full.
@@ -222,16 +222,20 @@ def sample_times(fps: float) -> Iterator[float]:
     return (k / fps for k in itertools.count())
 
 
-def live_frames(source: str, *, fps: float, size: tuple[int, int], timeout: float, stdin=None) -> Iterator[LiveFrame]:
+def live_frames(
+    source: str, *, fps: float, size: tuple[int, int], timeout: float, stdin=None, stream: int | None = None
+) -> Iterator[LiveFrame]:
     """Frames of `source` (see open_source) sampled at `fps` per second of its own time, resized to `size`, each
-    yielded as soon as it is decoded; a file is played at its own rate (a frame waits for its time). The iterator
-    ends with the source; SourceStalled when nothing arrives for `timeout` seconds; closing it closes the source."""
+    yielded as soon as it is decoded; a file is played at its own rate (a frame waits for its time). `stream`: the
+    video stream at that index among the source's streams (None: the first video stream: a live source's frames
+    cannot be counted ahead). The iterator ends with the source; SourceStalled when nothing arrives for `timeout`
+    seconds; closing it closes the source."""
     check_fps(fps)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
         raise ValueError(f"timeout = {timeout!r}: seconds to wait for data, a finite number > 0")
     container, pace = open_source(source, timeout, stdin)
     with container:
-        video = container.streams.video[0]
+        video = container.streams.video[0] if stream is None else named_stream(container, stream, source)
         times, start, wall = sample_times(fps), None, time.monotonic()
         due = next(times)
         try:

@@ -138,6 +138,7 @@ def serve(args: argparse.Namespace) -> int:
         frames=args.frames,
         method=args.method,
         retain_ratio=args.retain_ratio,
+        trusted_key=args.require_signature,  # checked again where each replica loads the directory
     )
     settings = app_module.Settings(
         served_model_name=args.served_model_name if args.served_model_name is not None else spec.default_name,

@@ -18,10 +18,13 @@ class ModelSpec:
     frames: int | None = None
     method: str = "earlytom"
     retain_ratio: float | None = None
+    trusted_key: Path | None = None  # an ed25519 public key the engine directory must be signed with
 
     def __post_init__(self) -> None:
         if self.engine is None and self.model is None:
             raise ValueError("pass --engine DIR (an engine directory) or --model NAME (the eager backend)")
+        if self.engine is None and self.trusted_key is not None:
+            raise ValueError("--require-signature applies to an --engine directory; the eager model has nothing signed")
         if self.engine is not None and self.random_init:
             raise ValueError("--random-init is fixed when the engine is built; pass it to build_engine")
 
@@ -38,6 +41,7 @@ class ModelSpec:
                 retain_ratio=self.retain_ratio,
                 num_frames=self.frames,
                 method=self.method,
+                trusted_key=self.trusted_key,
             )
         options = {"num_frames": self.frames} if self.frames is not None else {}
         if self.retain_ratio is not None:

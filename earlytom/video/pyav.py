@@ -57,18 +57,25 @@ def video_stream(container, source: VideoFile):
     Frames a header does not state are counted from the packets."""
     streams = container.streams.video
     if source.stream is not None:
-        chosen = [stream for stream in streams if stream.index == source.stream]
-        if not chosen:
-            valid = ", ".join(str(stream.index) for stream in streams)
-            raise VideoError(
-                f"stream = {source.stream}: {source.path} has no video stream {source.stream}; its video streams are "
-                f"{valid} (numbered among all its streams, as ffprobe lists them)"
-            )
-        return chosen[0]
+        return named_stream(container, source.stream, source.path)
     if len(streams) == 1:
         return streams[0]
     counts = [frame_count(container, stream) for stream in streams]
     return streams[counts.index(max(counts))]
+
+
+def named_stream(container, index: int, where):
+    """The video stream at `index` among all the streams of `container` (opened from `where`), as ffprobe numbers
+    them; VideoError naming the valid ones otherwise."""
+    streams = container.streams.video
+    chosen = [stream for stream in streams if stream.index == index]
+    if not chosen:
+        valid = ", ".join(str(stream.index) for stream in streams)
+        raise VideoError(
+            f"stream = {index}: {where} has no video stream {index}; its video streams are {valid} (numbered among "
+            "all its streams, as ffprobe lists them)"
+        )
+    return chosen[0]
 
 
 def quarter_turns(frame: av.VideoFrame) -> int:

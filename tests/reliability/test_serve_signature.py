@@ -86,3 +86,17 @@ def test_serve_starts_on_a_directory_signed_by_the_key(engine, tmp_path):
     finally:
         child.send_signal(signal.SIGINT)
         child.communicate(timeout=60)
+
+
+def test_every_load_of_the_served_directory_checks_the_signature(engine, tmp_path):
+    """The key travels with the model description (Ray builds it again in each replica): each load verifies."""
+    from earlytom.engine.manifest import EngineDirError
+    from earlytom.serve.model import ModelSpec
+
+    key = public_file(tmp_path, BUILDER)
+    signed = signed_copy(engine, tmp_path / "signed", BUILDER)
+    assert ModelSpec(engine=signed, trusted_key=key).load() is not None
+    with pytest.raises(EngineDirError, match="is not signed by this key"):
+        ModelSpec(engine=signed_copy(engine, tmp_path / "other", OTHER), trusted_key=key).load()
+    with pytest.raises(ValueError, match="applies to an --engine directory"):
+        ModelSpec(model="tiny", trusted_key=key)

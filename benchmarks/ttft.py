@@ -37,7 +37,7 @@ from earlytom.engine.manifest import read_manifest
 from earlytom.engine_builder.build import build
 from earlytom.engine_builder.tensorrt import EXPECTED_KEEP
 from earlytom.models.backbone import VisionDims
-from earlytom.models.registry import family_of, packaged_config
+from earlytom.models.registry import family_of, packaged_config, packaged_dims
 from earlytom.runtime.backends.base import METHODS, UnsupportedOption
 from earlytom.runtime.methods import BASELINES
 from earlytom.runtime.pipeline import Pipeline
@@ -57,6 +57,9 @@ DEFAULT_FRAMES, DEFAULT_RATIOS = 32, [0.10, 0.15, 0.25]
 TABLE7 = {"model": "qwen2.5-vl-7b", "frames": 768, "ratio": 0.15, "ttft_ms": 3667.0, "flops_percent": 12.2}
 # 168 x 280 px: 12 x 20 patches, T = 60 per slice; 384 slices x 60 = 23,040 visual tokens, Table 7's 23k context.
 TABLE7_FRAME = (168, 280)
+# The paper's Table 1 (A100, LLaVA-OV-7B, 32 frames, r = 0.10): TTFT ms per method.
+TABLE1 = {"model": "llava-ov-7b", "frames": 32, "ratio": 0.10}
+TABLE1_MS = {"full": 889.9, "official": 336.2, "visionzip": 458.5, "fastvid": 502.1, "holitom": 556.6}
 GROUPS = {  # the paper's Figure 3 components
     "vision encoding": ("vision_",),
     "visual token processing": ("frame_merge", "token_select"),
@@ -143,6 +146,38 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.xticks(fontsize=6, rotation=60, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def table1_prediction(rows: list[dict], frames: int, measured: VisionDims) -> None:
+    """Print each ONNX Runtime row's request (its frames after each merge layer, tokens and sequence) as analytic
+    FLOPs on LLaVA-OV-7B, whose vision tower is the 0.5B's (SigLIP so400m) and whose decoder is Qwen2-7B, with the
+    TTFT it predicts relative to EarlyTom (official) at r = 0.10, next to the paper's Table 1 ratios (A100). Only for
+    a run on that vision tower (`measured`: the run's dims), whose merges and selection the 7B's would repeat."""
+    model = TABLE1["model"]
+    config, dims = packaged_config(model), packaged_dims(model)
+    if dataclasses.replace(measured, llm_hidden=dims.llm_hidden) != dims:
+        return
+    layers = config.get_text_config().num_hidden_layers
+    predicted = {}
+    for r in rows:
+        if r["backend"] == "onnxruntime":
+            resolved = dataclasses.replace(r["config"], inner_layer=None).for_model(dims.encoder_layers, layers)
+            predicted[r["label"]] = flops(config, resolved, r["method"], r["counts"], r["sequence"], dims)
+    reference = predicted.get(f"official r={TABLE1['ratio']:.2f}")
+    if reference is None:
+        return
+    print(
+        f"\nAnalytic prediction, {model} at the same requests (B = {frames}); TTFT taken as proportional to FLOPs, "
+        f"relative to official r={TABLE1['ratio']:.2f}; the paper's Table 1 (A100, {TABLE1['frames']} frames, "
+        f"r = {TABLE1['ratio']}) beside it\n"
+    )
+    table = []
+    for label, f in predicted.items():
+        method = label.split(" ")[0]
+        paper = TABLE1_MS.get(method) if label == "full" or label.endswith(f"r={TABLE1['ratio']:.2f}") else None
+        ratio = "-" if paper is None or frames != TABLE1["frames"] else f"{paper / TABLE1_MS['official']:.2f}x"
+        table.append([label, f / 1e12, f"{predicted['full'] / f:.2f}x", f"{f / reference:.2f}x", ratio])
+    print_table(["setting", "TFLOP (7B)", "speedup vs full", "TTFT vs official r=0.10", "paper (Table 1)"], table)
 
 
 def table7_prediction(text_tokens: int) -> None:
@@ -265,7 +300,18 @@ def main() -> None:
                     continue
                 ms, counts, sequence = measure(pipe, clip, args.repeats)
                 f = flops(model_config, pipe.config, pipe.options.method, counts, sequence, dims)
-                rows.append({"label": label, "backend": backend, "ms": ms, "counts": counts, "flops": f})
+                rows.append(
+                    {
+                        "label": label,
+                        "backend": backend,
+                        "ms": ms,
+                        "counts": counts,
+                        "flops": f,
+                        "config": pipe.config,
+                        "method": pipe.options.method,
+                        "sequence": sequence,
+                    }
+                )
                 print(f"  {backend:12s} {label:26s} ttft {ms['ttft'] / 1e3:7.2f} s  {counts}", flush=True)
             del base, pipe
             gc.collect()
@@ -322,6 +368,8 @@ def main() -> None:
     path = OUT / f"ttft_{args.model}_{args.frames}f.png"
     plot(rows, path, title)
     print(f"\nplot: {path}")
+    if model_config.model_type == packaged_config(TABLE1["model"]).model_type:
+        table1_prediction(rows, args.frames, dims)
     if model_config.model_type == packaged_config(TABLE7["model"]).model_type:
         before, after = Pipeline.from_engine_dir(engines["official"]).prompt_ids(PROMPT)
         table7_prediction(len(before) + len(after))

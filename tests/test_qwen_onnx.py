@@ -39,7 +39,10 @@ def qwen():
 @pytest.fixture(scope="module")
 def engine(qwen, tmp_path_factory):
     directory = tmp_path_factory.mktemp("qwen") / "engine"
-    build(qwen, directory, backend="onnxruntime", frames=FRAMES, resolution=(448, 448), progress=False)
+    # r = 0.20, not the family's 0.15: at 0.15 two tokens of slice 3 score within float rounding of each other at
+    # the selection boundary (eager keeps index 129, ONNX Runtime 112), which no backend agreement can promise
+    config = {"retain_ratio": 0.20}
+    build(qwen, directory, backend="onnxruntime", frames=FRAMES, resolution=(448, 448), config=config, progress=False)
     return directory
 
 

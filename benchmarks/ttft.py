@@ -174,7 +174,7 @@ def table1_prediction(rows: list[dict], frames: int, measured: VisionDims) -> No
     table = []
     for label, f in predicted.items():
         method = label.split(" ")[0]
-        paper = TABLE1_MS.get(method) if label == "full" or label.endswith(f"r={TABLE1['ratio']:.2f}") else None
+        paper = TABLE1_MS.get(method) if label in ("full", f"{method} r={TABLE1['ratio']:.2f}") else None
         ratio = "-" if paper is None or frames != TABLE1["frames"] else f"{paper / TABLE1_MS['official']:.2f}x"
         table.append([label, f / 1e12, f"{predicted['full'] / f:.2f}x", f"{f / reference:.2f}x", ratio])
     print_table(["setting", "TFLOP (7B)", "speedup vs full", "TTFT vs official r=0.10", "paper (Table 1)"], table)

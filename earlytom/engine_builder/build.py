@@ -248,9 +248,9 @@ def build(
         archs = tuple(aot.ARCHS) if backend == "tensorrt" else ()
     else:
         archs = tuple(gpu_archs)
+    arch = model_architecture(model)  # (config, dims) from the config files alone: the family and the memory plan
     if not isinstance(config, EarlyTomConfig):  # fields over the model family's defaults
-        family = model.family if isinstance(model, LoadedModel) else family_of(model_architecture(model)[0].model_type)
-        config = family_config(family, {} if config is None else config)
+        config = family_config(family_of(arch[0].model_type), {} if config is None else config)
     if target_gpu is None and backend == "tensorrt":
         target_gpu = device_target()
     name = getattr(model, "name", model)
@@ -265,7 +265,6 @@ def build(
         precision=precision,
     )
     if target_gpu is not None:
-        arch = model_architecture(model)
         memory = announce(planned(arch, check_units(arch[1], frames)))
     elif max_context is not None:
         raise BuildError("--max-context sizes the memory plan and the TensorRT-LLM decoder: give --target-gpu too")

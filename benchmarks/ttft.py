@@ -20,8 +20,10 @@ as the paper's Figure 3) and the table to benchmarks/out/.
 import argparse
 import dataclasses
 import gc
+import multiprocessing
 import os
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -219,6 +221,56 @@ def table7_prediction(text_tokens: int) -> None:
         )
 
 
+def backend_rows(
+    backend: str, args: argparse.Namespace, engines: dict[str, Path], dims: VisionDims, clip: Path, warmup: Path
+) -> list[dict]:
+    """The rows of `backend` (onnxruntime: every setting; eager: full and the middle ratio's official and paper), one
+    engine's pipeline in memory at a time (32 frames need ~10 GB each)."""
+    hf_logging.disable_progress_bar()
+    model_config = packaged_config(args.model)
+
+    def make(variant: str) -> Pipeline:
+        if backend == "onnxruntime":
+            return Pipeline.from_engine_dir(engines[variant])
+        pipe = Pipeline.from_pretrained(args.model, random_init=True)  # the engines' seed, so their weights
+        loaded = pipe.backend.loaded.at_resolution(dims.frame_size, for_engine=False)
+        return Pipeline.from_model(loaded, num_frames=args.frames, config=read_manifest(engines[variant]).config)
+
+    middle = f"r={args.ratios[len(args.ratios) // 2]:.2f}"
+    rows = []
+    for variant in engines:
+        base = make(variant)
+        base.with_options(method="full").generate(warmup, PROMPT, max_new_tokens=1)  # sessions, allocator
+        for label, engine, changes in settings(args.ratios, engines, ["full", *args.methods]):
+            if engine != variant or (backend == "eager" and not (label == "full" or label.endswith(middle))):
+                continue
+            if backend == "eager" and label.startswith(("global", "official no-inner")):
+                continue
+            try:
+                pipe = apply(base, changes)
+            except UnsupportedOption as error:  # FastVID without the pooling head
+                print(f"  {backend:12s} {label:26s} skipped: {error}", flush=True)
+                continue
+            ms, counts, sequence = measure(pipe, clip, args.repeats)
+            f = flops(model_config, pipe.config, pipe.options.method, counts, sequence, dims)
+            rows.append(
+                {
+                    "label": label,
+                    "backend": backend,
+                    "ms": ms,
+                    "counts": counts,
+                    "flops": f,
+                    "config": pipe.config,
+                    "method": pipe.options.method,
+                    "sequence": sequence,
+                }
+            )
+            print(f"  {backend:12s} {label:26s} ttft {ms['ttft'] / 1e3:7.2f} s  {counts}", flush=True)
+        del base, pipe
+        gc.collect()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="llava-ov-0.5b")
@@ -273,48 +325,12 @@ def main() -> None:
                 compared_methods=compared,
             )
     dims = read_manifest(engines["official"]).vision
-    backends = {"onnxruntime": lambda variant: Pipeline.from_engine_dir(engines[variant])}
-    if not args.no_eager:  # the same seed, so the same weights as the engine directories
-
-        def eager(variant: str) -> Pipeline:
-            pipe = Pipeline.from_pretrained(args.model, random_init=True)
-            loaded = pipe.backend.loaded.at_resolution(dims.frame_size, for_engine=False)
-            return Pipeline.from_model(loaded, num_frames=args.frames, config=read_manifest(engines[variant]).config)
-
-        backends["eager"] = eager
-    middle = f"r={args.ratios[len(args.ratios) // 2]:.2f}"
     rows = []
-    for backend, make in backends.items():  # one backend in memory at a time (32 frames need ~10 GB each)
-        for variant in engines:
-            base = make(variant)
-            base.with_options(method="full").generate(warmup, PROMPT, max_new_tokens=1)  # sessions, allocator
-            for label, engine, changes in settings(args.ratios, engines, ["full", *args.methods]):
-                if engine != variant or (backend == "eager" and not (label == "full" or label.endswith(middle))):
-                    continue
-                if backend == "eager" and label.startswith(("global", "official no-inner")):
-                    continue
-                try:
-                    pipe = apply(base, changes)
-                except UnsupportedOption as error:  # FastVID without the pooling head
-                    print(f"  {backend:12s} {label:26s} skipped: {error}", flush=True)
-                    continue
-                ms, counts, sequence = measure(pipe, clip, args.repeats)
-                f = flops(model_config, pipe.config, pipe.options.method, counts, sequence, dims)
-                rows.append(
-                    {
-                        "label": label,
-                        "backend": backend,
-                        "ms": ms,
-                        "counts": counts,
-                        "flops": f,
-                        "config": pipe.config,
-                        "method": pipe.options.method,
-                        "sequence": sequence,
-                    }
-                )
-                print(f"  {backend:12s} {label:26s} ttft {ms['ttft'] / 1e3:7.2f} s  {counts}", flush=True)
-            del base, pipe
-            gc.collect()
+    for backend in ["onnxruntime", *([] if args.no_eager else ["eager"])]:
+        # each backend in a process of its own: what one leaves in the allocator is not the next one's (a 3B eager
+        # model in fp32 did not fit beside what the ONNX Runtime rows had left)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+            rows += child.submit(backend_rows, backend, args, engines, dims, clip, warmup).result()
 
     full = {r["backend"]: r for r in rows if r["label"] == "full"}
     table = []

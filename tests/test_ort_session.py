@@ -19,7 +19,7 @@ def matmul_model(path, n: int) -> None:
 
 def test_no_worker_thread_burns_cpu_after_a_run(tmp_path):
     """Two intra-op threads (one worker): in the 100 ms after each run the process uses under 10 ms of CPU. With
-    ONNX Runtime's default spinning the worker burned ~47 ms of each 100 ms here."""
+    ONNX Runtime's default (workers spin on after a run) the worker burned ~47 ms of each 100 ms here."""
     matmul_model(tmp_path / "square.onnx", 512)
     session = ort_session(tmp_path / "square.onnx", threads=2)
     x = np.ones((512, 512), np.float32)

@@ -154,9 +154,10 @@ def ort_session(
     memory of the runs before it instead of page-faulting fresh allocations (without an arena a run paid a page
     fault per 4 KiB of every tensor, a quarter of TTFT), and the arena stops growing at the largest request, whatever
     the mix of frame counts after it. Weights stay outside the arena. Memory patterns are off: the planned block
-    of each repeated shape is allocated outside the arena, afresh every run. Its threads sleep when a run ends instead
-    of spinning for the next one: the compression between two graphs runs in torch on the same cores, and spinning
-    workers took them from it (FrameMerge took 2-3x as long beside ONNX Runtime as on eager)."""
+    of each repeated shape is allocated outside the arena, afresh every run. Its threads stop spinning when a run ends
+    (within a run they spin between operators, as ONNX Runtime's default has them do): the compression
+    between two graphs runs in torch on the same cores, and workers still spinning after a run took them from it
+    (FrameMerge took 2-3x as long beside ONNX Runtime as on eager)."""
     shared_cpu_arena()
     options = ort.SessionOptions()
     options.intra_op_num_threads = (os.cpu_count() or 1) if threads is None else threads
@@ -164,7 +165,7 @@ def ort_session(
     options.enable_cpu_mem_arena = True
     options.enable_mem_pattern = False
     options.add_session_config_entry("session.use_env_allocators", "1")
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     chosen = provider_list(Providers()) if providers is None else providers
     return ort.InferenceSession(str(path), options, providers=chosen)

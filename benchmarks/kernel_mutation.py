@@ -139,7 +139,7 @@ def run(mutants: list[Mutant], results: dict) -> None:
             results[m.name] = {"status": status, "line": m.line, "before": m.before, "after": m.after}
             results[m.name]["digest"] = digest(m.code)
             (WORK / "results.json").write_text(json.dumps(results, indent=1))
-            print(f"{m.name:28s} line {m.line:4d} {status:8s} {seconds:5.0f} s  {m.before!r} -> {m.after!r}", flush=True)
+            print(f"{m.name:28s} line {m.line:4d} {status:8s} {seconds:4.0f} s {m.before!r} -> {m.after!r}", flush=True)
     finally:
         (tree / KERNELS).write_text(original)
 

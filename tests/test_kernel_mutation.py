@@ -5,7 +5,7 @@ import ast
 
 from benchmarks.kernel_mutation import kernel_mutants
 
-SOURCE = '''import triton
+SOURCE = """import triton
 import triton.language as tl
 
 
@@ -17,7 +17,7 @@ def plain(a, b):
 def scaled(x, N, BLOCK: tl.constexpr = 4):
     y = x + 1
     return y * N
-'''
+"""
 
 
 def test_only_kernel_bodies_are_mutated():

@@ -229,11 +229,15 @@ def backend_rows(
     hf_logging.disable_progress_bar()
     model_config = packaged_config(args.model)
 
+    loaded = None
+    if backend == "eager":  # one model for every engine's config (a second 3B model in fp32 did not fit beside it)
+        pretrained = Pipeline.from_pretrained(args.model, random_init=True)  # the engines' seed, so their weights
+        loaded = pretrained.backend.loaded.at_resolution(dims.frame_size, for_engine=False)
+        del pretrained
+
     def make(variant: str) -> Pipeline:
         if backend == "onnxruntime":
             return Pipeline.from_engine_dir(engines[variant])
-        pipe = Pipeline.from_pretrained(args.model, random_init=True)  # the engines' seed, so their weights
-        loaded = pipe.backend.loaded.at_resolution(dims.frame_size, for_engine=False)
         return Pipeline.from_model(loaded, num_frames=args.frames, config=read_manifest(engines[variant]).config)
 
     middle = f"r={args.ratios[len(args.ratios) // 2]:.2f}"

@@ -13,8 +13,9 @@ given; a Qwen2.5-VL model also prints the analytic prediction for Qwen2.5-VL-7B 
 Prints the machine's GEMM figure first (common.gemm_gflops: a 2048^3 float32 torch matmul), then per row the
 frames after each merge layer, the visual tokens, TTFT per stage group, the analytic FLOPs with the speedup they
 predict, measured/predicted, and the fraction of the GEMM figure the row's FLOPs per second of TTFT reached (a
-slower machine lowers the figure, a slower code path only the fraction); saves a stacked-bar PNG (stages grouped
-as the paper's Figure 3) and the table to benchmarks/out/.
+slower machine lowers the figure, a slower code path only the fraction). Each row's figure is its own, the mean of
+one measured just before the row and one just after it (this machine's speed drifted by half within an hour).
+Saves a stacked-bar PNG (stages grouped as the paper's Figure 3) and the table to benchmarks/out/.
 """
 
 import argparse
@@ -255,7 +256,9 @@ def backend_rows(
             except UnsupportedOption as error:  # FastVID without the pooling head
                 print(f"  {backend:12s} {label:26s} skipped: {error}", flush=True)
                 continue
+            before = gemm_gflops()
             ms, counts, sequence = measure(pipe, clip, args.repeats)
+            gemm = (before + gemm_gflops()) / 2  # the machine's speed drifts over an hour: each row's own figure
             f = flops(model_config, pipe.config, pipe.options.method, counts, sequence, dims)
             rows.append(
                 {
@@ -267,9 +270,10 @@ def backend_rows(
                     "config": pipe.config,
                     "method": pipe.options.method,
                     "sequence": sequence,
+                    "gemm": gemm,
                 }
             )
-            print(f"  {backend:12s} {label:26s} ttft {ms['ttft'] / 1e3:7.2f} s  {counts}", flush=True)
+            print(f"  {backend:12s} {label:26s} ttft {ms['ttft'] / 1e3:7.2f} s  GEMM {gemm:.1f}  {counts}", flush=True)
         del base, pipe
         gc.collect()
     return rows
@@ -356,13 +360,15 @@ def main() -> None:
                 f"{predicted:.2f}x",
                 f"{measured:.2f}x",
                 f"{measured / predicted:.0%}",
-                f"{gemm_fraction(r['flops'], r['ms']['ttft'] / 1e3, gemm):.0%}",
+                r["gemm"],
+                f"{gemm_fraction(r['flops'], r['ms']['ttft'] / 1e3, r['gemm']):.0%}",
             ]
         )
     load = os.getloadavg()[0]
     title = (
         f"{args.model} (random weights), B = {args.frames} frames, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, GEMM {gemm:.1f} GFLOP/s, median of {args.repeats}, load average {load:.1f}"
+        f"{torch.get_num_threads()} threads, GEMM {gemm:.1f} GFLOP/s at the start, median of {args.repeats}, load "
+        f"average {load:.1f}"
     )
     print(f"\n{title}\n")
     print_table(
@@ -381,6 +387,7 @@ def main() -> None:
             "pred.",
             "meas.",
             "meas/pred",
+            "GEMM GF/s",
             "of GEMM",
         ],
         table,
